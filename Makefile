@@ -1,0 +1,47 @@
+# Two commands for a new machine: `make run` and `make test`. Every target installs what it needs.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-fast check fmt bench bench-smoke e2e-deps clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,e2e,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m collector serve
+
+# The e2e dependencies (Chromium, nginx, wrk, node modules) are installed by `make e2e-deps`;
+# without them those tests skip with a message, except under CI=true where a skip is a failure.
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not e2e and not lb and not slow"
+
+check: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+e2e-deps:
+	bash .ci/deps.sh
+
+bench: $(STAMP)
+	$(BIN)/python -m tests.bench
+
+bench-smoke: $(STAMP)
+	$(BIN)/python -m tests.bench --smoke
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

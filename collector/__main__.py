@@ -1,0 +1,128 @@
+"""`python -m collector serve` runs the collector; `python -m collector query "SQL"` reads the store."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+import uvloop
+from aiohttp import web
+
+from collector import logs
+from collector.config import Config, ConfigError, add_flags, load_config
+
+log = logging.getLogger("collector")
+# aiohttp's default request-line limit (8190) would answer a long tracker GET with a bare-text 400;
+# above our own max_query the handler answers 414 in the JSON error shape instead.
+HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 16384}  # passed through to each RequestHandler
+
+
+async def serve(cfg: Config, reuse_port: bool) -> None:
+    """Run until SIGTERM/SIGINT, then drain: /ready 503, wait, finish in-flight requests, commit, close."""
+    from collector.app import create_app
+    from collector.handlers import STATE
+
+    app = create_app(cfg)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30, **HANDLER_ARGS)  # type: ignore[arg-type]
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.host, cfg.port, reuse_port=reuse_port or None, backlog=1024)
+    await site.start()
+    log.info("listening on http://%s:%d (pid %d)", cfg.host, cfg.port, os.getpid())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    app[STATE].draining = True
+    log.info("draining for %.1fs before closing the listener", cfg.drain_seconds)
+    await asyncio.sleep(cfg.drain_seconds)
+    await runner.cleanup()  # stops listening, waits for in-flight requests, then closes the store
+    log.info("stopped; everything acknowledged is committed")
+
+
+def supervise(cfg: Config, argv: Sequence[str]) -> int:
+    """Run cfg.workers processes on one port (SO_REUSEPORT) and one store; forward signals to them."""
+    metrics_dir = tempfile.mkdtemp(prefix="collector-metrics-")
+    env = {**os.environ, "COLLECTOR_WORKERS": "1", "COLLECTOR_REUSE_PORT": "1",
+           "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    children = [subprocess.Popen([sys.executable, "-m", "collector", "serve", *argv, "--workers", "1"], env=env)
+                for _ in range(cfg.workers)]
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, key=abs)
+
+
+def query(db: Path, sql: str, fmt: str) -> int:
+    """Print the result of a read-only query; a write attempt fails, whatever the SQL."""
+    from storage.sqlite import connect_readonly
+
+    try:
+        conn = connect_readonly(db)
+        cur = conn.execute(sql)
+        names = [d[0] for d in cur.description or ()]
+        rows = cur.fetchall()
+    except (sqlite3.Error, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if fmt == "json":
+        sys.stdout.write(orjson.dumps([dict(zip(names, r, strict=True)) for r in rows]).decode() + "\n")
+    elif fmt == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(names)
+        w.writerows(rows)
+    else:
+        table = [names, *[["NULL" if v is None else str(v) for v in r] for r in rows]]
+        widths = [max(len(r[i]) for r in table) for i in range(len(names))]
+        for i, r in enumerate(table):
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+            if i == 0:
+                print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m collector", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve_p = sub.add_parser("serve", help="run the collector")
+    add_flags(serve_p)
+    query_p = sub.add_parser("query", help="run a read-only SQL query against the store")
+    query_p.add_argument("sql")
+    query_p.add_argument("--db", default=None, help="database file [env COLLECTOR_DB]")
+    query_p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(flags=vars(args) if args.command == "serve" else {"db": args.db})
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "query":
+        return query(cfg.db, args.sql, args.format)
+    logs.setup(cfg.log_format, cfg.log_level)
+    if cfg.workers > 1:
+        return supervise(cfg, sys.argv[2:] if argv is None else list(argv)[1:])
+    log.info("configuration: %s", cfg.redacted())
+    uvloop.run(serve(cfg, reuse_port=os.environ.get("COLLECTOR_REUSE_PORT") == "1"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""The app factory: routes, the edge middleware, and the store's lifecycle through cleanup_ctx."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from collector import cors, handlers, identity, logs
+from collector.config import CANONICAL_PATHS, Config
+from collector.errors import CollectorError, error_response, from_exception
+from collector.handlers import EVENTS, ROUTE, STATE, State
+from collector.metrics import Metrics
+from storage.sessions import SessionRules
+from storage.sqlite import SqliteStore
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+TP2, PIXEL_I, PIXEL_ICE, REDIRECT = CANONICAL_PATHS
+# Bounded route names for logs and metrics (a raw path is client-chosen text).
+ROUTE_NAMES = {TP2: "tp2", PIXEL_I: "i", PIXEL_ICE: "ice.png", REDIRECT: "redirect", "/health": "health",
+               "/ready": "ready", "/robots.txt": "robots", "/metrics": "metrics"}
+
+
+def _snake(text: str) -> str:
+    return text.lower().replace(" ", "_")
+
+
+@web.middleware
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """One error shape for every failure, CORS on every answer, one access line and metric per request."""
+    started = time.perf_counter()
+    st = request.app[STATE]
+    try:
+        resp = await handler(request)
+    except CollectorError as exc:
+        resp = from_exception(exc)
+    except web.HTTPException as exc:  # routing (404, 405) and aiohttp's own limits
+        if exc.status < 400:
+            raise
+        resp = error_response(exc.status, _snake(exc.reason), exc.reason)
+    except Exception as exc:  # a bug: logged by type and traceback only, never with request data
+        log.error("internal error on %s: %s", request.get(ROUTE, "other"), type(exc).__name__,
+                  exc_info=st.cfg.log_level == "debug")
+        resp = error_response(500, "internal", "internal error")
+    if request.method != "OPTIONS":
+        cors.apply(resp.headers, cors.allowed_origin(st.cfg, request.headers))
+    info = request.match_info.route.resource
+    route = ROUTE_NAMES.get(info.canonical, "alias") if info is not None else "unmatched"
+    ms = (time.perf_counter() - started) * 1000
+    st.metrics.requests.labels(route, f"{resp.status // 100}xx").inc()
+    st.metrics.request_seconds.labels(route).observe(ms / 1000)
+    if st.cfg.access_log:
+        logs.access(request.method, route, resp.status, ms, request.get(EVENTS, 0))
+    return resp
+
+
+def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
+    """The collector as an aiohttp application; nothing touches the disk until startup."""
+    app = web.Application(middlewares=[edge], client_max_size=cfg.max_body)
+    keys = identity.load_keys(cfg.cookie_secret, cfg.db)
+    jar = identity.CookieJar(cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, keys[0])
+    metrics = Metrics()
+    state = State(cfg, keys, jar, metrics, clock, anonymize_names=cfg.anonymize_events)
+    app[STATE] = state
+
+    async def store_ctx(app: web.Application) -> AsyncIterator[None]:
+        rules = SessionRules(cfg.session_timeout * 1000, cfg.rotation_burst, cfg.rotation_per_minute)
+        store = SqliteStore(cfg.db, rules, synchronous=cfg.synchronous, busy_timeout=cfg.busy_timeout,
+                            queue_max=cfg.queue_max, group_max=cfg.group_max, on_commit=metrics.observe_commit)
+        await store.start()
+        state.store = store
+        yield
+        state.draining = True
+        await store.close()  # commits whatever is still queued before the process exits
+
+    app.cleanup_ctx.append(store_ctx)
+    paths: list[tuple[str, str]] = [(p, p) for p in CANONICAL_PATHS] + list(cfg.paths)
+    for path, canonical in paths:
+        handler = handlers.redirect if canonical == REDIRECT else handlers.track
+        app.router.add_get(path, handler)
+        if canonical == TP2:
+            app.router.add_post(path, handler)
+        app.router.add_route("OPTIONS", path, handlers.preflight)
+    app.router.add_get("/health", handlers.health)
+    app.router.add_get("/ready", handlers.ready)
+    app.router.add_get("/robots.txt", handlers.robots)
+    if cfg.metrics:
+        app.router.add_get("/metrics", handlers.metrics)
+    return app

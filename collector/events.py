@@ -1,0 +1,90 @@
+"""Event rows, pure: one tracker event's params (already scrubbed by the policy) to a row of the store."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+
+from collector import __version__, policy, protocol
+from collector.errors import BadInput
+from storage.base import COL, COLUMNS
+
+V_COLLECTOR = f"anon-collector-{__version__}"
+# Params copied as they are into the column of the same meaning.
+SIMPLE = {
+    "e": COL["event"], "aid": COL["app_id"], "p": COL["platform"], "tna": COL["name_tracker"],
+    "tv": COL["v_tracker"], "url": COL["page_url"], "page": COL["page_title"], "refr": COL["page_referrer"],
+    "se_ca": COL["se_category"], "se_ac": COL["se_action"], "se_la": COL["se_label"],
+    "se_pr": COL["se_property"], "lang": COL["br_lang"], "tz": COL["os_timezone"], "uid": COL["user_id"],
+    "duid": COL["domain_userid"], "sid": COL["domain_sessionid"], "ua": COL["useragent"],
+}
+TSTAMPS = {"dtm": COL["dvce_created_tstamp"], "stm": COL["dvce_sent_tstamp"], "ttm": COL["true_tstamp"]}
+# Consumed elsewhere (identity, policy) or decoded below: never copied into other_params.
+HANDLED = frozenset({"eid", "vid", "se_va", "ue_pr", "ue_px", "co", "cx", *policy.ALWAYS_DROP})
+MAX_EID = 128
+
+
+def format_ms(ms: int) -> str:
+    """UTC 'YYYY-MM-DD HH:MM:SS.mmm' for a millisecond epoch."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def base_row(collector_tstamp: str, ip: str | None, useragent: str | None, anonymous: bool) -> list[Any]:
+    """The request-level values every row of a request shares."""
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["v_collector"]] = V_COLLECTOR
+    row[COL["collector_tstamp"]] = collector_tstamp
+    row[COL["user_ipaddress"]] = ip
+    row[COL["useragent"]] = useragent
+    row[COL["anonymous"]] = int(anonymous)
+    return row
+
+
+def _int(value: str) -> int | None:
+    return int(value) if value.isdigit() and len(value) < 16 else None
+
+
+def build_row(params: dict[str, str], base: list[Any], anonymous: bool,
+              anonymize_names: tuple[str, ...]) -> tuple[list[Any], bool]:
+    """The stored row for an event, and whether it is an anonymize event; raise BadInput if malformed."""
+    row = base.copy()
+    other: dict[str, str] = {}
+    for key, value in params.items():
+        idx = SIMPLE.get(key)
+        if idx is not None:
+            row[idx] = value
+        elif key in TSTAMPS:
+            ms = _int(value)
+            if ms is None:
+                other[key] = value
+            else:
+                row[TSTAMPS[key]] = format_ms(ms)
+        elif key not in HANDLED:
+            other[key] = value
+    eid = params.get("eid")
+    if eid is not None and (not eid or len(eid) > MAX_EID):
+        raise BadInput("bad_event_id", f"eid must be 1 to {MAX_EID} characters")
+    row[COL["event_id"]] = eid or str(uuid.uuid4())
+    if "vid" in params:
+        row[COL["domain_sessionidx"]] = _int(params["vid"])
+    if "se_va" in params:
+        try:
+            row[COL["se_value"]] = float(params["se_va"])
+        except ValueError:
+            other["se_va"] = params["se_va"]
+    ue, co = protocol.self_describing(params)
+    anonymize = False
+    if ue is not None:
+        vendor, name, version = protocol.schema_parts(ue)
+        row[COL["event_vendor"]], row[COL["event_name"]], row[COL["event_version"]] = vendor, name, version
+        row[COL["unstruct_event"]] = orjson.dumps(ue).decode()
+        lname = (name or "").lower()
+        anonymize = lname in anonymize_names or f"{(vendor or '').lower()}/{lname}" in anonymize_names
+    if co is not None:
+        row[COL["contexts"]] = orjson.dumps(policy.scrub_entities(co) if anonymous else co).decode()
+    if other:
+        row[COL["other_params"]] = orjson.dumps(other).decode()
+    return row, anonymize

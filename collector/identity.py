@@ -1,0 +1,126 @@
+"""Device identity, pure: signed network_userid values, which device a request belongs to, cookies.
+
+A device id is a random UUID the collector mints. The cookie (and a `nuid`/`tnuid` param, so a
+server-side app can forward the cookie verbatim) carries `<uuid>.<mac>`, the MAC an HMAC-SHA256 of the
+id under the first secret; every configured secret verifies, so secrets can be rotated. A value
+without a valid MAC counts as absent: a client can neither choose nor forge another device's id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+
+MAC_BYTES = 16  # 128 bits of HMAC: forging one is as hard as guessing a random UUID
+ID_LEN = 36
+VALUE_LEN = ID_LEN + 1 + 22  # uuid "." base64url(16 bytes) without padding
+
+
+def new_device_id() -> str:
+    """A fresh random device id."""
+    return str(uuid.uuid4())
+
+
+def _mac(device_id: str, secret: bytes) -> str:
+    digest = hmac.new(secret, device_id.encode(), hashlib.sha256).digest()[:MAC_BYTES]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def sign(device_id: str, secret: bytes) -> str:
+    """The cookie value for a device id."""
+    return f"{device_id}.{_mac(device_id, secret)}"
+
+
+def verify(value: str | None, keys: Sequence[bytes]) -> str | None:
+    """The device id a signed value carries, or None when it is absent, malformed or forged."""
+    if not value or len(value) != VALUE_LEN or value[ID_LEN] != ".":
+        return None
+    device_id, mac = value[:ID_LEN], value[ID_LEN + 1 :]
+    for key in keys:
+        if hmac.compare_digest(_mac(device_id, key), mac):
+            return device_id
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """The device a request belongs to, and what the identity layer saw."""
+
+    device_id: str | None
+    minted: bool  # a new id: the answer must set it
+    forged: bool  # a cookie or param arrived but its MAC did not verify
+
+
+def resolve(cookie: str | None, nuid: str | None, tnuid: str | None, keys: Sequence[bytes],
+            anonymous: bool) -> Resolved:
+    """Verified cookie, else verified nuid/tnuid param, else a newly minted id; none when anonymous."""
+    if anonymous:
+        return Resolved(None, False, False)
+    forged = False
+    for value in (cookie, nuid, tnuid):
+        if value:
+            device_id = verify(value, keys)
+            if device_id:
+                return Resolved(device_id, False, forged)
+            forged = True
+    return Resolved(new_device_id(), True, forged)
+
+
+class CookieJar:
+    """Builds the Set-Cookie values for one configuration (attributes computed once)."""
+
+    def __init__(self, name: str, max_age: int, domain: str, secure: bool, key: bytes) -> None:
+        attrs = "; Path=/; HttpOnly; SameSite=None"
+        if secure:
+            attrs += "; Secure"
+        if domain:
+            attrs += f"; Domain={domain}"
+        self.name = name
+        self._key = key
+        self._max_age = max_age
+        self._attrs = attrs
+        self._expires_at = 0
+        self._expires = ""
+        self.expired = f"{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{attrs}"
+
+    def _expiry(self, now: float) -> str:
+        second = int(now)
+        if second != self._expires_at:  # the date changes once a second: format it once a second
+            self._expires_at = second
+            self._expires = formatdate(second + self._max_age, usegmt=True)
+        return self._expires
+
+    def issue(self, device_id: str, now: float) -> str:
+        """Set-Cookie value carrying a signed device id, expiry refreshed."""
+        return (f"{self.name}={sign(device_id, self._key)}; Max-Age={self._max_age}; "
+                f"Expires={self._expiry(now)}{self._attrs}")
+
+
+def load_keys(configured: Sequence[str], db: Path) -> list[bytes]:
+    """The MAC keys: configured secrets, else one generated on first start beside the database (0600)."""
+    if configured:
+        return [s.encode() for s in configured]
+    path = db.parent / (db.name + ".secret")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:  # first start: exactly one process wins O_EXCL and writes the secret
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    for _ in range(100):  # another process may be between O_EXCL and its write
+        text = path.read_text().strip()
+        if text:
+            return [text.encode()]
+        time.sleep(0.01)
+    raise RuntimeError(f"secret file {path} is empty")

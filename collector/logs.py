@@ -1,0 +1,58 @@
+"""Logging set-up: text or JSON lines; the access line never carries an IP, cookie or identifier."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+ACCESS = logging.getLogger("collector.access")
+# Fields an access record may carry: an allow-list, so nothing else reaches a log line by accident.
+ACCESS_FIELDS = ("method", "route", "status", "ms", "events")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object a line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ACCESS_FIELDS:
+            if key in record.__dict__:
+                out[key] = record.__dict__[key]
+        if record.exc_info and record.exc_info[0] is not None:
+            out["error"] = record.exc_info[0].__name__
+        return orjson.dumps(out).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """`time level logger message`, exceptions by type only (their text may quote a payload)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's API name
+        return f"[{ei[0].__name__}]" if ei and ei[0] else ""
+
+
+def setup(fmt: str, level: str) -> None:
+    """Configure the root logger once, at start-up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").disabled = True  # its default format prints the peer address
+
+
+def access(method: str, route: str, status: int, ms: float, events: int) -> None:
+    """The one line per request."""
+    ACCESS.info("%s %s %d %.1fms events=%d", method, route, status, ms, events,
+                extra={"method": method, "route": route, "status": status, "ms": round(ms, 2), "events": events})

@@ -1,0 +1,90 @@
+"""The store interface the collector sees: append a request's events, query read-only, close."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Event rows are lists in this column order (the conventional Snowplow names); building them as
+# plain lists keeps the hot path free of per-event dicts.
+COLUMNS: tuple[str, ...] = (
+    "event_id", "event", "app_id", "platform", "name_tracker", "v_tracker", "v_collector",
+    "collector_tstamp", "dvce_created_tstamp", "dvce_sent_tstamp", "true_tstamp",
+    "user_ipaddress", "useragent", "network_userid", "domain_userid", "domain_sessionid",
+    "domain_sessionidx", "user_id", "session_id", "session_index", "anonymous",
+    "page_url", "page_title", "page_referrer",
+    "se_category", "se_action", "se_label", "se_property", "se_value",
+    "event_vendor", "event_name", "event_version", "unstruct_event", "contexts",
+    "br_lang", "os_timezone", "other_params",
+)
+COL = {name: i for i, name in enumerate(COLUMNS)}
+EVENT_ID, NETWORK_USERID, DOMAIN_USERID, DOMAIN_SESSIONID = (
+    COL["event_id"], COL["network_userid"], COL["domain_userid"], COL["domain_sessionid"])
+USER_ID, SESSION_ID, SESSION_INDEX = COL["user_id"], COL["session_id"], COL["session_index"]
+
+
+class Overloaded(Exception):
+    """The write queue is full: answer 503 with Retry-After, never buffer without bound."""
+
+
+class StoreFailed(Exception):
+    """The transaction holding the request's events did not commit: nothing of it is kept."""
+
+
+@dataclass(slots=True)
+class BadRow:
+    """An input the collector refused, already scrubbed by the policy."""
+
+    received_at: str
+    reason: str
+    detail: str
+    payload: str | None
+    size: int
+    anonymous: bool
+
+
+@dataclass(slots=True)
+class Submission:
+    """One request's writes, committed together."""
+
+    now_ms: int  # collector time of the request, for session timeouts
+    device_id: str | None  # None for anonymous requests
+    rows: list[list[Any]] = field(default_factory=list)
+    anonymize_at: tuple[int, ...] = ()  # indexes of rows that rotate the device
+    bad_rows: list[BadRow] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class AppendResult:
+    """What the commit did with a submission."""
+
+    stored: int = 0
+    duplicates: int = 0
+    device_id: str | None = None  # the device after any rotation: the cookie to set
+    rotated: int = 0
+    rate_limited: int = 0
+
+
+class Store(Protocol):
+    """A durable, append-only event store. `append` returns only after the commit."""
+
+    async def append(self, submission: Submission) -> AppendResult:
+        """Queue the submission into the next group commit and wait for that commit."""
+        ...
+
+    def append_nowait(self, submission: Submission) -> bool:
+        """Queue bad rows without waiting (they acknowledge nothing); False when the queue is full."""
+        ...
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query."""
+        ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting for the writer."""
+        ...
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the writer."""
+        ...

@@ -1,0 +1,198 @@
+"""The SQLite store: one writer thread, group commit, answers only after the commit; read-only queries.
+
+Requests queue their rows; the writer thread takes everything queued (up to group_max events), runs
+one IMMEDIATE transaction (dedupe, session assignment, inserts) and commits, then wakes the waiting
+requests in one call into the event loop. A stdlib sqlite3 connection in a plain thread, rather than
+one awaited call per statement, keeps the per-event cost to a row in an executemany.
+
+Durability: WAL with synchronous=FULL (default) fsyncs the WAL on every commit, so an acknowledged
+event survives a process kill and a power loss; NORMAL survives a process kill only, faster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from storage.base import AppendResult, Overloaded, StoreFailed, Submission
+from storage.migrate import migrate
+from storage.sessions import SessionRules
+from storage.write import write_group
+
+log = logging.getLogger(__name__)
+Row = tuple[Any, ...]
+CommitHook = Callable[[int, float], None]  # (events in the group, seconds the commit took)
+
+
+class RejectedData(StoreFailed):
+    """SQLite refused this request's data itself (it never reaches a group again)."""
+
+
+def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) -> sqlite3.Connection:
+    """A writing connection in WAL mode, checked, with the chosen durability."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise RuntimeError(f"{path}: journal_mode is {mode!r}, WAL is required (is it on a network share?)")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    return conn
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write: read-only file mode and query_only, whatever the SQL says."""
+    if not path.exists():
+        raise FileNotFoundError(f"no database at {path}")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+@dataclass(slots=True)
+class _Pending:
+    submission: Submission
+    size: int
+    future: asyncio.Future[AppendResult] | None  # None: nobody waits (bad rows of a refused request)
+
+
+class SqliteStore:
+    """The default store: an embedded SQLite file."""
+
+    def __init__(self, path: Path, rules: SessionRules, *, synchronous: str = "FULL", busy_timeout: int = 10000,
+                 queue_max: int = 50000, group_max: int = 5000, on_commit: CommitHook | None = None) -> None:
+        self.path = path
+        self._rules = rules
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._queue_max = queue_max
+        self._group_max = group_max
+        self._on_commit = on_commit
+        self._queue: deque[_Pending] = deque()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._pending = 0  # events queued or being written; touched only on the event loop's thread
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+
+    async def start(self) -> None:
+        """Open the file, apply migrations, start the writer thread."""
+        self._loop = asyncio.get_running_loop()
+        self._conn = await self._loop.run_in_executor(None, self._open)
+        self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
+        self._thread.start()
+
+    def _open(self) -> sqlite3.Connection:
+        conn = connect(self.path, self._synchronous, self._busy_timeout)
+        migrate(conn)
+        return conn
+
+    @property
+    def queue_depth(self) -> int:
+        return self._pending
+
+    def _enqueue(self, submission: Submission, future: asyncio.Future[AppendResult] | None) -> bool:
+        size = len(submission.rows) + len(submission.bad_rows)
+        if self._closing or self._pending + size > self._queue_max:
+            return False
+        self._pending += size
+        with self._cv:
+            self._queue.append(_Pending(submission, size, future))
+            self._cv.notify()
+        return True
+
+    async def append(self, submission: Submission) -> AppendResult:
+        assert self._loop is not None, "store not started"
+        future: asyncio.Future[AppendResult] = self._loop.create_future()
+        if not self._enqueue(submission, future):
+            raise Overloaded("the write queue is full")
+        return await future
+
+    def append_nowait(self, submission: Submission) -> bool:
+        return self._enqueue(submission, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if not self._queue:
+                    break
+                group: list[_Pending] = []
+                size = 0
+                while self._queue and (not group or size + self._queue[0].size <= self._group_max):
+                    item = self._queue.popleft()
+                    group.append(item)
+                    size += item.size
+            outcomes = self._commit([p.submission for p in group], size)
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._wake, group, outcomes)
+
+    def _transaction(self, submissions: Sequence[Submission]) -> list[AppendResult]:
+        assert self._conn is not None
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = write_group(conn, submissions, self._rules)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
+
+    def _commit(self, submissions: list[Submission], size: int) -> Sequence[AppendResult | BaseException]:
+        started = time.perf_counter()
+        try:
+            results: Sequence[AppendResult | BaseException] = self._transaction(submissions)
+        except sqlite3.OperationalError as exc:  # busy, locked, disk full, I/O: nothing committed
+            log.error("commit of %d events failed: %s", size, exc)
+            return [StoreFailed(str(exc))] * len(submissions)
+        except Exception:  # data SQLite refused: find the request(s) it came from, commit the rest
+            if len(submissions) == 1:
+                log.warning("a request's data was refused by SQLite", exc_info=False)
+                return [RejectedData("the event data could not be stored")]
+            return [r for s in submissions for r in self._commit([s], 1)]
+        if self._on_commit is not None:
+            self._on_commit(size, time.perf_counter() - started)
+        return results
+
+    def _wake(self, group: list[_Pending], outcomes: Sequence[AppendResult | BaseException]) -> None:
+        for item, outcome in zip(group, outcomes, strict=True):
+            self._pending -= item.size
+            fut = item.future
+            if fut is None or fut.done():
+                continue
+            if isinstance(outcome, BaseException):
+                fut.set_exception(outcome)
+            else:
+                fut.set_result(outcome)
+
+    async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
+        async with aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True) as db:
+            await db.execute("PRAGMA query_only = ON")
+            async with db.execute(sql, params) as cursor:
+                return [tuple(r) for r in await cursor.fetchall()]
+
+    async def close(self) -> None:
+        """Stop taking requests, commit everything queued, stop the writer and close the file."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+            await asyncio.sleep(0)  # let the last _wake callbacks run
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+

@@ -1,0 +1,95 @@
+"""Start and stop real collector processes for end-to-end, load-balancer and crash tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 15.0, status: int = 200) -> None:
+    """Poll url until it answers with status, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == status:
+                    return
+                last = r.status
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last = exc
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} not answering {status}: {last!r}")
+
+
+class Collector:
+    """One `python -m collector serve` process, the command the README and the image use."""
+
+    def __init__(
+        self,
+        db: Path,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        env: Mapping[str, str] | None = None,
+        args: list[str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.db = db
+        self.host = host
+        self.port = port or free_port(host)
+        self.env = dict(env or {})
+        self.args = list(args or [])
+        self.log = log or db.with_suffix(f".{self.port}.log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, wait: bool = True) -> Collector:
+        env = {**os.environ, **self.env}
+        cmd = [sys.executable, "-m", "collector", "serve", "--host", self.host,
+               "--port", str(self.port), "--db", str(self.db), *self.args]
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        if wait:
+            wait_http(self.url + "/ready")
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        """Send sig and wait for the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.stop()
