@@ -23,9 +23,6 @@ from collector import logs
 from collector.config import Config, ConfigError, add_flags, load_config
 
 log = logging.getLogger("collector")
-# aiohttp's default request-line limit (8190) would answer a long tracker GET with a bare-text 400;
-# above our own max_query the handler answers 414 in the JSON error shape instead.
-HANDLER_ARGS = {"max_line_size": 65536, "max_field_size": 16384}  # passed through to each RequestHandler
 
 
 async def serve(cfg: Config, reuse_port: bool) -> None:
@@ -34,7 +31,7 @@ async def serve(cfg: Config, reuse_port: bool) -> None:
     from collector.handlers import STATE
 
     app = create_app(cfg)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30, **HANDLER_ARGS)  # type: ignore[arg-type]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_port=reuse_port or None, backlog=1024)
     await site.start()

@@ -11,7 +11,7 @@ from aiohttp import web
 from collector import cors, handlers, identity, logs
 from collector.config import CANONICAL_PATHS, Config
 from collector.errors import CollectorError, error_response, from_exception
-from collector.handlers import EVENTS, ROUTE, STATE, State
+from collector.handlers import EVENTS, STATE, State
 from collector.metrics import Metrics
 from storage.sessions import SessionRules
 from storage.sqlite import SqliteStore
@@ -28,6 +28,11 @@ def _snake(text: str) -> str:
     return text.lower().replace(" ", "_")
 
 
+def _route(request: web.Request, st: State) -> str:
+    resource = request.match_info.route.resource
+    return "unmatched" if resource is None else st.route_names.get(resource.canonical, "unmatched")
+
+
 @web.middleware
 async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One error shape for every failure, CORS on every answer, one access line and metric per request."""
@@ -42,13 +47,12 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         resp = error_response(exc.status, _snake(exc.reason), exc.reason)
     except Exception as exc:  # a bug: logged by type and traceback only, never with request data
-        log.error("internal error on %s: %s", request.get(ROUTE, "other"), type(exc).__name__,
+        log.error("internal error on %s %s: %s", request.method, _route(request, st), type(exc).__name__,
                   exc_info=st.cfg.log_level == "debug")
         resp = error_response(500, "internal", "internal error")
     if request.method != "OPTIONS":
         cors.apply(resp.headers, cors.allowed_origin(st.cfg, request.headers))
-    info = request.match_info.route.resource
-    route = ROUTE_NAMES.get(info.canonical, "alias") if info is not None else "unmatched"
+    route = _route(request, st)
     ms = (time.perf_counter() - started) * 1000
     st.metrics.requests.labels(route, f"{resp.status // 100}xx").inc()
     st.metrics.request_seconds.labels(route).observe(ms / 1000)
@@ -59,7 +63,10 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The collector as an aiohttp application; nothing touches the disk until startup."""
-    app = web.Application(middlewares=[edge], client_max_size=cfg.max_body)
+    # aiohttp's default request-line limit (8190) would answer a long tracker GET with a bare-text 400;
+    # above our own max_query the handler answers 414 in the JSON error shape instead.
+    app = web.Application(middlewares=[edge], client_max_size=cfg.max_body,
+                          handler_args={"max_line_size": 65536, "max_field_size": 16384})
     keys = identity.load_keys(cfg.cookie_secret, cfg.db)
     jar = identity.CookieJar(cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, keys[0])
     metrics = Metrics()
@@ -78,6 +85,7 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
 
     app.cleanup_ctx.append(store_ctx)
     paths: list[tuple[str, str]] = [(p, p) for p in CANONICAL_PATHS] + list(cfg.paths)
+    state.route_names = {**ROUTE_NAMES, **{alias: ROUTE_NAMES[canonical] for alias, canonical in cfg.paths}}
     for path, canonical in paths:
         handler = handlers.redirect if canonical == REDIRECT else handlers.track
         app.router.add_get(path, handler)

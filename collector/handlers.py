@@ -19,8 +19,7 @@ from storage.base import COL, BadRow, Overloaded, Store, StoreFailed, Submission
 from storage.sqlite import RejectedData
 
 MAX_BAD_PAYLOAD = 64 * 1024
-EVENTS = "collector.events"  # request key: events stored, for the access log
-ROUTE = "collector.route"  # request key: the bounded route name, for logs and metrics
+EVENTS = web.RequestKey("events", int)  # events stored, for the access log
 PIXEL_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache",
                  "Expires": "0"}
 ROBOTS = "User-agent: *\nDisallow: /\n"
@@ -38,6 +37,7 @@ class State:
     store: Store | None = None
     draining: bool = False
     anonymize_names: tuple[str, ...] = field(default=())
+    route_names: dict[str, str] = field(default_factory=dict)
 
 
 STATE = web.AppKey("state", State)
@@ -190,7 +190,7 @@ async def ingest(request: web.Request, st: State, decision: policy.Decision, coo
     if result.rate_limited:
         st.metrics.rotations.labels("rate_limited").inc(result.rate_limited)
     if ok is not None:
-        resp: web.Response = web.HTTPFound(ok)
+        resp = web.Response(status=302, headers={"Location": ok})
     elif request.method == "POST":
         resp = web.Response(text="ok") if not bad else web.json_response(
             {"ok": True, "stored": len(rows), "rejected": len(bad), "reasons": sorted({b.reason for b in bad})},

@@ -42,10 +42,22 @@ class TextFormatter(logging.Formatter):
         return f"[{ei[0].__name__}]" if ei and ei[0] else ""
 
 
+class RedactLibraries(logging.Filter):
+    """aiohttp's own records quote the peer address and raw request lines: keep only what went wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("aiohttp"):
+            kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "error"
+            record.msg, record.args, record.exc_info, record.exc_text = f"{kind} (details redacted)", (), None, None
+            record.stack_info = None
+        return True
+
+
 def setup(fmt: str, level: str) -> None:
     """Configure the root logger once, at start-up."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(RedactLibraries())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
