@@ -1,0 +1,92 @@
+"""Signed device ids: pure functions, then forged cookies and params against the real app."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector import identity
+from collector.config import Config, Secret
+from tests.conftest import TP2, batch, ev, rows
+
+KEY = b"k1"
+DEV = "0b9f6a4e-3c1d-4f7e-9a2b-5c6d7e8f9a0b"
+
+
+def test_sign_and_verify_round_trip() -> None:
+    value = identity.sign(DEV, KEY)
+    assert identity.verify(value, [KEY]) == DEV
+    assert identity.verify(value, [b"other", KEY]) == DEV  # an older secret still verifies
+
+
+@pytest.mark.parametrize("shape", ["bare", "bad-mac", "other-key", "swapped-id", "truncated", "empty", "padded"])
+def test_forged_values_do_not_verify(shape: str) -> None:
+    good = identity.sign(DEV, KEY)
+    other = "11111111-2222-3333-4444-555555555555"
+    value = {
+        "bare": DEV,
+        "bad-mac": good[:-2] + ("AA" if not good.endswith("AA") else "BB"),
+        "other-key": identity.sign(DEV, b"attacker"),
+        "swapped-id": other + good[36:],
+        "truncated": good[:-1],
+        "empty": "",
+        "padded": good + "=",
+    }[shape]
+    assert identity.verify(value, [KEY]) is None
+
+
+def test_resolve_order_and_anonymity() -> None:
+    cookie, param = identity.sign(DEV, KEY), identity.sign("22222222-2222-2222-2222-222222222222", KEY)
+    assert identity.resolve(cookie, param, None, [KEY], False).device_id == DEV
+    assert identity.resolve(None, param, None, [KEY], False).device_id.startswith("2222")  # type: ignore[union-attr]
+    assert identity.resolve(None, None, param, [KEY], False).device_id.startswith("2222")  # type: ignore[union-attr]
+    forged = identity.resolve("x", "y", None, [KEY], False)
+    assert forged.minted and forged.forged and forged.device_id not in (None, "x", "y")
+    assert identity.resolve(cookie, None, None, [KEY], True) == identity.Resolved(None, False, False)
+
+
+def test_generated_secret_is_kept_beside_the_database_0600(tmp_path: Path) -> None:
+    db = tmp_path / "sub" / "events.db"
+    keys = identity.load_keys((), db)
+    path = db.parent / "events.db.secret"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert identity.load_keys((), db) == keys  # the same on the next start
+    assert identity.load_keys((Secret("configured"),), db) == [b"configured"]
+
+
+async def test_forged_cookie_gets_a_new_device(client: Any, cfg: Config) -> None:
+    victim = identity.sign(DEV, b"test-secret")
+    ok = await client.get("/i", params=ev(eid="v"), headers={"Cookie": f"sp={victim}"})
+    assert ok.status == 200
+    for i, forged in enumerate([DEV, identity.sign(DEV, b"guess"), victim[:-3] + "xyz", "garbage"]):
+        resp = await client.get("/i", params=ev(eid=f"f{i}"), headers={"Cookie": f"sp={forged}"})
+        assert resp.status == 200
+        new = resp.cookies["sp"].value.split(".")[0]
+        assert new != DEV
+    devices = {r[0]: r[1] for r in rows(cfg.db, "select event_id, network_userid from events")}
+    assert devices["v"] == DEV  # a genuine cookie is honoured: the check can find the id
+    assert all(devices[f"f{i}"] != DEV for i in range(4))
+
+
+async def test_nuid_and_tnuid_count_only_with_a_valid_mac(client: Any, cfg: Config) -> None:
+    signed = identity.sign(DEV, b"test-secret")
+    await client.post(TP2, json=batch(ev(eid="n-ok", nuid=signed), ev(eid="n-ok2")))
+    await client.get("/i", params=ev(eid="t-ok", tnuid=signed))
+    await client.get("/i", params=ev(eid="n-bad", nuid=DEV))
+    await client.get("/i", params=ev(eid="t-bad", tnuid="someone-else"))
+    devices = {r[0]: r[1] for r in rows(cfg.db, "select event_id, network_userid from events")}
+    assert devices["n-ok"] == devices["n-ok2"] == devices["t-ok"] == DEV
+    assert DEV not in (devices["n-bad"], devices["t-bad"])
+    assert "someone-else" not in str(rows(cfg.db, "select other_params from events"))
+
+
+async def test_secret_rotation_keeps_old_cookies(make_client: Any, cfg: Config) -> None:
+    old = identity.sign(DEV, b"old-secret")
+    client = await make_client(cfg.replace(cookie_secret=(Secret("new-secret"), Secret("old-secret"))))
+    resp = await client.get("/i", params=ev(eid="rot"), headers={"Cookie": f"sp={old}"})
+    assert resp.cookies["sp"].value == identity.sign(DEV, b"new-secret")  # re-signed with the new one
+    assert rows(cfg.db, "select network_userid from events")[0][0] == DEV

@@ -1,0 +1,150 @@
+"""The anonymisation policy as a pure function: a table of inputs to the values it keeps."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from multidict import CIMultiDict
+
+from collector import policy
+from collector.config import Config
+
+NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+ALL_IP_HEADERS = {
+    "X-Forwarded-For": "1.1.1.1", "X-Real-IP": "2.2.2.2", "Forwarded": "for=3.3.3.3",
+    "CF-Connecting-IP": "4.4.4.4", "True-Client-IP": "5.5.5.5", "Fastly-Client-IP": "6.6.6.6",
+    "X-Client-IP": "7.7.7.7",
+}
+
+
+def h(**kw: str) -> CIMultiDict[str]:
+    return CIMultiDict({k.replace("_", "-"): v for k, v in kw.items()})
+
+
+@pytest.mark.parametrize(
+    ("peer", "headers", "trusted", "header", "expected"),
+    [
+        # no trusted proxies: the socket peer, whatever the headers say
+        ("9.9.9.9", ALL_IP_HEADERS, (), "x-forwarded-for", "9.9.9.9"),
+        # peer not trusted: its forwarding headers are a client's claim
+        ("9.9.9.9", {"X-Forwarded-For": "1.1.1.1"}, NETS, "x-forwarded-for", "9.9.9.9"),
+        # one trusted proxy: the address it appended
+        ("10.0.0.1", {"X-Forwarded-For": "1.1.1.1"}, NETS, "x-forwarded-for", "1.1.1.1"),
+        # spoof: the client prepended its own claim; the proxy appended the real address
+        ("10.0.0.1", {"X-Forwarded-For": "6.6.6.6, 1.1.1.1"}, NETS, "x-forwarded-for", "1.1.1.1"),
+        # two trusted hops are skipped from the right
+        ("10.0.0.1", {"X-Forwarded-For": "6.6.6.6, 1.1.1.1, 10.0.0.7"}, NETS, "x-forwarded-for", "1.1.1.1"),
+        # several header lines form one list
+        ("10.0.0.1", [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "1.1.1.1")], NETS, "x-forwarded-for",
+         "1.1.1.1"),
+        # every hop trusted: the farthest one
+        ("10.0.0.1", {"X-Forwarded-For": "10.1.1.1, 10.0.0.2"}, NETS, "x-forwarded-for", "10.1.1.1"),
+        # no header from a trusted proxy: the proxy itself
+        ("10.0.0.1", {}, NETS, "x-forwarded-for", "10.0.0.1"),
+        # a malformed hop where the client should be: unknown, keep nothing
+        ("10.0.0.1", {"X-Forwarded-For": "1.1.1.1, garbage"}, NETS, "x-forwarded-for", None),
+        # ports and IPv6 brackets
+        ("10.0.0.1", {"X-Forwarded-For": "1.1.1.1:5555"}, NETS, "x-forwarded-for", "1.1.1.1"),
+        ("10.0.0.1", {"X-Forwarded-For": "[2001:db8::1]:80"}, NETS, "x-forwarded-for", "2001:db8::1"),
+        # RFC 7239 Forwarded, quoted IPv6 with port, only when configured
+        ("10.0.0.1", {"Forwarded": 'for="[2001:db8::5]:4711";proto=https, for=10.0.0.9'}, NETS, "forwarded",
+         "2001:db8::5"),
+        ("10.0.0.1", {"Forwarded": "for=6.6.6.6", "X-Forwarded-For": "1.1.1.1"}, NETS, "x-forwarded-for",
+         "1.1.1.1"),
+        ("10.0.0.1", {"Forwarded": "for=_hidden"}, NETS, "forwarded", None),
+        # a CDN header, only when it is the configured one
+        ("10.0.0.1", {"CF-Connecting-IP": "4.4.4.4", "X-Forwarded-For": "1.1.1.1"}, NETS, "cf-connecting-ip",
+         "4.4.4.4"),
+        ("10.0.0.1", {"CF-Connecting-IP": "4.4.4.4"}, NETS, "x-forwarded-for", "10.0.0.1"),
+        # IPv4-mapped IPv6 peers are IPv4 clients (and match IPv4 trusted networks)
+        ("::ffff:10.0.0.1", {"X-Forwarded-For": "1.1.1.1"}, NETS, "x-forwarded-for", "1.1.1.1"),
+        ("::ffff:9.9.9.9", {}, (), "x-forwarded-for", "9.9.9.9"),
+        ("fd00::1", {"X-Forwarded-For": "2001:db8::2"}, NETS, "x-forwarded-for", "2001:db8::2"),
+        ("fe80::1%eth0", {}, (), "x-forwarded-for", "fe80::1"),
+        (None, {}, (), "x-forwarded-for", None),
+        ("not-an-ip", {}, (), "x-forwarded-for", None),
+    ],
+)
+def test_client_ip(peer: str | None, headers: object, trusted: tuple[policy.Network, ...], header: str,
+                   expected: str | None) -> None:
+    hdrs = CIMultiDict(headers if isinstance(headers, list) else list(dict(headers).items()))  # type: ignore[call-overload]
+    got = policy.client_ip(peer, hdrs, trusted, header)
+    assert (str(got) if got else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("mode", "addr", "expected"),
+    [
+        ("full", "203.0.113.77", "203.0.113.77"),
+        ("truncate", "203.0.113.77", "203.0.113.0"),
+        ("truncate", "2001:db8:abcd:12:1:2:3:4", "2001:db8:abcd::"),
+        ("truncate", "::ffff:203.0.113.77", "203.0.113.0"),
+        ("drop", "203.0.113.77", None),
+    ],
+)
+def test_ip_modes(mode: str, addr: str, expected: str | None) -> None:
+    assert policy.keep_ip(Config(ip_mode=mode), policy.parse_ip(addr)) == expected
+
+
+def test_truncation_prefixes_are_configurable() -> None:
+    cfg = Config(ip_mode="truncate", ipv4_prefix=16, ipv6_prefix=32)
+    assert policy.keep_ip(cfg, policy.parse_ip("203.0.113.77")) == "203.0.0.0"
+    assert policy.keep_ip(cfg, policy.parse_ip("2001:db8:abcd::1")) == "2001:db8::"
+
+
+def test_anonymous_keeps_no_ip_from_any_source() -> None:
+    cfg = Config(trusted_proxies=NETS, trust_ip_param=True)
+    headers = CIMultiDict({**ALL_IP_HEADERS, "sp-anonymous": "*"})
+    d = policy.decide(cfg, "10.0.0.1", headers, has_cookie=True)
+    assert d.anonymous and d.ip is None and not d.ip_param and not d.use_cookie and d.expire_cookie
+    assert policy.event_ip(cfg, d, "8.8.8.8") is None
+    # the same request without the header keeps the proxied address and would trust the param
+    d2 = policy.decide(cfg, "10.0.0.1", CIMultiDict(ALL_IP_HEADERS), has_cookie=True)
+    assert d2.ip == "1.1.1.1" and d2.use_cookie and not d2.expire_cookie
+    assert policy.event_ip(cfg, d2, "8.8.8.8") == "8.8.8.8"
+
+
+@pytest.mark.parametrize("value", ["*", "", "0", "false"])
+def test_header_presence_counts_not_its_value(value: str) -> None:
+    assert policy.decide(Config(), "1.2.3.4", CIMultiDict({"SP-ANONYMOUS": value}), False).anonymous
+
+
+def test_ip_param_is_ignored_unless_trusted() -> None:
+    d = policy.decide(Config(), "9.9.9.9", CIMultiDict(), False)
+    assert policy.event_ip(Config(), d, "8.8.8.8") == "9.9.9.9"
+
+
+def test_scrub_event_drops_identifiers_under_anonymity() -> None:
+    params = {"e": "pv", "uid": "u", "duid": "d", "sid": "s", "vid": "1", "nuid": "n", "tnuid": "t", "ip": "1.1.1.1",
+              "fp": "f", "mac": "m", "ad_uid": "a", "url": "https://x"}
+    anon = policy.decide(Config(), None, CIMultiDict({"SP-Anonymous": "*"}), False)
+    assert policy.scrub_event(params, anon) == {"e": "pv", "sid": "s", "vid": "1", "url": "https://x"}
+    normal = policy.decide(Config(), None, CIMultiDict(), False)
+    kept = policy.scrub_event(params, normal)
+    assert kept["uid"] == "u" and kept["duid"] == "d" and "ip" not in kept and "nuid" not in kept
+
+
+def test_anonymous_drop_list_is_configurable() -> None:
+    cfg = Config(anonymous_drop=("uid", "sid", "vid"))
+    anon = policy.decide(cfg, None, CIMultiDict({"SP-Anonymous": "*"}), False)
+    assert policy.scrub_event({"e": "pv", "uid": "u", "sid": "s", "vid": "1", "duid": "d", "ip": "x"}, anon) == {
+        "e": "pv", "duid": "d"}
+
+
+def test_scrub_entities_removes_identifying_fields_and_location() -> None:
+    contexts = {"schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0", "data": [
+        {"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+         "data": {"userId": "u-1", "sessionId": "s-1", "previousSessionId": "s-0", "sessionIndex": 3}},
+        {"schema": "iglu:com.snowplowanalytics.snowplow/geolocation_context/jsonschema/1-1-0",
+         "data": {"latitude": 51.5, "longitude": -0.1}},
+        {"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+         "data": {"osType": "ios", "appleIdfa": "idfa-1", "appleIdfv": "idfv-1"}},
+    ]}
+    out = policy.scrub_entities(contexts)
+    assert out["data"] == [
+        {"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+         "data": {"sessionId": "s-1", "sessionIndex": 3}},
+        {"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3", "data": {"osType": "ios"}},
+    ]
+    assert contexts["data"][0]["data"]["userId"] == "u-1"  # the input is not modified
