@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
+import signal as _signal
 import socket
 import subprocess
 import sys
@@ -73,11 +73,11 @@ class Collector:
             wait_http(self.url + "/ready")
         return self
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    def stop(self, sig: int = _signal.SIGTERM, timeout: float = 30.0) -> int:
         """Send sig and wait for the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
@@ -85,7 +85,7 @@ class Collector:
         return self.proc.wait(timeout)
 
     def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        self.stop(_signal.SIGKILL)
 
     def __enter__(self) -> Collector:
         return self.start()

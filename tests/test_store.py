@@ -1,0 +1,81 @@
+"""The SQLite store itself: append-only, migrations, WAL, durability level, read-only queries."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.config import Config
+from storage.migrate import MIGRATIONS, migrate, statements
+from storage.sqlite import connect
+from tests.conftest import TP2, batch, ev, rows
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def _seed(client: Any) -> None:
+    resp = await client.post(TP2, json=batch(ev(eid="s-1"), ev(eid="s-2")))
+    assert resp.status == 200
+    assert (await client.post(TP2, data=b"{", headers={"Content-Type": "application/json"})).status == 400
+
+
+@pytest.mark.parametrize("sql", [
+    "UPDATE events SET user_id = 'x'",
+    "DELETE FROM events",
+    "DELETE FROM events WHERE event_id = 's-1'",
+    "UPDATE bad_rows SET payload = NULL",
+    "DELETE FROM bad_rows",
+])
+async def test_events_and_bad_rows_are_append_only(client: Any, cfg: Config, sql: str) -> None:
+    await _seed(client)
+    conn = sqlite3.connect(cfg.db)  # a normal, writable connection
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute(sql)
+    conn.close()
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 2
+
+
+async def test_wal_and_synchronous_level(cfg: Config, tmp_path: Path) -> None:
+    conn = connect(tmp_path / "x.db", "FULL")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert connect(tmp_path / "y.db", "NORMAL").execute("PRAGMA synchronous").fetchone()[0] == 1
+
+
+def test_migrations_are_recorded_ordered_and_applied_once(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "m.db")
+    files = sorted(p.stem for p in MIGRATIONS.glob("*.sql"))
+    assert migrate(conn) == files
+    assert migrate(conn) == []
+    assert [r[0] for r in conn.execute("select name from schema_migrations order by version")] == files
+
+
+def test_statement_splitter_keeps_trigger_bodies() -> None:
+    sql = "CREATE TABLE t (a);\n-- c\nCREATE TRIGGER x BEFORE DELETE ON t\nBEGIN SELECT RAISE(ABORT, 'no'); END;\n"
+    assert len(statements(sql)) == 2
+
+
+def _query(db: Path, sql: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "collector", "query", sql, "--db", str(db), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+
+
+async def test_query_cli_reads_and_cannot_write(client: Any, cfg: Config) -> None:
+    await _seed(client)
+    ok = _query(cfg.db, "select event, count(*) as n from events group by 1")
+    assert ok.returncode == 0 and "pv" in ok.stdout and "2" in ok.stdout
+    js = _query(cfg.db, "select event_id from events order by 1", "--format", "json")
+    assert js.stdout.strip() == '[{"event_id":"s-1"},{"event_id":"s-2"}]'
+    csv = _query(cfg.db, "select event_id from events order by 1", "--format", "csv")
+    assert csv.stdout.splitlines() == ["event_id", "s-1", "s-2"]
+    for sql in ["insert into bad_rows (received_at, reason, detail, size, anonymous) values ('', '', '', 0, 0)",
+                "create table sneaky (a)", "drop view sessions", "PRAGMA journal_mode = DELETE"]:
+        res = _query(cfg.db, sql)
+        assert res.returncode == 1 and "error" in res.stderr, sql
+    assert rows(cfg.db, "select count(*) from bad_rows")[0][0] == 1
+    assert rows(cfg.db, "select count(*) from sqlite_master where name = 'sneaky'")[0][0] == 0
