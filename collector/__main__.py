@@ -51,10 +51,16 @@ async def serve(cfg: Config, reuse_port: bool) -> None:
 def supervise(cfg: Config, argv: Sequence[str]) -> int:
     """Run cfg.workers processes on one port (SO_REUSEPORT) and one store; forward signals to them."""
     metrics_dir = tempfile.mkdtemp(prefix="collector-metrics-")
-    env = {**os.environ, "COLLECTOR_WORKERS": "1", "COLLECTOR_REUSE_PORT": "1",
-           "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-    children = [subprocess.Popen([sys.executable, "-m", "collector", "serve", *argv, "--workers", "1"], env=env)
-                for _ in range(cfg.workers)]
+    env = {
+        **os.environ,
+        "COLLECTOR_WORKERS": "1",
+        "COLLECTOR_REUSE_PORT": "1",
+        "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+    }
+    children = [
+        subprocess.Popen([sys.executable, "-m", "collector", "serve", *argv, "--workers", "1"], env=env)
+        for _ in range(cfg.workers)
+    ]
 
     def forward(sig: int, _frame: object) -> None:
         for child in children:

@@ -20,8 +20,16 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 TP2, PIXEL_I, PIXEL_ICE, REDIRECT = CANONICAL_PATHS
 # Bounded route names for logs and metrics (a raw path is client-chosen text).
-ROUTE_NAMES = {TP2: "tp2", PIXEL_I: "i", PIXEL_ICE: "ice.png", REDIRECT: "redirect", "/health": "health",
-               "/ready": "ready", "/robots.txt": "robots", "/metrics": "metrics"}
+ROUTE_NAMES = {
+    TP2: "tp2",
+    PIXEL_I: "i",
+    PIXEL_ICE: "ice.png",
+    REDIRECT: "redirect",
+    "/health": "health",
+    "/ready": "ready",
+    "/robots.txt": "robots",
+    "/metrics": "metrics",
+}
 
 
 def _snake(text: str) -> str:
@@ -47,8 +55,13 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             raise
         resp = error_response(exc.status, _snake(exc.reason), exc.reason)
     except Exception as exc:  # a bug: logged by type and traceback only, never with request data
-        log.error("internal error on %s %s: %s", request.method, _route(request, st), type(exc).__name__,
-                  exc_info=st.cfg.log_level == "debug")
+        log.error(
+            "internal error on %s %s: %s",
+            request.method,
+            _route(request, st),
+            type(exc).__name__,
+            exc_info=st.cfg.log_level == "debug",
+        )
         resp = error_response(500, "internal", "internal error")
     if request.method != "OPTIONS":
         cors.apply(resp.headers, cors.allowed_origin(st.cfg, request.headers))
@@ -65,18 +78,30 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     """The collector as an aiohttp application; nothing touches the disk until startup."""
     # aiohttp's default request-line limit (8190) would answer a long tracker GET with a bare-text 400;
     # above our own max_query the handler answers 414 in the JSON error shape instead.
-    app = web.Application(middlewares=[edge], client_max_size=cfg.max_body,
-                          handler_args={"max_line_size": 65536, "max_field_size": 16384})
+    app = web.Application(
+        middlewares=[edge],
+        client_max_size=cfg.max_body,
+        handler_args={"max_line_size": 65536, "max_field_size": 16384},
+    )
     keys = identity.load_keys(cfg.cookie_secret, cfg.db)
-    jar = identity.CookieJar(cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, keys[0])
+    jar = identity.CookieJar(
+        cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, keys[0]
+    )
     metrics = Metrics()
     state = State(cfg, keys, jar, metrics, clock, anonymize_names=cfg.anonymize_events)
     app[STATE] = state
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
         rules = SessionRules(cfg.session_timeout * 1000, cfg.rotation_burst, cfg.rotation_per_minute)
-        store = SqliteStore(cfg.db, rules, synchronous=cfg.synchronous, busy_timeout=cfg.busy_timeout,
-                            queue_max=cfg.queue_max, group_max=cfg.group_max, on_commit=metrics.observe_commit)
+        store = SqliteStore(
+            cfg.db,
+            rules,
+            synchronous=cfg.synchronous,
+            busy_timeout=cfg.busy_timeout,
+            queue_max=cfg.queue_max,
+            group_max=cfg.group_max,
+            on_commit=metrics.observe_commit,
+        )
         await store.start()
         state.store = store
         yield

@@ -17,8 +17,15 @@ CANONICAL_PATHS = ("/com.snowplowanalytics.snowplow/tp2", "/i", "/ice.png", "/r/
 IP_MODES = ("full", "truncate", "drop")
 SYNCHRONOUS_LEVELS = ("FULL", "NORMAL")
 LOG_FORMATS = ("text", "json")
-FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip", "cf-connecting-ip", "true-client-ip",
-                     "fastly-client-ip", "x-client-ip")
+FORWARDED_HEADERS = (
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "cf-connecting-ip",
+    "true-client-ip",
+    "fastly-client-ip",
+    "x-client-ip",
+)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -129,55 +136,121 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address to listen on (0.0.0.0 in containers).", flag=True),
     Setting("port", _int_range(0, 65535), "8080", "TCP port to listen on.", flag=True),
     Setting("db", Path, "./data/events.db", "SQLite database file (created with its directory).", flag=True),
-    Setting("workers", _int_range(1, 64), "1", "Processes sharing the port (SO_REUSEPORT) and the store.",
-            flag=True),
+    Setting(
+        "workers",
+        _int_range(1, 64),
+        "1",
+        "Processes sharing the port (SO_REUSEPORT) and the store.",
+        flag=True,
+    ),
     Setting("paths", _paths, "", "Path aliases `/alias=/canonical,...` (to dodge ad blockers)."),
     Setting("cors_origins", _origins, "", "Origins allowed for CORS; empty echoes any Origin."),
-    Setting("redirect_domains", _hosts, "", "Hosts /r/tp2 may redirect to (`*.example.com` for subdomains); "
-            "empty turns redirects off."),
+    Setting(
+        "redirect_domains",
+        _hosts,
+        "",
+        "Hosts /r/tp2 may redirect to (`*.example.com` for subdomains); empty turns redirects off.",
+    ),
     Setting("cookie_name", str, "sp", "Name of the device (network_userid) cookie."),
     Setting("cookie_domain", str, "", "Domain attribute of the device cookie; empty for host-only."),
     Setting("cookie_secure", _bool, "true", "Mark the device cookie Secure (required by SameSite=None)."),
-    Setting("cookie_max_age", _int_range(60, 10 * 365 * 86400), "31536000",
-            "Device cookie lifetime in seconds, refreshed on every answer."),
-    Setting("cookie_secret", lambda raw: tuple(Secret(s) for s in _list(raw)), "",
-            "HMAC secrets for the device cookie, comma-separated: the first signs, all verify; "
-            "empty: generated once and kept beside the database (mode 0600)."),
-    Setting("max_body", _int_range(1024, 64 * 1024 * 1024), "1048576", "Largest request body in bytes (413 above)."),
+    Setting(
+        "cookie_max_age",
+        _int_range(60, 10 * 365 * 86400),
+        "31536000",
+        "Device cookie lifetime in seconds, refreshed on every answer.",
+    ),
+    Setting(
+        "cookie_secret",
+        lambda raw: tuple(Secret(s) for s in _list(raw)),
+        "",
+        "HMAC secrets for the device cookie, comma-separated: the first signs, all verify; "
+        "empty: generated once and kept beside the database (mode 0600).",
+    ),
+    Setting(
+        "max_body",
+        _int_range(1024, 64 * 1024 * 1024),
+        "1048576",
+        "Largest request body in bytes (413 above).",
+    ),
     Setting("max_query", _int_range(256, 60000), "16384", "Longest query string in bytes (414 above)."),
     Setting("max_events", _int_range(1, 10000), "500", "Most events in one POST batch."),
-    Setting("queue_max", _int_range(1, 10_000_000), "50000",
-            "Events waiting for the writer before new requests get 503 + Retry-After."),
+    Setting(
+        "queue_max",
+        _int_range(1, 10_000_000),
+        "50000",
+        "Events waiting for the writer before new requests get 503 + Retry-After.",
+    ),
     Setting("group_max", _int_range(1, 100_000), "5000", "Most events committed in one transaction."),
-    Setting("synchronous", _choice(SYNCHRONOUS_LEVELS, upper=True), "FULL",
-            "SQLite synchronous level: FULL survives power loss, NORMAL only a process crash."),
-    Setting("busy_timeout", _int_range(0, 600_000), "10000",
-            "Milliseconds a writer waits for another process's transaction."),
-    Setting("trusted_proxies", _networks, "",
-            "CIDRs of proxies whose forwarding headers are believed; empty: the socket peer is the client."),
-    Setting("forwarded_header", _choice(FORWARDED_HEADERS), "x-forwarded-for",
-            "The one header the trusted proxies set (x-forwarded-for, forwarded, x-real-ip or a CDN's); "
-            "no other is believed."),
+    Setting(
+        "synchronous",
+        _choice(SYNCHRONOUS_LEVELS, upper=True),
+        "FULL",
+        "SQLite synchronous level: FULL survives power loss, NORMAL only a process crash.",
+    ),
+    Setting(
+        "busy_timeout",
+        _int_range(0, 600_000),
+        "10000",
+        "Milliseconds a writer waits for another process's transaction.",
+    ),
+    Setting(
+        "trusted_proxies",
+        _networks,
+        "",
+        "CIDRs of proxies whose forwarding headers are believed; empty: the socket peer is the client.",
+    ),
+    Setting(
+        "forwarded_header",
+        _choice(FORWARDED_HEADERS),
+        "x-forwarded-for",
+        "The one header the trusted proxies set (x-forwarded-for, forwarded, x-real-ip or a CDN's); "
+        "no other is believed.",
+    ),
     Setting("trust_ip_param", _bool, "false", "Believe the tracker's `ip` param (server-side trackers)."),
-    Setting("ip_mode", _choice(IP_MODES), "full", "Non-anonymous IPs: full, truncate (to the prefixes) or drop."),
+    Setting(
+        "ip_mode", _choice(IP_MODES), "full", "Non-anonymous IPs: full, truncate (to the prefixes) or drop."
+    ),
     Setting("ipv4_prefix", _int_range(0, 32), "24", "Bits of an IPv4 address kept in truncate mode."),
     Setting("ipv6_prefix", _int_range(0, 128), "48", "Bits of an IPv6 address kept in truncate mode."),
-    Setting("anonymous_drop", _lower_list, "uid,duid,fp,mac,ad_uid",
-            "Params dropped from SP-Anonymous requests besides ip, nuid and tnuid (always dropped)."),
-    Setting("session_timeout", _int_range(1, 7 * 86400), "1800",
-            "Seconds of inactivity after which a device's next event starts a new session."),
-    Setting("anonymize_events", _lower_list, "anonymize",
-            "Self-describing event names (or vendor/name) that rotate the device id."),
-    Setting("rotation_burst", _int_range(1, 10000), "10", "Rotations per device per second before rate limiting."),
+    Setting(
+        "anonymous_drop",
+        _lower_list,
+        "uid,duid,fp,mac,ad_uid",
+        "Params dropped from SP-Anonymous requests besides ip, nuid and tnuid (always dropped).",
+    ),
+    Setting(
+        "session_timeout",
+        _int_range(1, 7 * 86400),
+        "1800",
+        "Seconds of inactivity after which a device's next event starts a new session.",
+    ),
+    Setting(
+        "anonymize_events",
+        _lower_list,
+        "anonymize",
+        "Self-describing event names (or vendor/name) that rotate the device id.",
+    ),
+    Setting(
+        "rotation_burst", _int_range(1, 10000), "10", "Rotations per device per second before rate limiting."
+    ),
     Setting("rotation_per_minute", _int_range(1, 100000), "30", "Rotations per device per minute."),
-    Setting("drain_seconds", _positive_float, "0",
-            "After SIGTERM, seconds /ready answers 503 while still serving, so the balancer moves away."),
+    Setting(
+        "drain_seconds",
+        _positive_float,
+        "0",
+        "After SIGTERM, seconds /ready answers 503 while still serving, so the balancer moves away.",
+    ),
     Setting("access_log", _bool, "true", "One log line per request (never an IP, cookie or identifier)."),
     Setting("log_format", _choice(LOG_FORMATS), "text", "Log line format: text or json."),
     Setting("log_level", _choice(("debug", "info", "warning", "error")), "info", "Log level."),
     Setting("metrics", _bool, "true", "Serve Prometheus metrics on GET /metrics."),
-    Setting("metrics_token", lambda raw: Secret(raw.strip()), "",
-            "When set, /metrics requires `Authorization: Bearer <token>`."),
+    Setting(
+        "metrics_token",
+        lambda raw: Secret(raw.strip()),
+        "",
+        "When set, /metrics requires `Authorization: Bearer <token>`.",
+    ),
 )
 
 
@@ -238,7 +311,9 @@ def _parse(setting: Setting, raw: str, source: str) -> Any:
         raise ConfigError(f"{source}={raw!r} is invalid: {exc}") from None
 
 
-def load_config(environ: Mapping[str, str] | None = None, flags: Mapping[str, str | None] | None = None) -> Config:
+def load_config(
+    environ: Mapping[str, str] | None = None, flags: Mapping[str, str | None] | None = None
+) -> Config:
     """Defaults, then COLLECTOR_* variables, then CLI flags; raise ConfigError naming a bad setting."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -256,8 +331,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     """Add the settings marked as flags to a CLI parser (the values stay strings until load_config)."""
     for s in SETTINGS:
         if s.flag:
-            parser.add_argument("--" + s.name.replace("_", "-"), dest=s.name, default=None,
-                                help=f"{s.help} [env {s.env}, default {s.default!r}]")
+            parser.add_argument(
+                "--" + s.name.replace("_", "-"),
+                dest=s.name,
+                default=None,
+                help=f"{s.help} [env {s.env}, default {s.default!r}]",
+            )
 
 
 def settings_table(settings: Sequence[Setting] = SETTINGS) -> str:

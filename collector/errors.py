@@ -11,8 +11,9 @@ class CollectorError(Exception):
 
     status = 400
 
-    def __init__(self, reason: str, message: str, *, status: int | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, reason: str, message: str, *, status: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -31,8 +32,9 @@ class Unavailable(CollectorError):
     status = 503
 
 
-def error_response(status: int, reason: str, message: str, headers: dict[str, str] | None = None,
-                   **extra: object) -> web.Response:
+def error_response(
+    status: int, reason: str, message: str, headers: dict[str, str] | None = None, **extra: object
+) -> web.Response:
     """The JSON body every error answer carries."""
     body = orjson.dumps({"error": {"status": status, "reason": reason, "message": message, **extra}})
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)

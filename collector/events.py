@@ -15,11 +15,24 @@ from storage.base import COL, COLUMNS
 V_COLLECTOR = f"anon-collector-{__version__}"
 # Params copied as they are into the column of the same meaning.
 SIMPLE = {
-    "e": COL["event"], "aid": COL["app_id"], "p": COL["platform"], "tna": COL["name_tracker"],
-    "tv": COL["v_tracker"], "url": COL["page_url"], "page": COL["page_title"], "refr": COL["page_referrer"],
-    "se_ca": COL["se_category"], "se_ac": COL["se_action"], "se_la": COL["se_label"],
-    "se_pr": COL["se_property"], "lang": COL["br_lang"], "tz": COL["os_timezone"], "uid": COL["user_id"],
-    "duid": COL["domain_userid"], "sid": COL["domain_sessionid"], "ua": COL["useragent"],
+    "e": COL["event"],
+    "aid": COL["app_id"],
+    "p": COL["platform"],
+    "tna": COL["name_tracker"],
+    "tv": COL["v_tracker"],
+    "url": COL["page_url"],
+    "page": COL["page_title"],
+    "refr": COL["page_referrer"],
+    "se_ca": COL["se_category"],
+    "se_ac": COL["se_action"],
+    "se_la": COL["se_label"],
+    "se_pr": COL["se_property"],
+    "lang": COL["br_lang"],
+    "tz": COL["os_timezone"],
+    "uid": COL["user_id"],
+    "duid": COL["domain_userid"],
+    "sid": COL["domain_sessionid"],
+    "ua": COL["useragent"],
 }
 TSTAMPS = {"dtm": COL["dvce_created_tstamp"], "stm": COL["dvce_sent_tstamp"], "ttm": COL["true_tstamp"]}
 # Consumed elsewhere (identity, policy) or decoded below: never copied into other_params.
@@ -47,8 +60,9 @@ def _int(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) < 16 else None
 
 
-def build_row(params: dict[str, str], base: list[Any], anonymous: bool,
-              anonymize_names: tuple[str, ...]) -> tuple[list[Any], bool]:
+def build_row(
+    params: dict[str, str], base: list[Any], anonymous: bool, anonymize_names: tuple[str, ...]
+) -> tuple[list[Any], bool]:
     """The stored row for an event, and whether it is an anonymize event; raise BadInput if malformed."""
     row = base.copy()
     other: dict[str, str] = {}

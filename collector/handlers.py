@@ -20,8 +20,7 @@ from storage.sqlite import RejectedData
 
 MAX_BAD_PAYLOAD = 64 * 1024
 EVENTS = web.RequestKey("events", int)  # events stored, for the access log
-PIXEL_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache",
-                 "Expires": "0"}
+PIXEL_HEADERS = {"Cache-Control": "no-cache, no-store, must-revalidate", "Pragma": "no-cache", "Expires": "0"}
 ROBOTS = "User-agent: *\nDisallow: /\n"
 
 
@@ -55,16 +54,33 @@ def refuse(st: State, exc: BadInput, decision: policy.Decision, payload: str | N
     now = format_ms(int(st.clock() * 1000))
     st.metrics.bad_rows.labels(exc.reason).inc()
     if st.store is not None:
-        st.store.append_nowait(Submission(0, None, bad_rows=[
-            BadRow(now, exc.reason, exc.message, None if decision.anonymous else payload, size, decision.anonymous)]))
+        st.store.append_nowait(
+            Submission(
+                0,
+                None,
+                bad_rows=[
+                    BadRow(
+                        now,
+                        exc.reason,
+                        exc.message,
+                        None if decision.anonymous else payload,
+                        size,
+                        decision.anonymous,
+                    )
+                ],
+            )
+        )
     return exc
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 before reading when its declared length is over the limit."""
     if request.content_length is not None and request.content_length > limit:
-        raise BadInput("body_too_large", f"body of {request.content_length} bytes is over the {limit}-byte limit",
-                       status=413)
+        raise BadInput(
+            "body_too_large",
+            f"body of {request.content_length} bytes is over the {limit}-byte limit",
+            status=413,
+        )
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -78,8 +94,13 @@ async def track(request: web.Request) -> web.StreamResponse:
     cookie = request.cookies.get(cfg.cookie_name)
     decision = policy.decide(cfg, request.remote, request.headers, cookie is not None)
     if len(request.query_string) > cfg.max_query:
-        raise refuse(st, BadInput("query_too_long", f"query string is over {cfg.max_query} bytes", status=414),
-                     decision, None, len(request.query_string))
+        raise refuse(
+            st,
+            BadInput("query_too_long", f"query string is over {cfg.max_query} bytes", status=414),
+            decision,
+            None,
+            len(request.query_string),
+        )
     query: dict[str, str] = dict(request.query)
     if request.method == "POST":
         body = b""
@@ -87,8 +108,11 @@ async def track(request: web.Request) -> web.StreamResponse:
             body = await read_body(request, cfg.max_body)
             raw_events = protocol.parse_body(body, request.content_type)
             if len(raw_events) > cfg.max_events:
-                raise BadInput("too_many_events", f"batch of {len(raw_events)} events is over {cfg.max_events}",
-                               status=413)
+                raise BadInput(
+                    "too_many_events",
+                    f"batch of {len(raw_events)} events is over {cfg.max_events}",
+                    status=413,
+                )
         except BadInput as exc:
             payload = body[:MAX_BAD_PAYLOAD].decode("utf-8", "replace") if body else None
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
@@ -122,16 +146,30 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     params = dict(request.query)
     target = params.pop("u", None)
     if not redirect_allowed(st.cfg, target):
-        why = "redirects are off (COLLECTOR_REDIRECT_DOMAINS is empty)" if not st.cfg.redirect_domains else \
-            "the target is not on COLLECTOR_REDIRECT_DOMAINS"
-        raise refuse(st, BadInput("redirect_refused", why), decision, _bad_payload(params, decision),
-                     len(request.query_string))
+        why = (
+            "redirects are off (COLLECTOR_REDIRECT_DOMAINS is empty)"
+            if not st.cfg.redirect_domains
+            else "the target is not on COLLECTOR_REDIRECT_DOMAINS"
+        )
+        raise refuse(
+            st,
+            BadInput("redirect_refused", why),
+            decision,
+            _bad_payload(params, decision),
+            len(request.query_string),
+        )
     assert target is not None
     return await ingest(request, st, decision, cookie, [protocol.redirect_event(params, target)], ok=target)
 
 
-async def ingest(request: web.Request, st: State, decision: policy.Decision, cookie: str | None,
-                 raw_events: list[Any], ok: str | None) -> web.StreamResponse:
+async def ingest(
+    request: web.Request,
+    st: State,
+    decision: policy.Decision,
+    cookie: str | None,
+    raw_events: list[Any],
+    ok: str | None,
+) -> web.StreamResponse:
     """Check, scrub and build every event, commit them, answer (pixel, ok or redirect) with the cookie."""
     cfg = st.cfg
     now = st.clock()
@@ -145,14 +183,23 @@ async def ingest(request: web.Request, st: State, decision: policy.Decision, coo
         try:
             ev = protocol.check_event(raw)
             nuid, tnuid = nuid or ev.get("nuid"), tnuid or ev.get("tnuid")
-            row, anonymize = build_row(policy.scrub_event(ev, decision), base, decision.anonymous,
-                                       st.anonymize_names)
+            row, anonymize = build_row(
+                policy.scrub_event(ev, decision), base, decision.anonymous, st.anonymize_names
+            )
             if decision.ip_param and "ip" in ev:
                 row[COL["user_ipaddress"]] = policy.event_ip(cfg, decision, ev["ip"])
         except BadInput as exc:
             st.metrics.bad_rows.labels(exc.reason).inc()
-            bad.append(BadRow(base[COL["collector_tstamp"]], exc.reason, exc.message,
-                              _bad_payload(raw, decision), len(orjson.dumps(raw, default=str)), decision.anonymous))
+            bad.append(
+                BadRow(
+                    base[COL["collector_tstamp"]],
+                    exc.reason,
+                    exc.message,
+                    _bad_payload(raw, decision),
+                    len(orjson.dumps(raw, default=str)),
+                    decision.anonymous,
+                )
+            )
             continue
         if anonymize:
             anonymize_at.append(len(rows))
@@ -161,9 +208,15 @@ async def ingest(request: web.Request, st: State, decision: policy.Decision, coo
         if st.store is not None:
             st.store.append_nowait(Submission(now_ms, None, bad_rows=bad))
         first = bad[0]
-        raise BadInput(first.reason, f"no valid event: {first.detail}" if len(bad) == 1 else
-                       f"none of the {len(bad)} events is valid; first: {first.detail}")
-    resolved = identity.resolve(cookie if decision.use_cookie else None, nuid, tnuid, st.keys, decision.anonymous)
+        raise BadInput(
+            first.reason,
+            f"no valid event: {first.detail}"
+            if len(bad) == 1
+            else f"none of the {len(bad)} events is valid; first: {first.detail}",
+        )
+    resolved = identity.resolve(
+        cookie if decision.use_cookie else None, nuid, tnuid, st.keys, decision.anonymous
+    )
     if resolved.forged:
         st.metrics.cookies.labels("invalid").inc()
     if decision.expire_cookie:
@@ -173,14 +226,18 @@ async def ingest(request: web.Request, st: State, decision: policy.Decision, coo
         result = await st.store.append(Submission(now_ms, resolved.device_id, rows, tuple(anonymize_at), bad))
     except Overloaded:
         st.metrics.overloaded.inc()
-        raise Unavailable("overloaded", "the write queue is full; retry later", headers={"Retry-After": "1"}) \
-            from None
+        raise Unavailable(
+            "overloaded", "the write queue is full; retry later", headers={"Retry-After": "1"}
+        ) from None
     except RejectedData as exc:
         raise BadInput("unstorable", str(exc)) from None
     except StoreFailed:
         st.metrics.store_failures.inc()
-        raise Unavailable("store_unavailable", "the events could not be committed; retry later",
-                          headers={"Retry-After": "1"}) from None
+        raise Unavailable(
+            "store_unavailable",
+            "the events could not be committed; retry later",
+            headers={"Retry-After": "1"},
+        ) from None
     request[EVENTS] = result.stored
     st.metrics.events.labels("true" if decision.anonymous else "false").inc(result.stored)
     if result.duplicates:
@@ -192,9 +249,19 @@ async def ingest(request: web.Request, st: State, decision: policy.Decision, coo
     if ok is not None:
         resp = web.Response(status=302, headers={"Location": ok})
     elif request.method == "POST":
-        resp = web.Response(text="ok") if not bad else web.json_response(
-            {"ok": True, "stored": len(rows), "rejected": len(bad), "reasons": sorted({b.reason for b in bad})},
-            dumps=lambda o: orjson.dumps(o).decode())
+        resp = (
+            web.Response(text="ok")
+            if not bad
+            else web.json_response(
+                {
+                    "ok": True,
+                    "stored": len(rows),
+                    "rejected": len(bad),
+                    "reasons": sorted({b.reason for b in bad}),
+                },
+                dumps=lambda o: orjson.dumps(o).decode(),
+            )
+        )
     else:
         resp = web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
     if decision.use_cookie and result.device_id is not None:
@@ -239,4 +306,6 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     if token and request.headers.get("Authorization") != f"Bearer {token}":
         raise BadInput("unauthorized", "metrics need the bearer token", status=401)
     depth = st.store.queue_depth if st.store is not None else 0
-    return web.Response(body=st.metrics.exposition(depth), headers={"Content-Type": "text/plain; version=0.0.4"})
+    return web.Response(
+        body=st.metrics.exposition(depth), headers={"Content-Type": "text/plain; version=0.0.4"}
+    )

@@ -60,8 +60,9 @@ class Resolved:
     forged: bool  # a cookie or param arrived but its MAC did not verify
 
 
-def resolve(cookie: str | None, nuid: str | None, tnuid: str | None, keys: Sequence[bytes],
-            anonymous: bool) -> Resolved:
+def resolve(
+    cookie: str | None, nuid: str | None, tnuid: str | None, keys: Sequence[bytes], anonymous: bool
+) -> Resolved:
     """Verified cookie, else verified nuid/tnuid param, else a newly minted id; none when anonymous."""
     if anonymous:
         return Resolved(None, False, False)
@@ -101,8 +102,10 @@ class CookieJar:
 
     def issue(self, device_id: str, now: float) -> str:
         """Set-Cookie value carrying a signed device id, expiry refreshed."""
-        return (f"{self.name}={sign(device_id, self._key)}; Max-Age={self._max_age}; "
-                f"Expires={self._expiry(now)}{self._attrs}")
+        return (
+            f"{self.name}={sign(device_id, self._key)}; Max-Age={self._max_age}; "
+            f"Expires={self._expiry(now)}{self._attrs}"
+        )
 
 
 def load_keys(configured: Sequence[str], db: Path) -> list[bytes]:

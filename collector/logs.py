@@ -38,7 +38,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's API name
+    def formatException(self, ei: Any) -> str:
         return f"[{ei[0].__name__}]" if ei and ei[0] else ""
 
 
@@ -48,7 +48,12 @@ class RedactLibraries(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("aiohttp"):
             kind = record.exc_info[0].__name__ if record.exc_info and record.exc_info[0] else "error"
-            record.msg, record.args, record.exc_info, record.exc_text = f"{kind} (details redacted)", (), None, None
+            record.msg, record.args, record.exc_info, record.exc_text = (
+                f"{kind} (details redacted)",
+                (),
+                None,
+                None,
+            )
             record.stack_info = None
         return True
 
@@ -66,5 +71,12 @@ def setup(fmt: str, level: str) -> None:
 
 def access(method: str, route: str, status: int, ms: float, events: int) -> None:
     """The one line per request."""
-    ACCESS.info("%s %s %d %.1fms events=%d", method, route, status, ms, events,
-                extra={"method": method, "route": route, "status": status, "ms": round(ms, 2), "events": events})
+    ACCESS.info(
+        "%s %s %d %.1fms events=%d",
+        method,
+        route,
+        status,
+        ms,
+        events,
+        extra={"method": method, "route": route, "status": status, "ms": round(ms, 2), "events": events},
+    )

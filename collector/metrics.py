@@ -28,30 +28,56 @@ class Metrics:
         self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
         reg = None if self.multiprocess else self.registry
-        self.requests = Counter("collector_requests", "HTTP requests by route and status class",
-                                ["route", "status"], registry=reg)
-        self.request_seconds = Histogram("collector_request_seconds", "Time to answer a request, by route",
-                                         ["route"], buckets=LATENCY_BUCKETS, registry=reg)
-        self.events = Counter("collector_events_stored", "Events committed to the store",
-                              ["anonymous"], registry=reg)
-        self.duplicates = Counter("collector_events_duplicate", "Events skipped as retries of stored ones",
-                                  registry=reg)
+        self.requests = Counter(
+            "collector_requests", "HTTP requests by route and status class", ["route", "status"], registry=reg
+        )
+        self.request_seconds = Histogram(
+            "collector_request_seconds",
+            "Time to answer a request, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=reg,
+        )
+        self.events = Counter(
+            "collector_events_stored", "Events committed to the store", ["anonymous"], registry=reg
+        )
+        self.duplicates = Counter(
+            "collector_events_duplicate", "Events skipped as retries of stored ones", registry=reg
+        )
         self.bad_rows = Counter("collector_bad_rows", "Refused inputs, by reason", ["reason"], registry=reg)
-        self.rotations = Counter("collector_rotations", "Anonymize events, by outcome (rotated, rate_limited)",
-                                 ["outcome"], registry=reg)
-        self.cookies = Counter("collector_device_cookies",
-                               "Device ids by source (verified, minted, invalid, expired)", ["outcome"],
-                               registry=reg)
-        self.overloaded = Counter("collector_overloaded", "Requests answered 503 because the write queue was full",
-                                  registry=reg)
-        self.store_failures = Counter("collector_store_failures", "Requests whose commit failed (503)",
-                                      registry=reg)
-        self.queue_depth = Gauge("collector_write_queue_depth", "Events waiting for the writer",
-                                 multiprocess_mode="livesum", registry=reg)
-        self.commit_seconds = Histogram("collector_commit_seconds", "Time of one group commit",
-                                        buckets=LATENCY_BUCKETS, registry=reg)
-        self.group_events = Histogram("collector_commit_group_events", "Events and bad rows in one group commit",
-                                      buckets=GROUP_BUCKETS, registry=reg)
+        self.rotations = Counter(
+            "collector_rotations",
+            "Anonymize events, by outcome (rotated, rate_limited)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.cookies = Counter(
+            "collector_device_cookies",
+            "Device ids by source (verified, minted, invalid, expired)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.overloaded = Counter(
+            "collector_overloaded", "Requests answered 503 because the write queue was full", registry=reg
+        )
+        self.store_failures = Counter(
+            "collector_store_failures", "Requests whose commit failed (503)", registry=reg
+        )
+        self.queue_depth = Gauge(
+            "collector_write_queue_depth",
+            "Events waiting for the writer",
+            multiprocess_mode="livesum",
+            registry=reg,
+        )
+        self.commit_seconds = Histogram(
+            "collector_commit_seconds", "Time of one group commit", buckets=LATENCY_BUCKETS, registry=reg
+        )
+        self.group_events = Histogram(
+            "collector_commit_group_events",
+            "Events and bad rows in one group commit",
+            buckets=GROUP_BUCKETS,
+            registry=reg,
+        )
 
     def observe_commit(self, size: int, seconds: float) -> None:
         """Called by the writer thread after each commit."""

@@ -28,10 +28,23 @@ ANON_HEADER = "SP-Anonymous"
 # device id by collector.identity (only when they carry a valid MAC).
 ALWAYS_DROP = frozenset({"ip", "nuid", "tnuid"})
 # Fields of entities (contexts) that identify a person or device; removed under SP-Anonymous.
-ENTITY_ID_FIELDS = frozenset({
-    "userId", "previousSessionId", "firstEventId", "appleIdfa", "appleIdfv", "androidIdfa", "openIdfa",
-    "deviceId", "advertisingId", "idfa", "idfv", "user_id", "userid",
-})
+ENTITY_ID_FIELDS = frozenset(
+    {
+        "userId",
+        "previousSessionId",
+        "firstEventId",
+        "appleIdfa",
+        "appleIdfv",
+        "androidIdfa",
+        "openIdfa",
+        "deviceId",
+        "advertisingId",
+        "idfa",
+        "idfv",
+        "user_id",
+        "userid",
+    }
+)
 # Whole entities dropped under SP-Anonymous: a precise location identifies a person.
 ENTITY_DROP_NAMES = frozenset({"geolocation_context"})
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -88,8 +101,9 @@ def scrub_entities(contexts: Any) -> Any:
             continue
         data = entity.get("data")
         if isinstance(data, dict) and not ENTITY_ID_FIELDS.isdisjoint(data):
-            entity = {**entity, "data": {k: v for k, v in data.items() if k not in ENTITY_ID_FIELDS}}
-        kept.append(entity)
+            kept.append({**entity, "data": {k: v for k, v in data.items() if k not in ENTITY_ID_FIELDS}})
+        else:
+            kept.append(entity)
     return {**contexts, "data": kept}
 
 
@@ -138,8 +152,12 @@ def _trusted(addr: IPAddress, trusted: tuple[Network, ...]) -> bool:
     return any(addr.version == net.version and addr in net for net in trusted)
 
 
-def client_ip(peer: str | None, headers: Mapping[str, str], trusted: tuple[Network, ...],
-              header: str = "x-forwarded-for") -> IPAddress | None:
+def client_ip(
+    peer: str | None,
+    headers: Mapping[str, str],
+    trusted: tuple[Network, ...],
+    header: str = "x-forwarded-for",
+) -> IPAddress | None:
     """The client's address: the peer, or walking the forwarding header from the right past trusted hops.
 
     Only the header the trusted proxy is configured to set is read: any other one is passed through by

@@ -46,8 +46,9 @@ def check_event(raw: object) -> Event:
 def parse_body(body: bytes, content_type: str) -> list[object]:
     """The events of a POST body (a payload_data envelope); raise BadInput for a bad envelope."""
     if content_type not in JSON_TYPES:
-        raise BadInput("bad_content_type", f"content type {content_type[:64]!r} is not application/json",
-                       status=415)
+        raise BadInput(
+            "bad_content_type", f"content type {content_type[:64]!r} is not application/json", status=415
+        )
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -56,8 +57,10 @@ def parse_body(body: bytes, content_type: str) -> list[object]:
         raise BadInput("bad_envelope", "body must be a JSON object with schema and data")
     schema = doc.get("schema")
     if not isinstance(schema, str) or not PAYLOAD_SCHEMA.fullmatch(schema):
-        raise BadInput("bad_schema", "schema must be iglu:com.snowplowanalytics.snowplow/payload_data/"
-                       "jsonschema/1-0-0 to 1-0-4")
+        raise BadInput(
+            "bad_schema",
+            "schema must be iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-0 to 1-0-4",
+        )
     data = doc.get("data")
     if not isinstance(data, list) or not data:
         raise BadInput("bad_envelope", "data must be a non-empty array of events")
@@ -118,7 +121,9 @@ def redirect_event(params: Event, target: str) -> Event:
         return params
     ue = {
         "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
-        "data": {"schema": "iglu:com.snowplowanalytics.snowplow/uri_redirect/jsonschema/1-0-0",
-                 "data": {"uri": target}},
+        "data": {
+            "schema": "iglu:com.snowplowanalytics.snowplow/uri_redirect/jsonschema/1-0-0",
+            "data": {"uri": target},
+        },
     }
     return {"p": "web", "tv": "r-tp2", **params, "e": "ue", "ue_pr": orjson.dumps(ue).decode()}

@@ -8,18 +8,51 @@ from typing import Any, Protocol
 # Event rows are lists in this column order (the conventional Snowplow names); building them as
 # plain lists keeps the hot path free of per-event dicts.
 COLUMNS: tuple[str, ...] = (
-    "event_id", "event", "app_id", "platform", "name_tracker", "v_tracker", "v_collector",
-    "collector_tstamp", "dvce_created_tstamp", "dvce_sent_tstamp", "true_tstamp",
-    "user_ipaddress", "useragent", "network_userid", "domain_userid", "domain_sessionid",
-    "domain_sessionidx", "user_id", "session_id", "session_index", "anonymous",
-    "page_url", "page_title", "page_referrer",
-    "se_category", "se_action", "se_label", "se_property", "se_value",
-    "event_vendor", "event_name", "event_version", "unstruct_event", "contexts",
-    "br_lang", "os_timezone", "other_params",
+    "event_id",
+    "event",
+    "app_id",
+    "platform",
+    "name_tracker",
+    "v_tracker",
+    "v_collector",
+    "collector_tstamp",
+    "dvce_created_tstamp",
+    "dvce_sent_tstamp",
+    "true_tstamp",
+    "user_ipaddress",
+    "useragent",
+    "network_userid",
+    "domain_userid",
+    "domain_sessionid",
+    "domain_sessionidx",
+    "user_id",
+    "session_id",
+    "session_index",
+    "anonymous",
+    "page_url",
+    "page_title",
+    "page_referrer",
+    "se_category",
+    "se_action",
+    "se_label",
+    "se_property",
+    "se_value",
+    "event_vendor",
+    "event_name",
+    "event_version",
+    "unstruct_event",
+    "contexts",
+    "br_lang",
+    "os_timezone",
+    "other_params",
 )
 COL = {name: i for i, name in enumerate(COLUMNS)}
 EVENT_ID, NETWORK_USERID, DOMAIN_USERID, DOMAIN_SESSIONID = (
-    COL["event_id"], COL["network_userid"], COL["domain_userid"], COL["domain_sessionid"])
+    COL["event_id"],
+    COL["network_userid"],
+    COL["domain_userid"],
+    COL["domain_sessionid"],
+)
 USER_ID, SESSION_ID, SESSION_INDEX = COL["user_id"], COL["session_id"], COL["session_index"]
 
 

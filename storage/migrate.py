@@ -33,14 +33,18 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     """Apply pending migrations; several processes starting at once serialise on BEGIN IMMEDIATE."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
-                     "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+        )
         applied = []
         for path in pending(conn):
             for stmt in statements(path.read_text()):
                 conn.execute(stmt)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                         (int(path.name.split("_")[0]), path.stem, datetime.now(UTC).isoformat()))
+            conn.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                (int(path.name.split("_")[0]), path.stem, datetime.now(UTC).isoformat()),
+            )
             applied.append(path.stem)
         conn.execute("COMMIT")
     except BaseException:

@@ -38,8 +38,9 @@ def continues(state: DeviceState, now_ms: int, sid: str | None, uid: str | None,
     )
 
 
-def assign(state: DeviceState | None, now_ms: int, sid: str | None, uid: str | None,
-           rules: SessionRules) -> DeviceState:
+def assign(
+    state: DeviceState | None, now_ms: int, sid: str | None, uid: str | None, rules: SessionRules
+) -> DeviceState:
     """The device's state after one event: the same session updated, or the next session."""
     if state is not None and continues(state, now_ms, sid, uid, rules):
         state.last_ms = max(state.last_ms, now_ms)
@@ -54,7 +55,10 @@ def assign(state: DeviceState | None, now_ms: int, sid: str | None, uid: str | N
 def may_rotate(state: DeviceState, now_ms: int, rules: SessionRules) -> bool:
     """Record a rotation and say yes, unless the device is over its burst or per-minute limit."""
     recent = [t for t in state.rotations if now_ms - t < 60_000]
-    if len(recent) >= rules.rotation_per_minute or sum(now_ms - t < 1000 for t in recent) >= rules.rotation_burst:
+    if (
+        len(recent) >= rules.rotation_per_minute
+        or sum(now_ms - t < 1000 for t in recent) >= rules.rotation_burst
+    ):
         state.rotations = recent
         return False
     recent.append(now_ms)

@@ -69,8 +69,17 @@ class _Pending:
 class SqliteStore:
     """The default store: an embedded SQLite file."""
 
-    def __init__(self, path: Path, rules: SessionRules, *, synchronous: str = "FULL", busy_timeout: int = 10000,
-                 queue_max: int = 50000, group_max: int = 5000, on_commit: CommitHook | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        rules: SessionRules,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout: int = 10000,
+        queue_max: int = 50000,
+        group_max: int = 5000,
+        on_commit: CommitHook | None = None,
+    ) -> None:
         self.path = path
         self._rules = rules
         self._synchronous = synchronous
@@ -158,7 +167,7 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:  # busy, locked, disk full, I/O: nothing committed
             log.error("commit of %d events failed: %s", size, exc)
             return [StoreFailed(str(exc))] * len(submissions)
-        except Exception:  # data SQLite refused: find the request(s) it came from, commit the rest
+        except Exception:  # noqa: BLE001 - data SQLite refused: find the request(s) it came from, commit the rest
             if len(submissions) == 1:
                 log.warning("a request's data was refused by SQLite", exc_info=False)
                 return [RejectedData("the event data could not be stored")]
@@ -195,4 +204,3 @@ class SqliteStore:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-

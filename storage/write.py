@@ -24,8 +24,9 @@ from storage.base import (
 from storage.sessions import DeviceState, SessionRules, assign, may_rotate
 
 INSERT_EVENT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-INSERT_BAD = ("INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) "
-              "VALUES (?, ?, ?, ?, ?, ?)")
+INSERT_BAD = (
+    "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) VALUES (?, ?, ?, ?, ?, ?)"
+)
 UPSERT_STATE = (
     "INSERT INTO device_state VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
     "session_id = excluded.session_id, session_index = excluded.session_index, last_ms = excluded.last_ms, "
@@ -56,10 +57,14 @@ def load_states(conn: sqlite3.Connection, devices: Iterable[str]) -> dict[str, D
     return states
 
 
-def write_group(conn: sqlite3.Connection, subs: Sequence[Submission], rules: SessionRules) -> list[AppendResult]:
+def write_group(
+    conn: sqlite3.Connection, subs: Sequence[Submission], rules: SessionRules
+) -> list[AppendResult]:
     """Write a group of requests inside an open transaction; one result per request, in order."""
     rows = [row for s in subs for row in s.rows]
-    seen = set(select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})", {r[EVENT_ID] for r in rows}))
+    seen = set(
+        select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})", {r[EVENT_ID] for r in rows})
+    )
     tracker_ids = {v for r in rows for v in (r[DOMAIN_USERID], r[DOMAIN_SESSIONID]) if v}
     retired = set(select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", tracker_ids))
     states = load_states(conn, {s.device_id for s in subs if s.device_id})
@@ -109,15 +114,31 @@ def write_group(conn: sqlite3.Connection, subs: Sequence[Submission], rules: Ses
         results.append(res)
     if inserts:
         conn.executemany(INSERT_EVENT, inserts)
-    bad = [(b.received_at, b.reason, b.detail, b.payload, b.size, int(b.anonymous)) for s in subs for b in s.bad_rows]
+    bad = [
+        (b.received_at, b.reason, b.detail, b.payload, b.size, int(b.anonymous))
+        for s in subs
+        for b in s.bad_rows
+    ]
     if bad:
         conn.executemany(INSERT_BAD, bad)
     if touched:
-        conn.executemany(UPSERT_STATE, [
-            (d, st.session_id, st.session_index, st.last_ms, st.tracker_sid, st.user_id, int(st.closed),
-             orjson.dumps(st.rotations).decode())
-            for d in touched for st in (states[d],)
-        ])
+        conn.executemany(
+            UPSERT_STATE,
+            [
+                (
+                    d,
+                    st.session_id,
+                    st.session_index,
+                    st.last_ms,
+                    st.tracker_sid,
+                    st.user_id,
+                    int(st.closed),
+                    orjson.dumps(st.rotations).decode(),
+                )
+                for d in touched
+                for st in (states[d],)
+            ],
+        )
     if new_retired:
         conn.executemany("INSERT OR IGNORE INTO retired_ids VALUES (?)", new_retired)
     return results

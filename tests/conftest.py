@@ -60,7 +60,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def make_client(aiohttp_client: ClientFactory, clock: Clock) -> Callable[[Config], Awaitable[TestClient[web.Request, web.Application]]]:
+def make_client(
+    aiohttp_client: ClientFactory, clock: Clock
+) -> Callable[[Config], Awaitable[TestClient[web.Request, web.Application]]]:
     async def make(config: Config) -> TestClient[web.Request, web.Application]:
         return await aiohttp_client(create_app(config, clock=clock))
 

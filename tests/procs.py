@@ -65,8 +65,19 @@ class Collector:
 
     def start(self, wait: bool = True) -> Collector:
         env = {**os.environ, **self.env}
-        cmd = [sys.executable, "-m", "collector", "serve", "--host", self.host,
-               "--port", str(self.port), "--db", str(self.db), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "collector",
+            "serve",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--db",
+            str(self.db),
+            *self.args,
+        ]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
         if wait:

@@ -23,8 +23,12 @@ pytestmark = pytest.mark.slow
 SECRET = "canary-secret"
 SOURCE = "127.77.0.1"  # the client binds here: the socket peer the collector sees
 HEADER_IPS = {
-    "X-Forwarded-For": "198.51.100.11", "X-Real-IP": "198.51.100.12", "Forwarded": "for=198.51.100.13",
-    "CF-Connecting-IP": "198.51.100.14", "True-Client-IP": "198.51.100.15", "Fastly-Client-IP": "198.51.100.16",
+    "X-Forwarded-For": "198.51.100.11",
+    "X-Real-IP": "198.51.100.12",
+    "Forwarded": "for=198.51.100.13",
+    "CF-Connecting-IP": "198.51.100.14",
+    "True-Client-IP": "198.51.100.15",
+    "Fastly-Client-IP": "198.51.100.16",
     "X-Client-IP": "198.51.100.17",
 }
 PARAM_IP = "198.51.100.18"
@@ -34,39 +38,81 @@ TNUID_DEVICE = "c0ffee00-dead-4bee-8f00-00000000c003"
 UID, DUID = "canary-uid-7c1e", "canary-duid-41fa"
 IPS = [SOURCE, PARAM_IP, *[v.removeprefix("for=") for v in HEADER_IPS.values()]]
 IDS = [COOKIE_DEVICE, NUID_DEVICE, TNUID_DEVICE, UID, DUID]
-ENV = {"COLLECTOR_COOKIE_SECRET": SECRET, "COLLECTOR_TRUSTED_PROXIES": "127.0.0.0/8",
-       "COLLECTOR_TRUST_IP_PARAM": "true", "COLLECTOR_REDIRECT_DOMAINS": "shop.test", "COLLECTOR_MAX_BODY": "4096"}
+ENV = {
+    "COLLECTOR_COOKIE_SECRET": SECRET,
+    "COLLECTOR_TRUSTED_PROXIES": "127.0.0.0/8",
+    "COLLECTOR_TRUST_IP_PARAM": "true",
+    "COLLECTOR_REDIRECT_DOMAINS": "shop.test",
+    "COLLECTOR_MAX_BODY": "4096",
+}
 
 
 def canary_event(eid: str) -> dict[str, str]:
-    return ev("pv", eid=eid, uid=UID, duid=DUID, ip=PARAM_IP, nuid=sign(NUID_DEVICE, SECRET.encode()),
-              tnuid=sign(TNUID_DEVICE, SECRET.encode()))
+    return ev(
+        "pv",
+        eid=eid,
+        uid=UID,
+        duid=DUID,
+        ip=PARAM_IP,
+        nuid=sign(NUID_DEVICE, SECRET.encode()),
+        tnuid=sign(TNUID_DEVICE, SECRET.encode()),
+    )
 
 
 async def send_everything(url: str, anonymous: bool, tag: str) -> None:
     """Every route, good and bad, carrying every canary."""
-    headers = {**HEADER_IPS, "Cookie": f"sp={sign(COOKIE_DEVICE, SECRET.encode())}", "Origin": "http://site.test"}
+    headers = {
+        **HEADER_IPS,
+        "Cookie": f"sp={sign(COOKIE_DEVICE, SECRET.encode())}",
+        "Origin": "http://site.test",
+    }
     if anonymous:
         headers["SP-Anonymous"] = "*"
     connector = aiohttp.TCPConnector(local_addr=(SOURCE, 0), force_close=True)
     async with aiohttp.ClientSession(connector=connector) as s:
+
         async def go(method: str, path: str, expect: int, **kw: object) -> None:
-            async with s.request(method, url + path, headers={**headers, **kw.pop("headers", {})},  # type: ignore[arg-type]
-                                 allow_redirects=False, **kw) as r:  # type: ignore[arg-type]
+            async with s.request(
+                method,
+                url + path,
+                headers={**headers, **kw.pop("headers", {})},  # type: ignore[arg-type]
+                allow_redirects=False,
+                **kw,
+            ) as r:  # type: ignore[arg-type]
                 await r.read()
                 assert r.status == expect, (method, path, r.status)
 
         for path in ("/i", "/ice.png", TP2):
             await go("GET", path, 200, params=canary_event(f"{tag}-get{path}"))
         await go("POST", TP2, 200, json=batch(canary_event(f"{tag}-post-1"), canary_event(f"{tag}-post-2")))
-        await go("POST", TP2, 200, json=batch(canary_event(f"{tag}-partial"), {"e": "pv", "uid": UID, "ip": PARAM_IP}))
+        await go(
+            "POST",
+            TP2,
+            200,
+            json=batch(canary_event(f"{tag}-partial"), {"e": "pv", "uid": UID, "ip": PARAM_IP}),
+        )
         await go("GET", "/r/tp2", 302, params={**canary_event(f"{tag}-redirect"), "u": "https://shop.test/x"})
-        await go("GET", "/r/tp2", 400, params={**canary_event(f"{tag}-badredirect"), "u": "https://evil.test/"})
+        await go(
+            "GET", "/r/tp2", 400, params={**canary_event(f"{tag}-badredirect"), "u": "https://evil.test/"}
+        )
         await go("OPTIONS", TP2, 200, headers={"Access-Control-Request-Method": "POST"})
-        await go("POST", TP2, 400, data=f'{{"bad json {UID} {PARAM_IP} {DUID}', headers={"Content-Type": "application/json"})
-        await go("POST", TP2, 413, data=orjson.dumps(batch(*[canary_event(f"{tag}-big-{i}") for i in range(20)])),
-                 headers={"Content-Type": "application/json"})
-        await go("POST", TP2, 400, json={"schema": "iglu:com.acme/x/jsonschema/1-0-0", "data": [canary_event("s")]})
+        await go(
+            "POST",
+            TP2,
+            400,
+            data=f'{{"bad json {UID} {PARAM_IP} {DUID}',
+            headers={"Content-Type": "application/json"},
+        )
+        await go(
+            "POST",
+            TP2,
+            413,
+            data=orjson.dumps(batch(*[canary_event(f"{tag}-big-{i}") for i in range(20)])),
+            headers={"Content-Type": "application/json"},
+        )
+        await go(
+            "POST", TP2, 400, json={"schema": "iglu:com.acme/x/jsonschema/1-0-0", "data": [canary_event("s")]}
+        )
         await go("GET", "/i", 400, params={"uid": UID, "duid": DUID, "ip": PARAM_IP})
         await go("GET", f"/nope/{UID}", 404)
         await go("GET", "/i", 414, params={**canary_event(f"{tag}-long"), "url": "x" * 20000})
@@ -94,7 +140,9 @@ def read_all(db: Path, log: Path, metrics: bytes) -> dict[str, bytes]:
     return blobs
 
 
-async def run(tmp_path: Path, anonymous: bool, log_format: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+async def run(
+    tmp_path: Path, anonymous: bool, log_format: str
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     db = tmp_path / "canary.db"
     proc = Collector(db, env={**ENV, "COLLECTOR_LOG_FORMAT": log_format}).start()
     try:

@@ -14,10 +14,14 @@ from collector.config import Config
 from collector.protocol import PIXEL
 from tests.conftest import SCHEMA, TP2, batch, ev, rows
 
-UE = {"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
-      "data": {"schema": "iglu:com.acme/button_click/jsonschema/1-0-0", "data": {"id": "buy"}}}
-CO = {"schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
-      "data": [{"schema": "iglu:com.acme/page/jsonschema/1-0-0", "data": {"kind": "article"}}]}
+UE = {
+    "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+    "data": {"schema": "iglu:com.acme/button_click/jsonschema/1-0-0", "data": {"id": "buy"}},
+}
+CO = {
+    "schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
+    "data": [{"schema": "iglu:com.acme/page/jsonschema/1-0-0", "data": {"kind": "article"}}],
+}
 
 
 def b64(obj: Any) -> str:
@@ -38,7 +42,12 @@ async def test_get_pixel_stores_one_event(client: Any, cfg: Config, path: str) -
     assert resp.headers["Cache-Control"] == "no-cache, no-store, must-revalidate"
     [row] = rows(cfg.db, "select * from events")
     assert (row["event_id"], row["event"], row["page_url"], row["page_title"], row["app_id"]) == (
-        "e-1", "pv", "https://shop.test/a", "A", "shop")
+        "e-1",
+        "pv",
+        "https://shop.test/a",
+        "A",
+        "shop",
+    )
     assert row["platform"] == "web" and row["v_tracker"] == "js-4.10.1" and row["anonymous"] == 0
 
 
@@ -55,7 +64,9 @@ async def test_head_pixel_with_params_stores_the_event(client: Any, cfg: Config)
 
 
 async def test_post_batch_merges_query_params_into_every_event(client: Any, cfg: Config) -> None:
-    body = batch(ev("pv", eid="p-1", aid="inbody"), ev("se", eid="p-2", se_ca="cat", se_ac="act", se_va="2.5"))
+    body = batch(
+        ev("pv", eid="p-1", aid="inbody"), ev("se", eid="p-2", se_ca="cat", se_ac="act", se_va="2.5")
+    )
     resp = await client.post(TP2 + "?aid=fromquery", json=body)
     assert resp.status == 200 and await resp.text() == "ok"
     got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
@@ -67,7 +78,9 @@ async def test_post_batch_merges_query_params_into_every_event(client: Any, cfg:
 @pytest.mark.parametrize("version", ["1-0-0", "1-0-1", "1-0-2", "1-0-3", "1-0-4"])
 async def test_every_payload_schema_version_is_accepted(client: Any, cfg: Config, version: str) -> None:
     body = {"schema": SCHEMA.replace("1-0-4", version), "data": [ev("pv")]}
-    resp = await client.post(TP2, data=orjson.dumps(body), headers={"Content-Type": "application/json; charset=utf-8"})
+    resp = await client.post(
+        TP2, data=orjson.dumps(body), headers={"Content-Type": "application/json; charset=utf-8"}
+    )
     assert resp.status == 200
 
 
@@ -81,12 +94,19 @@ async def test_self_describing_json_and_base64_encodings_store_the_same(client: 
         assert orjson.loads(got[eid]["unstruct_event"]) == UE
         assert orjson.loads(got[eid]["contexts"]) == CO
         assert (got[eid]["event_vendor"], got[eid]["event_name"], got[eid]["event_version"]) == (
-            "com.acme", "button_click", "1-0-0")
+            "com.acme",
+            "button_click",
+            "1-0-0",
+        )
 
 
 async def test_timestamps_and_other_params(client: Any, cfg: Config) -> None:
-    resp = await client.get("/i", params=ev("pv", dtm="1732270000123", stm="1732270001000", res="1920x1080",
-                                            lang="en-GB", tz="Europe/London"))
+    resp = await client.get(
+        "/i",
+        params=ev(
+            "pv", dtm="1732270000123", stm="1732270001000", res="1920x1080", lang="en-GB", tz="Europe/London"
+        ),
+    )
     assert resp.status == 200
     [row] = rows(cfg.db, "select * from events")
     assert row["dvce_created_tstamp"] == "2024-11-22 10:06:40.123"
@@ -112,14 +132,17 @@ async def test_device_cookie_is_issued_then_reused(client: Any, cfg: Config) -> 
 async def test_cookie_domain_and_name_are_configurable(make_client: Any, cfg: Config) -> None:
     client = await make_client(cfg.replace(cookie_name="dev", cookie_domain="example.test"))
     resp = await client.get("/i", params=ev("pv"))
-    assert resp.headers["Set-Cookie"].startswith("dev=") and "Domain=example.test" in resp.headers["Set-Cookie"]
+    assert (
+        resp.headers["Set-Cookie"].startswith("dev=") and "Domain=example.test" in resp.headers["Set-Cookie"]
+    )
 
 
 async def test_anonymous_header_floor(client: Any, cfg: Config) -> None:
     known = await client.get("/i", params=ev("pv", eid="before"))
     value = cookie_value(known)
-    resp = await client.get("/i", params=ev("pv", eid="anon"),
-                            headers={"SP-Anonymous": "*", "Cookie": f"sp={value}"})
+    resp = await client.get(
+        "/i", params=ev("pv", eid="anon"), headers={"SP-Anonymous": "*", "Cookie": f"sp={value}"}
+    )
     assert resp.status == 200
     assert resp.headers["Set-Cookie"].startswith("sp=; Max-Age=0")  # the old cookie is expired
     row = rows(cfg.db, "select * from events where event_id = 'anon'")[0]
@@ -149,12 +172,16 @@ async def test_redirect_to_an_allowed_host(make_client: Any, cfg: Config) -> Non
     [row] = rows(cfg.db, "select * from events")
     assert row["event_name"] == "uri_redirect"
     assert orjson.loads(row["unstruct_event"])["data"]["data"] == {"uri": "https://a.partner.test/x?y=1"}
-    resp = await client.get("/r/tp2", params={**ev("pv", eid="rd"), "u": "http://shop.test/"}, allow_redirects=False)
+    resp = await client.get(
+        "/r/tp2", params={**ev("pv", eid="rd"), "u": "http://shop.test/"}, allow_redirects=False
+    )
     assert resp.status == 302
     assert rows(cfg.db, "select event from events where event_id = 'rd'")[0][0] == "pv"
 
 
-@pytest.mark.parametrize("target", ["https://evil.test/", "javascript:alert(1)", "//evil.test", "", "https://shop.test.evil/"])
+@pytest.mark.parametrize(
+    "target", ["https://evil.test/", "javascript:alert(1)", "//evil.test", "", "https://shop.test.evil/"]
+)
 async def test_redirect_refuses_other_targets(make_client: Any, cfg: Config, target: str) -> None:
     client = await make_client(cfg.replace(redirect_domains=("shop.test",)))
     resp = await client.get("/r/tp2", params={"u": target}, allow_redirects=False)
@@ -177,9 +204,14 @@ async def test_path_aliases(make_client: Any, cfg: Config) -> None:
 
 
 async def test_preflight_and_cors_echo_the_origin(client: Any) -> None:
-    resp = await client.options(TP2, headers={"Origin": "http://site.test",
-                                              "Access-Control-Request-Method": "POST",
-                                              "Access-Control-Request-Headers": "content-type,sp-anonymous"})
+    resp = await client.options(
+        TP2,
+        headers={
+            "Origin": "http://site.test",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,sp-anonymous",
+        },
+    )
     assert resp.status == 200
     h = resp.headers
     assert h["Access-Control-Allow-Origin"] == "http://site.test"
@@ -189,7 +221,9 @@ async def test_preflight_and_cors_echo_the_origin(client: Any) -> None:
     post = await client.post(TP2, json=batch(ev()), headers={"Origin": "http://site.test"})
     assert post.headers["Access-Control-Allow-Origin"] == "http://site.test"
     assert post.headers["Access-Control-Allow-Credentials"] == "true"
-    bad = await client.post(TP2, data=b"{", headers={"Origin": "http://site.test", "Content-Type": "application/json"})
+    bad = await client.post(
+        TP2, data=b"{", headers={"Origin": "http://site.test", "Content-Type": "application/json"}
+    )
     assert bad.status == 400 and bad.headers["Access-Control-Allow-Origin"] == "http://site.test"
 
 
@@ -221,11 +255,20 @@ async def test_ready_is_503_while_draining(client: Any) -> None:
 
 BAD_POSTS = [
     (b"{not json", "application/json", 400, "bad_json"),
-    (orjson.dumps({"schema": "iglu:com.acme/other/jsonschema/1-0-0", "data": [ev()]}), "application/json", 400,
-     "bad_schema"),
+    (
+        orjson.dumps({"schema": "iglu:com.acme/other/jsonschema/1-0-0", "data": [ev()]}),
+        "application/json",
+        400,
+        "bad_schema",
+    ),
     (orjson.dumps([ev()]), "application/json", 400, "bad_envelope"),
     (orjson.dumps({"schema": SCHEMA, "data": []}), "application/json", 400, "bad_envelope"),
-    (orjson.dumps(batch({"e": "pv", "p": "web", "tv": "js", "vid": 3})), "application/json", 400, "non_string_value"),
+    (
+        orjson.dumps(batch({"e": "pv", "p": "web", "tv": "js", "vid": 3})),
+        "application/json",
+        400,
+        "non_string_value",
+    ),
     (orjson.dumps(batch({"p": "web", "tv": "js"})), "application/json", 400, "missing_field"),
     (orjson.dumps(batch(ev(ue_px="!!!not base64"))), "application/json", 400, "bad_base64"),
     (orjson.dumps(batch(ev(co="{oops"))), "application/json", 400, "bad_json"),
@@ -236,8 +279,9 @@ BAD_POSTS = [
 
 
 @pytest.mark.parametrize(("body", "ctype", "status", "reason"), BAD_POSTS)
-async def test_bad_posts_get_a_clear_4xx_and_a_bad_row(client: Any, cfg: Config, body: bytes, ctype: str,
-                                                       status: int, reason: str) -> None:
+async def test_bad_posts_get_a_clear_4xx_and_a_bad_row(
+    client: Any, cfg: Config, body: bytes, ctype: str, status: int, reason: str
+) -> None:
     resp = await client.post(TP2, data=body, headers={"Content-Type": ctype})
     assert resp.status == status
     err = (await resp.json())["error"]
@@ -268,7 +312,10 @@ async def test_one_bad_event_does_not_cost_the_good_ones(client: Any, cfg: Confi
     answer = await resp.json()
     assert (answer["stored"], answer["rejected"]) == (2, 2)
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["good-1", "good-2"]
-    assert sorted(r[0] for r in rows(cfg.db, "select reason from bad_rows")) == ["missing_field", "non_string_value"]
+    assert sorted(r[0] for r in rows(cfg.db, "select reason from bad_rows")) == [
+        "missing_field",
+        "non_string_value",
+    ]
 
 
 async def test_oversized_body_is_413_before_reading_it(make_client: Any, cfg: Config) -> None:
@@ -322,7 +369,9 @@ async def test_full_write_queue_answers_503_with_retry_after(make_client: Any, c
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["q-1", "q-2"]
 
 
-async def test_events_survive_in_a_fresh_connection_when_acknowledged(client: Any, cfg: Config, tmp_path: Path) -> None:
+async def test_events_survive_in_a_fresh_connection_when_acknowledged(
+    client: Any, cfg: Config, tmp_path: Path
+) -> None:
     resp = await client.post(TP2, json=batch(*[ev(eid=f"d-{i}") for i in range(50)]))
     assert resp.status == 200
     assert rows(cfg.db, "select count(*) from events")[0][0] == 50

@@ -23,7 +23,9 @@ def test_sign_and_verify_round_trip() -> None:
     assert identity.verify(value, [b"other", KEY]) == DEV  # an older secret still verifies
 
 
-@pytest.mark.parametrize("shape", ["bare", "bad-mac", "other-key", "swapped-id", "truncated", "empty", "padded"])
+@pytest.mark.parametrize(
+    "shape", ["bare", "bad-mac", "other-key", "swapped-id", "truncated", "empty", "padded"]
+)
 def test_forged_values_do_not_verify(shape: str) -> None:
     good = identity.sign(DEV, KEY)
     other = "11111111-2222-3333-4444-555555555555"

@@ -12,8 +12,12 @@ from collector.config import Config
 
 NETS = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 ALL_IP_HEADERS = {
-    "X-Forwarded-For": "1.1.1.1", "X-Real-IP": "2.2.2.2", "Forwarded": "for=3.3.3.3",
-    "CF-Connecting-IP": "4.4.4.4", "True-Client-IP": "5.5.5.5", "Fastly-Client-IP": "6.6.6.6",
+    "X-Forwarded-For": "1.1.1.1",
+    "X-Real-IP": "2.2.2.2",
+    "Forwarded": "for=3.3.3.3",
+    "CF-Connecting-IP": "4.4.4.4",
+    "True-Client-IP": "5.5.5.5",
+    "Fastly-Client-IP": "6.6.6.6",
     "X-Client-IP": "7.7.7.7",
 }
 
@@ -36,8 +40,13 @@ def h(**kw: str) -> CIMultiDict[str]:
         # two trusted hops are skipped from the right
         ("10.0.0.1", {"X-Forwarded-For": "6.6.6.6, 1.1.1.1, 10.0.0.7"}, NETS, "x-forwarded-for", "1.1.1.1"),
         # several header lines form one list
-        ("10.0.0.1", [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "1.1.1.1")], NETS, "x-forwarded-for",
-         "1.1.1.1"),
+        (
+            "10.0.0.1",
+            [("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "1.1.1.1")],
+            NETS,
+            "x-forwarded-for",
+            "1.1.1.1",
+        ),
         # every hop trusted: the farthest one
         ("10.0.0.1", {"X-Forwarded-For": "10.1.1.1, 10.0.0.2"}, NETS, "x-forwarded-for", "10.1.1.1"),
         # no header from a trusted proxy: the proxy itself
@@ -48,14 +57,29 @@ def h(**kw: str) -> CIMultiDict[str]:
         ("10.0.0.1", {"X-Forwarded-For": "1.1.1.1:5555"}, NETS, "x-forwarded-for", "1.1.1.1"),
         ("10.0.0.1", {"X-Forwarded-For": "[2001:db8::1]:80"}, NETS, "x-forwarded-for", "2001:db8::1"),
         # RFC 7239 Forwarded, quoted IPv6 with port, only when configured
-        ("10.0.0.1", {"Forwarded": 'for="[2001:db8::5]:4711";proto=https, for=10.0.0.9'}, NETS, "forwarded",
-         "2001:db8::5"),
-        ("10.0.0.1", {"Forwarded": "for=6.6.6.6", "X-Forwarded-For": "1.1.1.1"}, NETS, "x-forwarded-for",
-         "1.1.1.1"),
+        (
+            "10.0.0.1",
+            {"Forwarded": 'for="[2001:db8::5]:4711";proto=https, for=10.0.0.9'},
+            NETS,
+            "forwarded",
+            "2001:db8::5",
+        ),
+        (
+            "10.0.0.1",
+            {"Forwarded": "for=6.6.6.6", "X-Forwarded-For": "1.1.1.1"},
+            NETS,
+            "x-forwarded-for",
+            "1.1.1.1",
+        ),
         ("10.0.0.1", {"Forwarded": "for=_hidden"}, NETS, "forwarded", None),
         # a CDN header, only when it is the configured one
-        ("10.0.0.1", {"CF-Connecting-IP": "4.4.4.4", "X-Forwarded-For": "1.1.1.1"}, NETS, "cf-connecting-ip",
-         "4.4.4.4"),
+        (
+            "10.0.0.1",
+            {"CF-Connecting-IP": "4.4.4.4", "X-Forwarded-For": "1.1.1.1"},
+            NETS,
+            "cf-connecting-ip",
+            "4.4.4.4",
+        ),
         ("10.0.0.1", {"CF-Connecting-IP": "4.4.4.4"}, NETS, "x-forwarded-for", "10.0.0.1"),
         # IPv4-mapped IPv6 peers are IPv4 clients (and match IPv4 trusted networks)
         ("::ffff:10.0.0.1", {"X-Forwarded-For": "1.1.1.1"}, NETS, "x-forwarded-for", "1.1.1.1"),
@@ -66,8 +90,9 @@ def h(**kw: str) -> CIMultiDict[str]:
         ("not-an-ip", {}, (), "x-forwarded-for", None),
     ],
 )
-def test_client_ip(peer: str | None, headers: object, trusted: tuple[policy.Network, ...], header: str,
-                   expected: str | None) -> None:
+def test_client_ip(
+    peer: str | None, headers: object, trusted: tuple[policy.Network, ...], header: str, expected: str | None
+) -> None:
     hdrs = CIMultiDict(headers if isinstance(headers, list) else list(dict(headers).items()))  # type: ignore[call-overload]
     got = policy.client_ip(peer, hdrs, trusted, header)
     assert (str(got) if got else None) == expected
@@ -116,8 +141,20 @@ def test_ip_param_is_ignored_unless_trusted() -> None:
 
 
 def test_scrub_event_drops_identifiers_under_anonymity() -> None:
-    params = {"e": "pv", "uid": "u", "duid": "d", "sid": "s", "vid": "1", "nuid": "n", "tnuid": "t", "ip": "1.1.1.1",
-              "fp": "f", "mac": "m", "ad_uid": "a", "url": "https://x"}
+    params = {
+        "e": "pv",
+        "uid": "u",
+        "duid": "d",
+        "sid": "s",
+        "vid": "1",
+        "nuid": "n",
+        "tnuid": "t",
+        "ip": "1.1.1.1",
+        "fp": "f",
+        "mac": "m",
+        "ad_uid": "a",
+        "url": "https://x",
+    }
     anon = policy.decide(Config(), None, CIMultiDict({"SP-Anonymous": "*"}), False)
     assert policy.scrub_event(params, anon) == {"e": "pv", "sid": "s", "vid": "1", "url": "https://x"}
     normal = policy.decide(Config(), None, CIMultiDict(), False)
@@ -128,23 +165,38 @@ def test_scrub_event_drops_identifiers_under_anonymity() -> None:
 def test_anonymous_drop_list_is_configurable() -> None:
     cfg = Config(anonymous_drop=("uid", "sid", "vid"))
     anon = policy.decide(cfg, None, CIMultiDict({"SP-Anonymous": "*"}), False)
-    assert policy.scrub_event({"e": "pv", "uid": "u", "sid": "s", "vid": "1", "duid": "d", "ip": "x"}, anon) == {
-        "e": "pv", "duid": "d"}
+    assert policy.scrub_event(
+        {"e": "pv", "uid": "u", "sid": "s", "vid": "1", "duid": "d", "ip": "x"}, anon
+    ) == {"e": "pv", "duid": "d"}
 
 
 def test_scrub_entities_removes_identifying_fields_and_location() -> None:
-    contexts = {"schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0", "data": [
-        {"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
-         "data": {"userId": "u-1", "sessionId": "s-1", "previousSessionId": "s-0", "sessionIndex": 3}},
-        {"schema": "iglu:com.snowplowanalytics.snowplow/geolocation_context/jsonschema/1-1-0",
-         "data": {"latitude": 51.5, "longitude": -0.1}},
-        {"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
-         "data": {"osType": "ios", "appleIdfa": "idfa-1", "appleIdfv": "idfv-1"}},
-    ]}
+    contexts = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
+        "data": [
+            {
+                "schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+                "data": {"userId": "u-1", "sessionId": "s-1", "previousSessionId": "s-0", "sessionIndex": 3},
+            },
+            {
+                "schema": "iglu:com.snowplowanalytics.snowplow/geolocation_context/jsonschema/1-1-0",
+                "data": {"latitude": 51.5, "longitude": -0.1},
+            },
+            {
+                "schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+                "data": {"osType": "ios", "appleIdfa": "idfa-1", "appleIdfv": "idfv-1"},
+            },
+        ],
+    }
     out = policy.scrub_entities(contexts)
     assert out["data"] == [
-        {"schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
-         "data": {"sessionId": "s-1", "sessionIndex": 3}},
-        {"schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3", "data": {"osType": "ios"}},
+        {
+            "schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
+            "data": {"sessionId": "s-1", "sessionIndex": 3},
+        },
+        {
+            "schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+            "data": {"osType": "ios"},
+        },
     ]
     assert contexts["data"][0]["data"]["userId"] == "u-1"  # the input is not modified

@@ -19,9 +19,16 @@ pytestmark = pytest.mark.slow
 SECRET = {"COLLECTOR_COOKIE_SECRET": "process-test-secret"}
 
 
-async def _stream(url: str, acked: list[str], stop_at: float, workers: int = 8, size: int = 10,
-                  failures: list[str] | None = None) -> None:
+async def _stream(
+    url: str,
+    acked: list[str],
+    stop_at: float,
+    workers: int = 8,
+    size: int = 10,
+    failures: list[str] | None = None,
+) -> None:
     """Send batches with unique eids until stop_at; record every eid answered 2xx."""
+
     async def worker(session: aiohttp.ClientSession) -> None:
         while time.monotonic() < stop_at:
             eids = [str(uuid.uuid4()) for _ in range(size)]
@@ -98,17 +105,22 @@ async def test_two_processes_share_one_session_and_restart_continues(tmp_path: P
             for i in range(10):
                 target = (a, b)[i % 2]
                 headers = {"Cookie": f"sp={cookie}"} if cookie else {}
-                async with s.post(target.url + TP2, json=batch(ev(eid=f"alt-{i}", sid="sid-1")),
-                                  headers=headers) as r:
+                async with s.post(
+                    target.url + TP2, json=batch(ev(eid=f"alt-{i}", sid="sid-1")), headers=headers
+                ) as r:
                     assert r.status == 200
                     cookie = r.cookies["sp"].value
             assert b.stop() == 0
             b = Collector(db, port=b.port, env=SECRET).start()  # a restart between two events
-            async with s.post(b.url + TP2, json=batch(ev(eid="after-restart", sid="sid-1")),
-                              headers={"Cookie": f"sp={cookie}"}) as r:
+            async with s.post(
+                b.url + TP2,
+                json=batch(ev(eid="after-restart", sid="sid-1")),
+                headers={"Cookie": f"sp={cookie}"},
+            ) as r:
                 assert r.status == 200
-            async with s.post(a.url + TP2, json=batch(ev(eid="new-sid", sid="sid-2")),
-                              headers={"Cookie": f"sp={cookie}"}) as r:
+            async with s.post(
+                a.url + TP2, json=batch(ev(eid="new-sid", sid="sid-2")), headers={"Cookie": f"sp={cookie}"}
+            ) as r:
                 assert r.status == 200
     finally:
         a.stop()

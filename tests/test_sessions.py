@@ -12,8 +12,12 @@ from collector.config import Config
 from storage.sessions import DeviceState, SessionRules, assign, may_rotate
 from tests.conftest import TP2, Clock, batch, ev, rows
 
-ANON_UE = orjson.dumps({"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
-                        "data": {"schema": "iglu:com.acme/anonymize/jsonschema/1-0-0", "data": {}}}).decode()
+ANON_UE = orjson.dumps(
+    {
+        "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+        "data": {"schema": "iglu:com.acme/anonymize/jsonschema/1-0-0", "data": {}},
+    }
+).decode()
 RULES = SessionRules(timeout_ms=1_800_000, rotation_burst=10, rotation_per_minute=30)
 
 
@@ -43,7 +47,9 @@ class Browser:
 def test_session_rules_pure() -> None:
     s = assign(None, 0, "sid-1", None, RULES)
     assert s.session_index == 1
-    assert assign(s, 1000, "sid-1", "alice", RULES) is s and s.user_id == "alice"  # login continues the session
+    assert (
+        assign(s, 1000, "sid-1", "alice", RULES) is s and s.user_id == "alice"
+    )  # login continues the session
     assert assign(s, 2000, None, None, RULES) is s  # events without sid/uid continue it too
     after_gap = assign(s, 2000 + 1_800_001, "sid-1", "alice", RULES)
     assert after_gap.session_index == 2 and after_gap.session_id != s.session_id
@@ -77,8 +83,13 @@ async def test_timeout_splits_with_a_controllable_clock(client: Any, cfg: Config
 
 async def test_sid_change_and_user_change_split(client: Any, cfg: Config) -> None:
     b = Browser(client)
-    await b.send(ev(eid="a", sid="s1"), ev(eid="b", sid="s1", uid="alice"), ev(eid="c", sid="s2", uid="alice"),
-                 ev(eid="d", sid="s2", uid="bob"), ev(eid="e", sid="s2", uid="bob"))
+    await b.send(
+        ev(eid="a", sid="s1"),
+        ev(eid="b", sid="s1", uid="alice"),
+        ev(eid="c", sid="s2", uid="alice"),
+        ev(eid="d", sid="s2", uid="bob"),
+        ev(eid="e", sid="s2", uid="bob"),
+    )
     idx = {r[0]: r[1] for r in rows(cfg.db, "select event_id, session_index from events")}
     assert idx == {"a": 1, "b": 1, "c": 2, "d": 3, "e": 3}
 
@@ -90,8 +101,10 @@ async def test_logout_scenario_rotates_and_stitches(client: Any, cfg: Config, cl
     clock.t += 3600
     await b.send(ev(eid="login-a", duid="duid-A", sid="sid-2", uid="alice"))  # log in as alice
     await b.send(ev(eid="browse-a", duid="duid-A", sid="sid-2", uid="alice"))
-    resp = await b.send(ev("se", eid="logged-out", duid="duid-A", sid="sid-2", uid="alice", se_ca="auth", se_ac="logout"),
-                        ev("ue", eid="anonymize", duid="duid-A", sid="sid-2", uid="alice", ue_pr=ANON_UE))
+    resp = await b.send(
+        ev("se", eid="logged-out", duid="duid-A", sid="sid-2", uid="alice", se_ca="auth", se_ac="logout"),
+        ev("ue", eid="anonymize", duid="duid-A", sid="sid-2", uid="alice", ue_pr=ANON_UE),
+    )
     assert "sp" in resp.cookies and b.device != old  # the anonymize answer sets a new cookie
     new = b.device
     await b.send(ev(eid="after-1", duid="duid-B", sid="sid-3"))  # clearUserData(): new tracker ids
@@ -99,7 +112,12 @@ async def test_logout_scenario_rotates_and_stitches(client: Any, cfg: Config, cl
     got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
     assert {r["network_userid"] for r in got.values()} == {old, new}
     assert {e for e, r in got.items() if r["network_userid"] == old} == {
-        "anon-1", "login-a", "browse-a", "logged-out", "anonymize"}
+        "anon-1",
+        "login-a",
+        "browse-a",
+        "logged-out",
+        "anonymize",
+    }
     assert got["anonymize"]["session_id"] == got["login-a"]["session_id"]  # in alice's last session
     sessions = {r["session_id"]: r for r in rows(cfg.db, "select * from sessions")}
     assert sessions[got["anon-1"]["session_id"]]["user_id"] == "alice"  # pre-login session stitched to alice
@@ -113,9 +131,11 @@ async def test_logout_scenario_rotates_and_stitches(client: Any, cfg: Config, cl
 
 async def test_forgotten_clear_user_data_does_not_carry_tracker_ids(client: Any, cfg: Config) -> None:
     b = Browser(client)
-    await b.send(ev(eid="x1", duid="duid-OLD", sid="sid-OLD", uid="alice"),
-                 ev("ue", eid="x2", duid="duid-OLD", sid="sid-OLD", ue_pr=ANON_UE),
-                 ev(eid="x3", duid="duid-OLD", sid="sid-OLD"))  # the app forgot clearUserData()
+    await b.send(
+        ev(eid="x1", duid="duid-OLD", sid="sid-OLD", uid="alice"),
+        ev("ue", eid="x2", duid="duid-OLD", sid="sid-OLD", ue_pr=ANON_UE),
+        ev(eid="x3", duid="duid-OLD", sid="sid-OLD"),
+    )  # the app forgot clearUserData()
     await b.send(ev(eid="x4", duid="duid-OLD", sid="sid-OLD"))
     got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
     assert got["x1"]["domain_userid"] == "duid-OLD" and got["x2"]["domain_sessionid"] == "sid-OLD"
@@ -131,8 +151,9 @@ async def test_one_batch_splits_at_the_anonymize_event(client: Any, cfg: Config)
     b = Browser(client)
     await b.send(ev(eid="pre"))
     old = b.device
-    await b.send(ev(eid="b1", uid="alice"), ev("ue", eid="b2", ue_pr=ANON_UE, uid="alice"), ev(eid="b3"),
-                 ev(eid="b4"))
+    await b.send(
+        ev(eid="b1", uid="alice"), ev("ue", eid="b2", ue_pr=ANON_UE, uid="alice"), ev(eid="b3"), ev(eid="b4")
+    )
     got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
     assert got["b1"]["network_userid"] == got["b2"]["network_userid"] == old
     assert got["b3"]["network_userid"] == got["b4"]["network_userid"] == b.device != old
@@ -145,8 +166,9 @@ async def test_rotations_are_rate_limited_per_device(client: Any, cfg: Config) -
     replayed = b.cookie  # a client that keeps replaying the same cookie
     cookies = []
     for i in range(12):
-        resp = await client.post(TP2, json=batch(ev("ue", eid=f"anon-{i}", ue_pr=ANON_UE)),
-                                 headers={"Cookie": f"sp={replayed}"})
+        resp = await client.post(
+            TP2, json=batch(ev("ue", eid=f"anon-{i}", ue_pr=ANON_UE)), headers={"Cookie": f"sp={replayed}"}
+        )
         cookies.append(resp.cookies["sp"].value)
     assert len(set(cookies[:10])) == 10 and replayed not in cookies[:10]
     assert cookies[10] == cookies[11] == replayed  # over the burst: stored, not rotated
@@ -157,8 +179,9 @@ async def test_rotations_are_rate_limited_per_device(client: Any, cfg: Config) -
 
 
 async def test_anonymous_anonymize_event_is_stored_scrubbed(client: Any, cfg: Config) -> None:
-    resp = await client.post(TP2, json=batch(ev("ue", eid="aa", ue_pr=ANON_UE, uid="alice")),
-                             headers={"SP-Anonymous": "*"})
+    resp = await client.post(
+        TP2, json=batch(ev("ue", eid="aa", ue_pr=ANON_UE, uid="alice")), headers={"SP-Anonymous": "*"}
+    )
     assert "Set-Cookie" not in resp.headers
     [row] = rows(cfg.db, "select * from events")
     assert row["event_name"] == "anonymize" and row["network_userid"] is None and row["user_id"] is None

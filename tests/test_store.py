@@ -22,22 +22,28 @@ async def _seed(client: Any) -> None:
     resp = await client.post(TP2, json=batch(ev(eid="s-1"), ev(eid="s-2")))
     assert resp.status == 200
     assert (await client.post(TP2, data=b"{", headers={"Content-Type": "application/json"})).status == 400
+    # the bad row is queued without waiting; a committed request behind it means it is committed too
+    assert (await client.get("/i", params=ev(eid="s-3"))).status == 200
 
 
-@pytest.mark.parametrize("sql", [
-    "UPDATE events SET user_id = 'x'",
-    "DELETE FROM events",
-    "DELETE FROM events WHERE event_id = 's-1'",
-    "UPDATE bad_rows SET payload = NULL",
-    "DELETE FROM bad_rows",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE events SET user_id = 'x'",
+        "DELETE FROM events",
+        "DELETE FROM events WHERE event_id = 's-1'",
+        "UPDATE bad_rows SET payload = NULL",
+        "DELETE FROM bad_rows",
+    ],
+)
 async def test_events_and_bad_rows_are_append_only(client: Any, cfg: Config, sql: str) -> None:
     await _seed(client)
-    conn = sqlite3.connect(cfg.db)  # a normal, writable connection
+    conn = sqlite3.connect(cfg.db, isolation_level=None)  # a normal, writable connection
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute(sql)
     conn.close()
-    assert rows(cfg.db, "select count(*) from events")[0][0] == 2
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 3
+    assert rows(cfg.db, "select count(*) from bad_rows")[0][0] == 1
 
 
 async def test_wal_and_synchronous_level(cfg: Config, tmp_path: Path) -> None:
@@ -56,25 +62,38 @@ def test_migrations_are_recorded_ordered_and_applied_once(tmp_path: Path) -> Non
 
 
 def test_statement_splitter_keeps_trigger_bodies() -> None:
-    sql = "CREATE TABLE t (a);\n-- c\nCREATE TRIGGER x BEFORE DELETE ON t\nBEGIN SELECT RAISE(ABORT, 'no'); END;\n"
+    sql = (
+        "CREATE TABLE t (a);\n-- c\n"
+        "CREATE TRIGGER x BEFORE DELETE ON t\nBEGIN SELECT RAISE(ABORT, 'no'); END;\n"
+    )
     assert len(statements(sql)) == 2
 
 
 def _query(db: Path, sql: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "collector", "query", sql, "--db", str(db), *extra],
-                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "collector", "query", sql, "--db", str(db), *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_query_cli_reads_and_cannot_write(client: Any, cfg: Config) -> None:
     await _seed(client)
     ok = _query(cfg.db, "select event, count(*) as n from events group by 1")
-    assert ok.returncode == 0 and "pv" in ok.stdout and "2" in ok.stdout
+    assert ok.returncode == 0 and ok.stdout.splitlines()[2].split() == ["pv", "3"]
     js = _query(cfg.db, "select event_id from events order by 1", "--format", "json")
-    assert js.stdout.strip() == '[{"event_id":"s-1"},{"event_id":"s-2"}]'
+    assert js.stdout.strip() == '[{"event_id":"s-1"},{"event_id":"s-2"},{"event_id":"s-3"}]'
     csv = _query(cfg.db, "select event_id from events order by 1", "--format", "csv")
-    assert csv.stdout.splitlines() == ["event_id", "s-1", "s-2"]
-    for sql in ["insert into bad_rows (received_at, reason, detail, size, anonymous) values ('', '', '', 0, 0)",
-                "create table sneaky (a)", "drop view sessions", "PRAGMA journal_mode = DELETE"]:
+    assert csv.stdout.splitlines() == ["event_id", "s-1", "s-2", "s-3"]
+    for sql in [
+        "insert into bad_rows (received_at, reason, detail, size, anonymous) values ('', '', '', 0, 0)",
+        "create table sneaky (a)",
+        "drop view sessions",
+        "PRAGMA journal_mode = DELETE",
+    ]:
         res = _query(cfg.db, sql)
         assert res.returncode == 1 and "error" in res.stderr, sql
     assert rows(cfg.db, "select count(*) from bad_rows")[0][0] == 1
