@@ -1,0 +1,106 @@
+"""Metrics move as each kind of traffic says, parse with Prometheus's own parser, and carry no identifiers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from collector import logs
+from collector.config import Config, Secret
+from tests.conftest import TP2, batch, ev
+
+ANON_UE = orjson.dumps({"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+                        "data": {"schema": "iglu:com.acme/anonymize/jsonschema/1-0-0", "data": {}}}).decode()
+
+
+async def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    out = {}
+    for family in text_string_to_metric_families(await resp.text()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def val(m: dict[Any, float], name: str, **labels: str) -> float:
+    return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_move_with_each_kind_of_traffic(client: Any) -> None:
+    before = await scrape(client)
+    await client.post(TP2, json=batch(ev(eid="m1"), ev(eid="m2")))
+    await client.post(TP2, json=batch(ev(eid="m1"), ev(eid="m3")))  # one duplicate
+    await client.get("/i", params=ev(eid="a1"), headers={"SP-Anonymous": "*", "Cookie": "sp=whatever"})
+    await client.post(TP2, data=b"{", headers={"Content-Type": "application/json"})
+    await client.get("/i", params=ev(eid="f1"), headers={"Cookie": "sp=forged.value"})
+    await client.post(TP2, json=batch(ev("ue", eid="r1", ue_pr=ANON_UE)))
+    m = await scrape(client)
+    assert val(m, "collector_events_stored_total", anonymous="false") - val(
+        before, "collector_events_stored_total", anonymous="false") == 5
+    assert val(m, "collector_events_stored_total", anonymous="true") == 1
+    assert val(m, "collector_events_duplicate_total") == 1
+    assert val(m, "collector_bad_rows_total", reason="bad_json") == 1
+    assert val(m, "collector_rotations_total", outcome="rotated") == 1
+    assert val(m, "collector_device_cookies_total", outcome="invalid") == 1
+    assert val(m, "collector_device_cookies_total", outcome="expired") == 1
+    assert val(m, "collector_requests_total", route="tp2", status="2xx") == 3
+    assert val(m, "collector_requests_total", route="tp2", status="4xx") == 1
+    assert val(m, "collector_commit_group_events_count") >= 5
+    assert val(m, "collector_request_seconds_count", route="i") == 2
+
+
+async def test_backpressure_is_counted(make_client: Any, cfg: Config) -> None:
+    client = await make_client(cfg.replace(queue_max=2, busy_timeout=20000))
+    blocker = sqlite3.connect(cfg.db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    first = asyncio.ensure_future(client.post(TP2, json=batch(ev(eid="b1"), ev(eid="b2"))))
+    await asyncio.sleep(0.3)
+    assert (await client.post(TP2, json=batch(ev(eid="b3")))).status == 503
+    m = await scrape(client)
+    assert val(m, "collector_overloaded_total") == 1
+    assert val(m, "collector_write_queue_depth") == 2
+    blocker.execute("ROLLBACK")
+    assert (await first).status == 200
+
+
+async def test_metrics_token(make_client: Any, cfg: Config) -> None:
+    client = await make_client(cfg.replace(metrics_token=Secret("s3cret")))
+    assert (await client.get("/metrics")).status == 401
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer s3cret"})).status == 200
+
+
+async def test_metrics_can_be_turned_off(make_client: Any, cfg: Config) -> None:
+    client = await make_client(cfg.replace(metrics=False))
+    assert (await client.get("/metrics")).status == 404
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+async def test_access_log_line_has_only_allowed_fields(client: Any, caplog: pytest.LogCaptureFixture,
+                                                       fmt: str) -> None:
+    caplog.set_level(logging.INFO, logger="collector.access")
+    await client.get("/i", params=ev(eid="log-1", uid="log-user", url="https://x.test/?email=a@b"),
+                     headers={"Cookie": "sp=cookie-value", "X-Forwarded-For": "203.0.113.9"})
+    [record] = [r for r in caplog.records if r.name == "collector.access"]
+    line = (logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()).format(record)
+    for secret in ("log-user", "x.test", "cookie-value", "203.0.113.9", "127.0.0.1", "log-1"):
+        assert secret not in line
+    assert "GET" in line and "200" in line
+    if fmt == "json":
+        assert set(orjson.loads(line)) == {"ts", "level", "logger", "msg", "method", "route", "status", "ms", "events"}
+
+
+def test_library_records_are_redacted() -> None:
+    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s",
+                               ("198.51.100.7",), None)
+    logs.RedactLibraries().filter(record)
+    assert "198.51.100.7" not in logs.TextFormatter().format(record)
+    own = logging.LogRecord("collector.x", logging.INFO, __file__, 1, "kept %s", ("as is",), None)
+    logs.RedactLibraries().filter(own)
+    assert own.getMessage() == "kept as is"  # the filter can pass a record: it is not a blanket mute
