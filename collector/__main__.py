@@ -7,6 +7,7 @@ import asyncio
 import csv
 import logging
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -70,6 +71,7 @@ def supervise(cfg: Config, argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
+    shutil.rmtree(metrics_dir, ignore_errors=True)
     return max(codes, key=abs)
 
 

@@ -130,3 +130,19 @@ async def test_two_processes_share_one_session_and_restart_continues(tmp_path: P
     sessions = {v for k, v in got.items() if k != "new-sid"}
     assert len(sessions) == 1 and sessions.pop().endswith(":1")
     assert got["new-sid"].endswith(":2")  # the next session, index consecutive across processes
+
+
+async def test_workers_share_the_port_the_store_and_the_metrics(tmp_path: Path) -> None:
+    db = tmp_path / "workers.db"
+    proc = Collector(db, env=SECRET, args=["--workers", "2"]).start()
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+            for i in range(40):
+                async with s.get(proc.url + "/i", params=ev(eid=f"w-{i}")) as r:
+                    assert r.status == 200
+            async with s.get(proc.url + "/metrics") as r:
+                text = await r.text()
+        assert 'collector_events_stored_total{anonymous="false"} 40.0' in text  # summed over both workers
+    finally:
+        assert proc.stop() == 0
+    assert len(_stored(db)) == 40
