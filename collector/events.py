@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 
 import orjson
 
 from collector import __version__, policy, protocol
 from collector.errors import BadInput
+from collector.identity import random_uuid
 from storage.base import COL, COLUMNS
 
 V_COLLECTOR = f"anon-collector-{__version__}"
@@ -40,9 +40,18 @@ HANDLED = frozenset({"eid", "vid", "se_va", "ue_pr", "ue_px", "co", "cx", *polic
 MAX_EID = 128
 
 
+_SECONDS: dict[int, str] = {}
+
+
 def format_ms(ms: int) -> str:
     """UTC 'YYYY-MM-DD HH:MM:SS.mmm' for a millisecond epoch."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+    sec = ms // 1000
+    text = _SECONDS.get(sec)
+    if text is None:  # strftime is the costliest step of a row; events of a batch share their seconds
+        if len(_SECONDS) > 4096:
+            _SECONDS.clear()
+        text = _SECONDS[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
+    return f"{text}.{ms % 1000:03d}"
 
 
 def base_row(collector_tstamp: str, ip: str | None, useragent: str | None, anonymous: bool) -> list[Any]:
@@ -81,7 +90,7 @@ def build_row(
     eid = params.get("eid")
     if eid is not None and (not eid or len(eid) > MAX_EID):
         raise BadInput("bad_event_id", f"eid must be 1 to {MAX_EID} characters")
-    row[COL["event_id"]] = eid or str(uuid.uuid4())
+    row[COL["event_id"]] = eid or random_uuid()
     if "vid" in params:
         row[COL["domain_sessionidx"]] = _int(params["vid"])
     if "se_va" in params:

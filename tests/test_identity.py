@@ -92,3 +92,13 @@ async def test_secret_rotation_keeps_old_cookies(make_client: Any, cfg: Config) 
     resp = await client.get("/i", params=ev(eid="rot"), headers={"Cookie": f"sp={old}"})
     assert resp.cookies["sp"].value == identity.sign(DEV, b"new-secret")  # re-signed with the new one
     assert rows(cfg.db, "select network_userid from events")[0][0] == DEV
+
+
+def test_random_uuid_is_a_valid_distinct_version_4_uuid() -> None:
+    import uuid
+
+    ids = [identity.random_uuid() for _ in range(2000)]  # crosses several 4 KiB pool refills
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
