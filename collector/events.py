@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -95,8 +96,12 @@ def build_row(
         row[COL["domain_sessionidx"]] = _int(params["vid"])
     if "se_va" in params:
         try:
-            row[COL["se_value"]] = float(params["se_va"])
+            value = float(params["se_va"])
         except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            row[COL["se_value"]] = value
+        else:  # SQLite would store NaN as NULL and inf as a REAL nobody can aggregate: keep the text
             other["se_va"] = params["se_va"]
     ue, co = protocol.self_describing(params)
     anonymize = False
