@@ -96,11 +96,11 @@ def build_row(
         row[COL["domain_sessionidx"]] = _int(params["vid"])
     if "se_va" in params:
         try:
-            value = float(params["se_va"])
+            number = float(params["se_va"])
         except ValueError:
-            value = math.nan
-        if math.isfinite(value):
-            row[COL["se_value"]] = value
+            number = math.nan
+        if math.isfinite(number):
+            row[COL["se_value"]] = number
         else:  # SQLite would store NaN as NULL and inf as a REAL nobody can aggregate: keep the text
             other["se_va"] = params["se_va"]
     ue, co = protocol.self_describing(params)

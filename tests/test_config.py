@@ -23,8 +23,13 @@ def test_every_setting_is_a_field_and_back() -> None:
 
 def test_env_and_flags() -> None:
     cfg = load_config(
-        {"COLLECTOR_PORT": "9000", "COLLECTOR_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8", "COLLECTOR_IP_MODE": "TRUNCATE",
-         "COLLECTOR_PATHS": "/collect/tp=/com.snowplowanalytics.snowplow/tp2", "COLLECTOR_COOKIE_SECRET": "new,old"},
+        {
+            "COLLECTOR_PORT": "9000",
+            "COLLECTOR_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8",
+            "COLLECTOR_IP_MODE": "TRUNCATE",
+            "COLLECTOR_PATHS": "/collect/tp=/com.snowplowanalytics.snowplow/tp2",
+            "COLLECTOR_COOKIE_SECRET": "new,old",
+        },
         {"port": "9100", "db": "/tmp/x.db"},
     )
     assert cfg.port == 9100 and cfg.db == Path("/tmp/x.db") and cfg.ip_mode == "truncate"

@@ -15,8 +15,12 @@ from collector import logs
 from collector.config import Config, Secret
 from tests.conftest import TP2, batch, ev
 
-ANON_UE = orjson.dumps({"schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
-                        "data": {"schema": "iglu:com.acme/anonymize/jsonschema/1-0-0", "data": {}}}).decode()
+ANON_UE = orjson.dumps(
+    {
+        "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+        "data": {"schema": "iglu:com.acme/anonymize/jsonschema/1-0-0", "data": {}},
+    }
+).decode()
 
 
 async def scrape(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -42,8 +46,11 @@ async def test_metrics_move_with_each_kind_of_traffic(client: Any) -> None:
     await client.get("/i", params=ev(eid="f1"), headers={"Cookie": "sp=forged.value"})
     await client.post(TP2, json=batch(ev("ue", eid="r1", ue_pr=ANON_UE)))
     m = await scrape(client)
-    assert val(m, "collector_events_stored_total", anonymous="false") - val(
-        before, "collector_events_stored_total", anonymous="false") == 5
+    assert (
+        val(m, "collector_events_stored_total", anonymous="false")
+        - val(before, "collector_events_stored_total", anonymous="false")
+        == 5
+    )
     assert val(m, "collector_events_stored_total", anonymous="true") == 1
     assert val(m, "collector_events_duplicate_total") == 1
     assert val(m, "collector_bad_rows_total", reason="bad_json") == 1
@@ -82,23 +89,44 @@ async def test_metrics_can_be_turned_off(make_client: Any, cfg: Config) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])
-async def test_access_log_line_has_only_allowed_fields(client: Any, caplog: pytest.LogCaptureFixture,
-                                                       fmt: str) -> None:
+async def test_access_log_line_has_only_allowed_fields(
+    client: Any, caplog: pytest.LogCaptureFixture, fmt: str
+) -> None:
     caplog.set_level(logging.INFO, logger="collector.access")
-    await client.get("/i", params=ev(eid="log-1", uid="log-user", url="https://x.test/?email=a@b"),
-                     headers={"Cookie": "sp=cookie-value", "X-Forwarded-For": "203.0.113.9"})
+    await client.get(
+        "/i",
+        params=ev(eid="log-1", uid="log-user", url="https://x.test/?email=a@b"),
+        headers={"Cookie": "sp=cookie-value", "X-Forwarded-For": "203.0.113.9"},
+    )
     [record] = [r for r in caplog.records if r.name == "collector.access"]
     line = (logs.JsonFormatter() if fmt == "json" else logs.TextFormatter()).format(record)
     for secret in ("log-user", "x.test", "cookie-value", "203.0.113.9", "127.0.0.1", "log-1"):
         assert secret not in line
     assert "GET" in line and "200" in line
     if fmt == "json":
-        assert set(orjson.loads(line)) == {"ts", "level", "logger", "msg", "method", "route", "status", "ms", "events"}
+        assert set(orjson.loads(line)) == {
+            "ts",
+            "level",
+            "logger",
+            "msg",
+            "method",
+            "route",
+            "status",
+            "ms",
+            "events",
+        }
 
 
 def test_library_records_are_redacted() -> None:
-    record = logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, "Error handling request from %s",
-                               ("198.51.100.7",), None)
+    record = logging.LogRecord(
+        "aiohttp.server",
+        logging.ERROR,
+        __file__,
+        1,
+        "Error handling request from %s",
+        ("198.51.100.7",),
+        None,
+    )
     logs.RedactLibraries().filter(record)
     assert "198.51.100.7" not in logs.TextFormatter().format(record)
     own = logging.LogRecord("collector.x", logging.INFO, __file__, 1, "kept %s", ("as is",), None)
