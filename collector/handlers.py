@@ -219,11 +219,19 @@ async def ingest(
     )
     if resolved.forged:
         st.metrics.cookies.labels("invalid").inc()
+    opted_out = None
     if decision.expire_cookie:
         st.metrics.cookies.labels("expired").inc()
+        # The device opted out: end its session and retire its tracker ids, so that when the browser
+        # opts back in (a new device) the tracker's own duid/sid cannot tie it to the old one.
+        opted_out = identity.verify(cookie, st.keys)
     assert st.store is not None
     try:
-        result = await st.store.append(Submission(now_ms, resolved.device_id, rows, tuple(anonymize_at), bad))
+        result = await st.store.append(
+            Submission(
+                now_ms, resolved.device_id, rows, tuple(anonymize_at), bad_rows=bad, opted_out=opted_out
+            )
+        )
     except Overloaded:
         st.metrics.overloaded.inc()
         raise Unavailable(

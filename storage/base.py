@@ -84,6 +84,9 @@ class Submission:
     device_id: str | None  # None for anonymous requests
     rows: list[list[Any]] = field(default_factory=list)
     anonymize_at: tuple[int, ...] = ()  # indexes of rows that rotate the device
+    # A device whose cookie came with SP-Anonymous: it opted out, so its session ends and its tracker
+    # ids are retired (nothing about the anonymous request itself is written to it).
+    opted_out: str | None = None
     bad_rows: list[BadRow] = field(default_factory=list)
 
 

@@ -17,6 +17,7 @@ class DeviceState:
     user_id: str | None = None
     closed: bool = False
     rotations: list[int] = field(default_factory=list)
+    tracker_duid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +40,30 @@ def continues(state: DeviceState, now_ms: int, sid: str | None, uid: str | None,
 
 
 def assign(
-    state: DeviceState | None, now_ms: int, sid: str | None, uid: str | None, rules: SessionRules
+    state: DeviceState | None,
+    now_ms: int,
+    sid: str | None,
+    uid: str | None,
+    rules: SessionRules,
+    duid: str | None = None,
 ) -> DeviceState:
     """The device's state after one event: the same session updated, or the next session."""
     if state is not None and continues(state, now_ms, sid, uid, rules):
         state.last_ms = max(state.last_ms, now_ms)
         state.tracker_sid = sid or state.tracker_sid
         state.user_id = uid or state.user_id
+        state.tracker_duid = duid or state.tracker_duid
         return state
     index = state.session_index + 1 if state is not None else 1
     rotations = state.rotations if state is not None else []
-    return DeviceState(str(uuid.uuid4()), index, now_ms, sid, uid, False, rotations)
+    last_duid = duid or (state.tracker_duid if state is not None else None)
+    return DeviceState(str(uuid.uuid4()), index, now_ms, sid, uid, False, rotations, last_duid)
+
+
+def retire(state: DeviceState) -> list[str]:
+    """Close the device's session; the tracker ids it was using, never to be stored again."""
+    state.closed = True
+    return [v for v in (state.tracker_duid, state.tracker_sid) if v]
 
 
 def may_rotate(state: DeviceState, now_ms: int, rules: SessionRules) -> bool:

@@ -21,17 +21,17 @@ from storage.base import (
     AppendResult,
     Submission,
 )
-from storage.sessions import DeviceState, SessionRules, assign, may_rotate
+from storage.sessions import DeviceState, SessionRules, assign, may_rotate, retire
 
 INSERT_EVENT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 INSERT_BAD = (
     "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) VALUES (?, ?, ?, ?, ?, ?)"
 )
 UPSERT_STATE = (
-    "INSERT INTO device_state VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+    "INSERT INTO device_state VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
     "session_id = excluded.session_id, session_index = excluded.session_index, last_ms = excluded.last_ms, "
     "tracker_sid = excluded.tracker_sid, user_id = excluded.user_id, closed = excluded.closed, "
-    "rotations = excluded.rotations"
+    "rotations = excluded.rotations, tracker_duid = excluded.tracker_duid"
 )
 
 
@@ -52,8 +52,8 @@ def load_states(conn: sqlite3.Connection, devices: Iterable[str]) -> dict[str, D
     for i in range(0, len(devices), 500):
         part = devices[i : i + 500]
         sql = f"SELECT * FROM device_state WHERE device_id IN ({','.join('?' * len(part))})"
-        for dev, sess, idx, last, sid, uid, closed, rot in conn.execute(sql, part):
-            states[dev] = DeviceState(sess, idx, last, sid, uid, bool(closed), orjson.loads(rot))
+        for dev, sess, idx, last, sid, uid, closed, rot, duid in conn.execute(sql, part):
+            states[dev] = DeviceState(sess, idx, last, sid, uid, bool(closed), orjson.loads(rot), duid)
     return states
 
 
@@ -67,13 +67,23 @@ def write_group(
     )
     tracker_ids = {v for r in rows for v in (r[DOMAIN_USERID], r[DOMAIN_SESSIONID]) if v}
     retired = set(select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", tracker_ids))
-    states = load_states(conn, {s.device_id for s in subs if s.device_id})
+    states = load_states(conn, {d for s in subs for d in (s.device_id, s.opted_out) if d})
     touched: set[str] = set()
     new_retired: list[tuple[str]] = []
     inserts: list[list[Any]] = []
     results = []
+
+    def retire_ids(values: Iterable[str | None]) -> None:
+        for value in values:
+            if value and value not in retired:
+                retired.add(value)
+                new_retired.append((value,))
+
     for sub in subs:
         res = AppendResult()
+        if sub.opted_out is not None and sub.opted_out in states:
+            retire_ids(retire(states[sub.opted_out]))
+            touched.add(sub.opted_out)
         device = sub.device_id
         for i, row in enumerate(sub.rows):
             # Tracker ids in use when a device rotated are never kept again (the app forgot clearUserData).
@@ -86,7 +96,14 @@ def write_group(
             if device is not None:
                 row[NETWORK_USERID] = device
                 if not duplicate:
-                    state = assign(states.get(device), sub.now_ms, row[DOMAIN_SESSIONID], row[USER_ID], rules)
+                    state = assign(
+                        states.get(device),
+                        sub.now_ms,
+                        row[DOMAIN_SESSIONID],
+                        row[USER_ID],
+                        rules,
+                        row[DOMAIN_USERID],
+                    )
                     states[device] = state
                     touched.add(device)
                     row[SESSION_ID], row[SESSION_INDEX] = state.session_id, state.session_index
@@ -101,11 +118,7 @@ def write_group(
                 states[device] = state
                 touched.add(device)
                 if may_rotate(state, sub.now_ms, rules):
-                    state.closed = True
-                    for value in (row[DOMAIN_USERID], row[DOMAIN_SESSIONID], state.tracker_sid):
-                        if value and value not in retired:
-                            retired.add(value)
-                            new_retired.append((value,))
+                    retire_ids([row[DOMAIN_USERID], row[DOMAIN_SESSIONID], *retire(state)])
                     device = str(uuid.uuid4())  # a new random id: nothing derives it from the old
                     res.rotated += 1
                 else:
@@ -134,6 +147,7 @@ def write_group(
                     st.user_id,
                     int(st.closed),
                     orjson.dumps(st.rotations).decode(),
+                    st.tracker_duid,
                 )
                 for d in touched
                 for st in (states[d],)

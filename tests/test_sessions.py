@@ -203,3 +203,25 @@ def assert_unlinkable(db: Path, old: str, new: str, retired: str) -> None:
                 assert retired not in text, f"{name} carries the retired tracker id: {row}"
     conn.close()
     assert seen_old and seen_new  # the search finds each id where it belongs
+
+
+async def test_opting_out_and_back_in_does_not_link_the_devices(client: Any, cfg: Config) -> None:
+    b = Browser(client)
+    await b.send(ev(eid="on-1", duid="duid-T", sid="sid-T"))
+    old = b.device
+    # anonymous tracking toggled on: the browser still sends its cookie; the tracker keeps its own ids
+    anon = await client.post(
+        TP2,
+        json=batch(ev(eid="anon-1", sid="sid-T")),
+        headers={"Cookie": f"sp={b.cookie}", "SP-Anonymous": "*"},
+    )
+    assert anon.headers["Set-Cookie"].startswith("sp=; Max-Age=0")
+    b.cookie = None
+    await b.send(ev(eid="on-2", duid="duid-T", sid="sid-T"))  # toggled off again: a new device
+    got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
+    assert got["on-1"]["domain_userid"] == "duid-T"  # where it belongs
+    assert got["on-2"]["network_userid"] == b.device != old
+    assert got["on-2"]["domain_userid"] is None and got["on-2"]["domain_sessionid"] is None
+    # the anonymous event's sid was the opted-out device's: kept, it would tie the anonymous events to it
+    assert got["anon-1"]["network_userid"] is None and got["anon-1"]["domain_sessionid"] is None
+    assert_unlinkable(cfg.db, old, b.device, retired="duid-T")
