@@ -1,0 +1,383 @@
+"""The unmodified @snowplow/browser-tracker in headless Chromium against the real collector.
+
+browser.mjs serves the page from another origin (127.0.0.1, another port) than the collector, so
+every request is a credentialed CORS request; it prints what the browser saw, and the rows are
+checked with SQL. Each "nothing stored" check has a twin that finds the same value where it belongs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.support import E2E_DIR, Row, Store, run_node
+from tests.procs import Collector, free_port, wait_http
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("browser_tools")]
+
+METHODS = ["post", "get"]
+LOOPBACK = "127.0.0.1"
+
+
+def browse(collector_url: str, scenario: str, method: str, **extra: Any) -> dict[str, Any]:
+    app_id = f"br-{scenario}-{method}"
+    result = run_node(
+        "browser.mjs",
+        {
+            "collector": collector_url,
+            "scenario": scenario,
+            "method": method,
+            "appId": app_id,
+            **extra,
+        },
+    )
+    result["appId"] = app_id
+    return result
+
+
+def assert_clean(result: dict[str, Any]) -> None:
+    """The scenario ran to the end and neither the browser nor the tracker saw any failure."""
+    report = json.dumps({k: v for k, v in result.items() if k != "requests"}, indent=1)[:6000]
+    assert result["ok"], f"scenario failed: {result['error']}\n{report}"
+    assert [e for e in result["consoleErrors"] if "CORS" in e] == [], report
+    assert result["consoleErrors"] == [], report
+    assert result["pageErrors"] == [], report
+    assert result["trackerFailures"] == [], report
+    assert result["requestsFailed"] == [], report
+    requests = result["requests"]
+    # bufferSize 1 and one ack awaited per event: one request per event, so no retries happened.
+    assert len(requests) == result["expected"], requests
+    for r in requests:
+        assert r["status"] == 200, r
+        assert r["allowOrigin"] == result["pageOrigin"], r
+
+
+def sp_sent(request: dict[str, Any]) -> str | None:
+    """The value of the collector's sp cookie the browser sent with a request, if any."""
+    for part in (request["cookie"] or "").split("; "):
+        name, _, value = part.partition("=")
+        if name == "sp":
+            return value
+    return None
+
+
+def sp_set(request: dict[str, Any]) -> str | None:
+    """The sp value the collector's answer set ("" when it expired the cookie), None if untouched."""
+    for header in request["setCookie"]:
+        for line in header.split("\n"):  # Chromium joins several Set-Cookie lines with newlines
+            first = line.split(";", 1)[0].strip()
+            name, _, value = first.partition("=")
+            if name == "sp":
+                low = line.lower()
+                expired = "max-age=0" in low or "1970" in low
+                return "" if expired else value.strip('"')
+    return None
+
+
+def device(cookie_value: str) -> str:
+    """The network_userid a `<uuid>.<mac>` cookie carries."""
+    return cookie_value.split(".", 1)[0]
+
+
+def jar_sp(result: dict[str, Any], mark: str) -> dict[str, Any] | None:
+    sp: dict[str, Any] | None = result["marks"][mark]["sp"]
+    return sp
+
+
+def web_page_ids(row: Row) -> set[str]:
+    contexts = json.loads(row["contexts"] or "null") or {}
+    return {c["data"]["id"] for c in contexts.get("data", []) if "/web_page/" in c.get("schema", "")}
+
+
+def column(rows: list[Row], name: str) -> list[Any]:
+    return [r[name] for r in rows]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_identified_browsing_keeps_one_device_cookie(collector: Collector, store: Store, method: str) -> None:
+    result = browse(collector.url, "normal", method)
+    assert_clean(result)
+    assert result["pageOrigin"] != collector.url and result["pageOrigin"].startswith(f"http://{LOOPBACK}:")
+
+    # The browser stored the collector's cookie (Secure on http://127.0.0.1: loopback is trustworthy).
+    assert jar_sp(result, "start") is None
+    cookie = jar_sp(result, "after_first")
+    assert cookie is not None, result["marks"]
+    assert (cookie["httpOnly"], cookie["secure"], cookie["sameSite"], cookie["path"]) == (
+        True,
+        True,
+        "None",
+        "/",
+    )
+    assert cookie["expires"] > time.time() + 300 * 86400
+    end = jar_sp(result, "end")
+    assert end is not None and end["value"] == cookie["value"]  # the same device (expiry is refreshed)
+
+    # It was set by the first answer and sent back with every later request.
+    requests = result["requests"]
+    assert sp_sent(requests[0]) is None and sp_set(requests[0]) == cookie["value"]
+    assert [sp_sent(r) for r in requests[1:]] == [cookie["value"]] * (len(requests) - 1)
+    assert all(r["spAnonymous"] is None for r in requests)
+    if method == "get":
+        assert {r["method"] for r in requests} == {"GET"}
+    else:
+        assert {(r["method"], r["path"]) for r in requests} == {
+            ("POST", "/com.snowplowanalytics.snowplow/tp2")
+        }
+
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "event") == ["pv", "se", "ue", "pv"]
+    assert set(column(rows, "network_userid")) == {device(cookie["value"])}
+    assert len(set(column(rows, "domain_userid"))) == 1 and rows[0]["domain_userid"]
+    assert len(set(column(rows, "domain_sessionid"))) == 1 and rows[0]["domain_sessionid"]
+    assert len(set(column(rows, "session_id"))) == 1 and rows[0]["session_id"]
+    assert column(rows, "user_ipaddress") == [LOOPBACK] * 4
+    assert column(rows, "user_id") == [None, "user-normal", "user-normal", "user-normal"]
+    assert column(rows, "anonymous") == [0] * 4
+    se, ue = rows[1], rows[2]
+    assert (se["se_category"], se["se_action"], se["se_label"], se["se_property"], float(se["se_value"])) == (
+        "shop",
+        "add-to-basket",
+        "sku-1",
+        "red",
+        2.0,
+    )
+    assert (ue["event_vendor"], ue["event_name"], ue["event_version"]) == (
+        "com.acme",
+        "button_click",
+        "1-0-0",
+    )
+    assert json.loads(ue["unstruct_event"])["data"]["data"] == {"id": "buy"}
+    assert all(web_page_ids(r) for r in rows)  # contexts arrive decoded (base64 cx on GET)
+    assert rows[0]["page_url"] == result["pageOrigin"] + "/page.html"
+    assert rows[3]["page_url"] == result["pageOrigin"] + "/page2.html"
+    # The twin of the anonymous test's leak check: here the IP and the user id are in the rows.
+    text = json.dumps(rows)
+    assert f'"{LOOPBACK}"' in text and "user-normal" in text
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_server_anonymisation_stores_no_identifier(collector: Collector, store: Store, method: str) -> None:
+    result = browse(collector.url, "anonymous", method)
+    assert_clean(result)
+    requests = result["requests"]
+    assert [r["spAnonymous"] for r in requests] == ["*"] * 3
+    assert [sp_sent(r) for r in requests] == [None] * 3
+    assert [sp_set(r) for r in requests] == [None] * 3
+    assert jar_sp(result, "end") is None
+
+    rows = store.events(result["appId"], result["eids"])
+    for name in (
+        "user_ipaddress",
+        "network_userid",
+        "domain_userid",
+        "domain_sessionid",
+        "user_id",
+        "session_id",
+    ):
+        assert column(rows, name) == [None] * 3, name
+    assert column(rows, "anonymous") == [1] * 3
+    # The events themselves are kept: only identifiers go.
+    assert rows[1]["se_label"] == "sku-2" and rows[2]["event_name"] == "button_click"
+    assert rows[0]["page_url"] == result["pageOrigin"] + "/page.html"
+    text = json.dumps(rows)
+    assert f'"{LOOPBACK}"' not in text and "user-anon" not in text
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_toggling_anonymous_tracking_ignores_and_expires_the_old_cookie(
+    collector: Collector,
+    store: Store,
+    method: str,
+) -> None:
+    result = browse(collector.url, "toggle", method)
+    assert_clean(result)
+    first, anon1, anon2, again = result["requests"]
+    old = jar_sp(result, "identified")
+    assert old is not None and sp_set(first) == old["value"]
+    # The browser really sent the old cookie along with SP-Anonymous: the case under test happened.
+    assert (anon1["spAnonymous"], sp_sent(anon1)) == ("*", old["value"])
+    assert sp_set(anon1) == "", anon1["setCookie"]  # ...and the collector expired it
+    assert (anon2["spAnonymous"], sp_sent(anon2), sp_set(anon2)) == ("*", None, None)
+    assert jar_sp(result, "anonymous") is None
+    new = jar_sp(result, "end")
+    assert new is not None and sp_set(again) == new["value"] and again["spAnonymous"] is None
+    assert device(new["value"]) != device(old["value"])
+
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "anonymous") == [0, 1, 1, 0]
+    assert column(rows, "network_userid") == [device(old["value"]), None, None, device(new["value"])]
+    assert column(rows, "user_ipaddress") == [LOOPBACK, None, None, LOOPBACK]
+    assert column(rows[1:3], "domain_userid") == [None, None]
+    assert device(old["value"]) not in json.dumps(rows[1:3])
+    assert device(old["value"]) in json.dumps(rows[:1])
+    # Opting out retired the tracker's own ids: the tracker still sends the old duid/sid after opting
+    # back in, but they are not stored, so nothing ties the new device (or the anonymous rows) to the old.
+    first_row, last_row = rows[0], rows[-1]
+    assert first_row["domain_userid"] and first_row["domain_sessionid"]  # where they belong
+    tracker_ids = {first_row["domain_userid"], first_row["domain_sessionid"]}
+    assert not tracker_ids & set(json.dumps(r) for r in rows[1:])
+    for row in rows[1:]:
+        assert not any(t in json.dumps(row) for t in tracker_ids), row
+    assert last_row["domain_userid"] is None and last_row["domain_sessionid"] is None
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logout_rotates_the_device_and_never_links_alice_to_bob(
+    collector: Collector,
+    store: Store,
+    method: str,
+) -> None:
+    result = browse(collector.url, "logout", method)
+    assert_clean(result)
+    requests = result["requests"]
+    old, new = jar_sp(result, "alice"), jar_sp(result, "after_anonymize")
+    assert old is not None and new is not None
+    assert device(old["value"]) != device(new["value"])
+    end = jar_sp(result, "end")
+    assert end is not None and end["value"] == new["value"]  # the browser ends with the NEW cookie
+    anonymize = requests[2]
+    assert (sp_sent(anonymize), sp_set(anonymize)) == (old["value"], new["value"])
+    assert [sp_sent(r) for r in requests[3:]] == [new["value"]] * (len(requests) - 3)
+
+    rows = store.events(result["appId"], result["eids"])
+    a, b = device(old["value"]), device(new["value"])
+    assert column(rows, "network_userid") == [a, a, a, b, b, b, b]
+    assert column(rows, "user_id") == ["alice", "alice", "alice", None, None, "bob", "bob"]
+    assert (rows[1]["se_action"], rows[2]["event_name"]) == ("logged out", "anonymize")
+    before, after = rows[:3], rows[3:]
+    assert "alice" in json.dumps(before) and "alice" not in json.dumps(after)
+    assert "bob" in json.dumps(after) and "bob" not in json.dumps(before)
+    # Nothing in a row ties the two devices together: no id of one appears with the other.
+    for name in ("network_userid", "domain_userid", "domain_sessionid", "session_id"):
+        assert not set(column(before, name)) & set(column(after, name)), name
+    assert not set().union(*map(web_page_ids, before)) & set().union(*map(web_page_ids, after))
+    assert not any(a in json.dumps(r) and b in json.dumps(r) for r in rows)
+    sessions = store.query("SELECT device_id, user_id FROM sessions WHERE device_id IN (?, ?)", (a, b))
+    assert {s["device_id"] for s in sessions} == {a, b}
+    assert {s["user_id"] for s in sessions if s["device_id"] == b} <= {None, "bob"}
+    assert {s["user_id"] for s in sessions if s["device_id"] == a} <= {None, "alice"}
+
+
+@pytest.fixture
+def broken_cors(collector: Collector, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A reverse proxy in front of the real collector that rewrites its CORS answers (param: mode)."""
+    port = free_port()
+    log = open(collector.db.parent / f"cors-proxy-{port}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(E2E_DIR / "cors_proxy.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            collector.url,
+            "--mode",
+            request.param,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://{LOOPBACK}:{port}"
+        wait_http(url + "/health")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("broken_cors", ["star", "no-credentials"], indirect=True)
+def test_browser_scenario_fails_when_cors_is_misconfigured(
+    broken_cors: str,
+    store: Store,
+    method: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The same scenario through a proxy that breaks CORS: the suite must see the failure."""
+    app_id = f"br-cors-{request.node.callspec.id}"
+    result = run_node(
+        "browser.mjs",
+        {
+            "collector": broken_cors,
+            "scenario": "normal",
+            "method": method,
+            "appId": app_id,
+            "ackTimeoutMs": 5000,
+        },
+    )
+    assert not result["ok"]
+    assert result["trackerFailures"], result
+    assert any("CORS" in e for e in result["consoleErrors"]), result["consoleErrors"]
+    assert jar_sp(result, "start") is None and "after_first" not in result["marks"]
+    if method == "post":
+        assert store.count(app_id) == 0  # the preflight fails: the batch never leaves the browser
+    else:
+        # A GET needs no preflight: the event is stored, yet the tracker sees a failure and will
+        # resend it (duplicates follow), which is why the collector must echo the Origin.
+        assert store.count(app_id, at_least=1) == 1
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["page-listed", "page-not-listed"])
+def test_cors_allow_list_with_a_real_browser(tmp_path: Path, listed: bool) -> None:
+    """COLLECTOR_CORS_ORIGINS: the listed page tracks cleanly, any other page is refused by the browser."""
+    page_port = free_port()
+    page_origin = f"http://{LOOPBACK}:{page_port}"
+    other = f"http://{LOOPBACK}:{free_port()}"
+    origins = f"https://shop.example,{page_origin if listed else other}"
+    with Collector(tmp_path / "events.db", env={"COLLECTOR_CORS_ORIGINS": origins}) as collector:
+        app_id = f"br-allow-list-{listed}"
+        result = run_node(
+            "browser.mjs",
+            {
+                "collector": collector.url,
+                "scenario": "normal",
+                "method": "post",
+                "appId": app_id,
+                "pagePort": page_port,
+                "ackTimeoutMs": 5000,
+            },
+        )
+        assert result["pageOrigin"] == page_origin
+        store = Store(collector.db)
+        if listed:
+            assert_clean(result)
+            assert len(store.events(app_id, result["eids"])) == 4
+        else:
+            assert not result["ok"] and result["trackerFailures"], result
+            assert any("CORS" in e for e in result["consoleErrors"]), result["consoleErrors"]
+            assert store.count(app_id) == 0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logout_without_clear_user_data_keeps_no_old_tracker_id(
+    collector: Collector, store: Store, method: str
+) -> None:
+    """The app forgets clearUserData: the old duid and sid keep arriving on the new device."""
+    result = browse(collector.url, "logout_without_clear", method)
+    assert_clean(result)
+    rows = store.events(result["appId"], result["eids"])
+    old, new = rows[:2], rows[2:]
+    assert [r["event_name"] for r in old] == [None, "anonymize"]
+    assert len({r["network_userid"] for r in old}) == 1 and len({r["network_userid"] for r in new}) == 1
+    assert old[0]["network_userid"] != new[0]["network_userid"]
+    # Before the rotation the tracker's ids are kept; after it the same values are dropped.
+    assert old[0]["domain_userid"] and old[0]["domain_sessionid"]
+    assert [(r["domain_userid"], r["domain_sessionid"]) for r in new] == [(None, None)] * 2
+    # ...although the tracker did send them: the case under test happened.
+    sent = [e for r in result["requests"][2:] for e in r["sent"]]
+    assert [(e["duid"], e["sid"]) for e in sent] == [
+        (old[0]["domain_userid"], old[0]["domain_sessionid"])
+    ] * 2
+    assert [r["user_id"] for r in rows] == ["carol", "carol", None, None]
+    for name in ("network_userid", "domain_userid", "domain_sessionid", "session_id"):
+        assert not {r[name] for r in old} & {r[name] for r in new}, name
