@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast check fmt bench bench-smoke e2e-deps clean
+.PHONY: install run test test-fast check check-deploy share-cost fmt bench bench-smoke e2e-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,14 @@ check: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+
+# Dockerfile (hadolint), compose.yaml (compose-spec schema), nginx.conf (nginx -t).
+check-deploy: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" tests/lb/check_deploy.sh
+
+# What sharing one store costs: events/s with 1, 2 and 3 processes (not part of the tests).
+share-cost: $(STAMP)
+	$(BIN)/python tests/lb/share_cost.py
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .

@@ -63,6 +63,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             exc_info=st.cfg.log_level == "debug",
         )
         resp = error_response(500, "internal", "internal error")
+    if st.draining:  # `Connection: close`: a balancer must not reuse a connection this process will close
+        resp.force_close()
     if request.method != "OPTIONS":
         cors.apply(resp.headers, cors.allowed_origin(st.cfg, request.headers))
     route = _route(request, st)
