@@ -1,0 +1,1 @@
+"""Benchmark harness: `python -m tests.bench [--smoke]` (see run.py)."""

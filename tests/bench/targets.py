@@ -1,0 +1,214 @@
+"""The servers under test: the real collector, the bare aiohttp baseline, and nginx, all on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from tests.procs import ROOT, Collector, free_port, wait_http  # PROCS_IMPORT
+
+BENCH = Path(__file__).resolve().parent
+
+
+class Target(Protocol):
+    name: str
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> int: ...
+
+    def root_pid(self) -> int: ...
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (the collector's --workers children), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # the comm field may contain spaces and parentheses; ppid is the 2nd field after the last ')'
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A `VmRSS` / `VmHWM` line of /proc/<pid>/status in KiB (0 if the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_kib(pid: int, key: str) -> int:
+    return sum(status_kib(p, key) for p in process_tree(pid))
+
+
+@dataclass
+class CollectorTarget:
+    """`python -m collector serve` via tests.procs.Collector, default settings, its own DB file."""
+
+    name: str
+    db: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    proc: Collector | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.proc is not None
+        return self.proc.url
+
+    def start(self) -> None:
+        self.proc = Collector(self.db, args=self.args, env=self.env).start()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return self.proc.stop(signal.SIGTERM, timeout=60)
+
+    def root_pid(self) -> int:
+        assert self.proc is not None and self.proc.proc is not None
+        return self.proc.proc.pid
+
+
+@dataclass
+class BaselineTarget:
+    """tests/bench/baseline.py: one aiohttp + uvloop + orjson process, no storage, no access log."""
+
+    name: str
+    log: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.port = free_port()
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(BENCH / "baseline.py"), "--port", str(self.port)],
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_http(self.url + "/ready")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)  # aiohttp's run_app shuts down cleanly on SIGINT
+        return self.proc.wait(30)
+
+    def root_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+
+NGINX_CONF = """\
+# Rendered by tests/bench/targets.py for one benchmark run.
+worker_processes 1;
+{user}
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 10000000;
+    client_max_body_size 1m;
+    client_body_buffer_size 64k;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /i {{
+            empty_gif;
+            add_header Cache-Control "no-cache, no-store, must-revalidate";
+        }}
+        # the same static answer a collector gives to a POST, body read and discarded
+        location = /com.snowplowanalytics.snowplow/tp2 {{
+            default_type text/plain;
+            return 200 "ok";
+        }}
+        location = /ready {{ return 200 "ok"; }}
+    }}
+}}
+"""
+
+
+@dataclass
+class NginxTarget:
+    """Debian's nginx serving the 43-byte pixel on /i with an access log to a file; one worker."""
+
+    name: str
+    tmp: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        self.port = free_port()
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would otherwise be nobody
+        conf = self.tmp / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, user=user))
+        with open(self.tmp / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    nginx,
+                    "-e",
+                    str(self.tmp / "error.log"),
+                    "-p",
+                    str(self.tmp),
+                    "-c",
+                    str(conf),
+                    "-g",
+                    "daemon off;",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_http(self.url + "/ready")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
+        return self.proc.wait(30)
+
+    def root_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def access_log_lines(self) -> int:
+        with open(self.tmp / "access.log", "rb") as f:
+            return sum(1 for _ in f)

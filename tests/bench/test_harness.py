@@ -1,0 +1,103 @@
+"""The benchmark's own arithmetic: the store check's bounds, profile folding, payloads, flatness.
+
+The harness itself runs real servers in `make bench` / `make bench-smoke`; these are the pure parts
+whose mistakes would make a broken collector look correct (or a correct one look broken).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from tests.bench.drive import Round
+from tests.bench.payloads import EventIds, get_path, post_body
+from tests.bench.profile import top_self
+from tests.bench.report import flatness
+from tests.bench.store import _check_round
+
+
+def wrk_round(workload: str, **counts: Any) -> Round:
+    result = {
+        "sent": 0,
+        "ok2xx": 0,
+        "non2xx": 0,
+        "events_sent": 0,
+        "anon_events": 0,
+        "anonymize_events": 0,
+        "errors": {"connect": 0, "read": 0, "write": 0, "status": 0, "timeout": 0},
+        "active_seconds": 1.0,
+        **counts,
+    }
+    return Round("collector", workload, "0a0b0c0d", "wrk", result, 1.0, 1.0, 0.0)
+
+
+def test_exact_round_passes_only_with_exactly_the_acknowledged_events() -> None:
+    rnd = wrk_round("post10", sent=5, ok2xx=5, events_sent=50)
+    ok = _check_round(rnd, stored=50, s_anon=0, s_anonymize=0)
+    assert ok.exact and ok.ok
+    for stored in (49, 51):
+        bad = _check_round(rnd, stored=stored, s_anon=0, s_anonymize=0)
+        assert not bad.ok, stored
+        assert "stored" in bad.problems[0]
+
+
+def test_refused_requests_must_not_be_stored() -> None:
+    rnd = wrk_round("post10", sent=5, ok2xx=4, non2xx=1, events_sent=50)
+    assert _check_round(rnd, stored=40, s_anon=0, s_anonymize=0).ok
+    assert not _check_round(rnd, stored=50, s_anon=0, s_anonymize=0).ok
+
+
+def test_unanswered_requests_widen_the_range_and_mark_the_round_inexact() -> None:
+    rnd = wrk_round("post1", sent=10, ok2xx=8, events_sent=10)  # two answers never read
+    for stored in (8, 9, 10):
+        check = _check_round(rnd, stored=stored, s_anon=0, s_anonymize=0)
+        assert check.ok and not check.exact and check.notes
+    assert not _check_round(rnd, stored=7, s_anon=0, s_anonymize=0).ok
+    assert not _check_round(rnd, stored=11, s_anon=0, s_anonymize=0).ok
+
+
+def test_anonymous_and_anonymize_counts_are_checked_in_the_mix() -> None:
+    rnd = wrk_round("mix", sent=10, ok2xx=10, events_sent=30, anon_events=6, anonymize_events=1)
+    assert _check_round(rnd, stored=30, s_anon=6, s_anonymize=1).ok
+    assert not _check_round(rnd, stored=30, s_anon=5, s_anonymize=1).ok
+    assert not _check_round(rnd, stored=30, s_anon=6, s_anonymize=0).ok
+
+
+def test_top_self_merges_line_numbers_and_counts_only_leaves() -> None:
+    collapsed = "\n".join(
+        [
+            "main (app.py:1);handle (h.py:10);parse (p.py:5) 6",
+            "main (app.py:1);handle (h.py:12);parse (p.py:7) 2",
+            "main (app.py:1);handle (h.py:10) 2",
+        ]
+    )
+    rows, total, threads = top_self(collapsed)
+    assert total == 10 and threads == {}
+    assert rows[0] == {"function": "parse (p.py)", "samples": 8, "self_pct": 80.0}
+    assert rows[1]["function"] == "handle (h.py)" and rows[1]["samples"] == 2
+    assert all("main" not in r["function"] for r in rows)
+    per_thread, _, threads = top_self(
+        "thread (12): MainThread;main (a.py:1) 3\nthread (13): sqlite-writer;w (b.py:2) 1"
+    )
+    assert threads == {"MainThread": 3, "sqlite-writer": 1}
+    assert per_thread[0]["function"] == "main (a.py)"
+
+
+def test_payloads_are_valid_batches_with_unique_run_tagged_uuids() -> None:
+    ids = EventIds("0a0b0c0d")
+    body = json.loads(post_body(ids, 10))
+    assert body["schema"].startswith("iglu:com.snowplowanalytics.snowplow/payload_data/")
+    eids = [ev["eid"] for ev in body["data"]]
+    eids.append(get_path(ids).split("eid=")[1].split("&")[0])
+    assert len(set(eids)) == 11
+    for eid in eids:
+        assert str(uuid.UUID(eid)) == eid and eid.startswith("0a0b0c0d-")
+    assert all(isinstance(v, str) for ev in body["data"] for v in ev.values())
+
+
+def test_flatness_slope() -> None:
+    flat = flatness([(float(t), 1000) for t in range(20)])
+    growing = flatness([(float(t), 1000 + 10 * t) for t in range(20)])
+    assert flat["second_half_slope_kib_per_min"] == 0
+    assert round(growing["second_half_slope_kib_per_min"]) == 600
