@@ -69,8 +69,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         cors.apply(resp.headers, cors.allowed_origin(st.cfg, request.headers))
     route = _route(request, st)
     ms = (time.perf_counter() - started) * 1000
-    st.metrics.requests.labels(route, f"{resp.status // 100}xx").inc()
-    st.metrics.request_seconds.labels(route).observe(ms / 1000)
+    st.metrics.request_done(route, resp.status, ms / 1000)
     if st.cfg.access_log:
         logs.access(request.method, route, resp.status, ms, request.get(EVENTS, 0))
     return resp
@@ -85,12 +84,12 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
         client_max_size=cfg.max_body,
         handler_args={"max_line_size": 65536, "max_field_size": 16384},
     )
-    keys = identity.load_keys(cfg.cookie_secret, cfg.db)
+    signer = identity.Signer(identity.load_keys(cfg.cookie_secret, cfg.db))
     jar = identity.CookieJar(
-        cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, keys[0]
+        cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, signer
     )
     metrics = Metrics()
-    state = State(cfg, keys, jar, metrics, clock, anonymize_names=cfg.anonymize_events)
+    state = State(cfg, signer, jar, metrics, clock, anonymize_names=cfg.anonymize_events)
     app[STATE] = state
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:

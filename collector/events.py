@@ -11,6 +11,7 @@ import orjson
 from collector import __version__, policy, protocol
 from collector.errors import BadInput
 from collector.identity import random_uuid
+from collector.protocol import MAX_VALUE
 from storage.base import COL, COLUMNS
 
 V_COLLECTOR = f"anon-collector-{__version__}"
@@ -77,6 +78,12 @@ def build_row(
     row = base.copy()
     other: dict[str, str] = {}
     for key, value in params.items():
+        if (
+            value.__class__ is not str
+        ):  # one pass both checks and copies (a str subclass cannot come from JSON)
+            raise BadInput("non_string_value", f"value of {key!r} is not a string")
+        if len(value) > MAX_VALUE:
+            raise BadInput("value_too_long", f"value of {key!r} is longer than {MAX_VALUE} characters")
         idx = SIMPLE.get(key)
         if idx is not None:
             row[idx] = value
@@ -103,16 +110,16 @@ def build_row(
             row[COL["se_value"]] = number
         else:  # SQLite would store NaN as NULL and inf as a REAL nobody can aggregate: keep the text
             other["se_va"] = params["se_va"]
-    ue, co = protocol.self_describing(params)
+    (ue, ue_text), (co, co_text) = protocol.self_describing(params)
     anonymize = False
-    if ue is not None:
+    if ue_text is not None:
         vendor, name, version = protocol.schema_parts(ue)
         row[COL["event_vendor"]], row[COL["event_name"]], row[COL["event_version"]] = vendor, name, version
-        row[COL["unstruct_event"]] = orjson.dumps(ue).decode()
+        row[COL["unstruct_event"]] = ue_text
         lname = (name or "").lower()
         anonymize = lname in anonymize_names or f"{(vendor or '').lower()}/{lname}" in anonymize_names
-    if co is not None:
-        row[COL["contexts"]] = orjson.dumps(policy.scrub_entities(co) if anonymous else co).decode()
+    if co_text is not None:
+        row[COL["contexts"]] = orjson.dumps(policy.scrub_entities(co)).decode() if anonymous else co_text
     if other:
         row[COL["other_params"]] = orjson.dumps(other).decode()
     return row, anonymize

@@ -29,7 +29,7 @@ class State:
     """What handlers need, built once by create_app."""
 
     cfg: Config
-    keys: list[bytes]
+    signer: identity.Signer
     jar: identity.CookieJar
     metrics: Metrics
     clock: Callable[[], float]
@@ -215,7 +215,7 @@ async def ingest(
             else f"none of the {len(bad)} events is valid; first: {first.detail}",
         )
     resolved = identity.resolve(
-        cookie if decision.use_cookie else None, nuid, tnuid, st.keys, decision.anonymous
+        cookie if decision.use_cookie else None, nuid, tnuid, st.signer.verify, decision.anonymous
     )
     if resolved.forged:
         st.metrics.cookies.labels("invalid").inc()
@@ -224,7 +224,7 @@ async def ingest(
         st.metrics.cookies.labels("expired").inc()
         # The device opted out: end its session and retire its tracker ids, so that when the browser
         # opts back in (a new device) the tracker's own duid/sid cannot tie it to the old one.
-        opted_out = identity.verify(cookie, st.keys)
+        opted_out = st.signer.verify(cookie)
     assert st.store is not None
     try:
         result = await st.store.append(
@@ -247,7 +247,7 @@ async def ingest(
             headers={"Retry-After": "1"},
         ) from None
     request[EVENTS] = result.stored
-    st.metrics.events.labels("true" if decision.anonymous else "false").inc(result.stored)
+    st.metrics.stored(decision.anonymous, result.stored)
     if result.duplicates:
         st.metrics.duplicates.inc(result.duplicates)
     if result.rotated:

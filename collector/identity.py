@@ -14,7 +14,7 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
@@ -81,7 +81,11 @@ class Resolved:
 
 
 def resolve(
-    cookie: str | None, nuid: str | None, tnuid: str | None, keys: Sequence[bytes], anonymous: bool
+    cookie: str | None,
+    nuid: str | None,
+    tnuid: str | None,
+    verifier: Callable[[str], str | None],
+    anonymous: bool,
 ) -> Resolved:
     """Verified cookie, else verified nuid/tnuid param, else a newly minted id; none when anonymous."""
     if anonymous:
@@ -89,24 +93,61 @@ def resolve(
     forged = False
     for value in (cookie, nuid, tnuid):
         if value:
-            device_id = verify(value, keys)
+            device_id = verifier(value)
             if device_id:
                 return Resolved(device_id, False, forged)
             forged = True
     return Resolved(new_device_id(), True, forged)
 
 
+class Signer:
+    """sign/verify under the configured keys, remembering recent answers (an HMAC per request is costly).
+
+    Both maps are pure functions of their keys, so caching them changes nothing but speed; they are
+    bounded, so a client sending endless forged values only churns the cache.
+    """
+
+    MAX = 65536
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self.keys = list(keys)
+        self._verified: dict[str, str | None] = {}
+        self._signed: dict[str, str] = {}
+
+    def verify(self, value: str | None) -> str | None:
+        """The device id a signed value carries, or None."""
+        if not value:
+            return None
+        try:
+            return self._verified[value]
+        except KeyError:
+            if len(self._verified) >= self.MAX:
+                self._verified.clear()
+            device_id = self._verified[value] = verify(value, self.keys)
+            return device_id
+
+    def sign(self, device_id: str) -> str:
+        """The signed value for a device id, under the first key."""
+        try:
+            return self._signed[device_id]
+        except KeyError:
+            if len(self._signed) >= self.MAX:
+                self._signed.clear()
+            value = self._signed[device_id] = sign(device_id, self.keys[0])
+            return value
+
+
 class CookieJar:
     """Builds the Set-Cookie values for one configuration (attributes computed once)."""
 
-    def __init__(self, name: str, max_age: int, domain: str, secure: bool, key: bytes) -> None:
+    def __init__(self, name: str, max_age: int, domain: str, secure: bool, signer: Signer) -> None:
         attrs = "; Path=/; HttpOnly; SameSite=None"
         if secure:
             attrs += "; Secure"
         if domain:
             attrs += f"; Domain={domain}"
         self.name = name
-        self._key = key
+        self._signer = signer
         self._max_age = max_age
         self._attrs = attrs
         self._expires_at = 0
@@ -123,7 +164,7 @@ class CookieJar:
     def issue(self, device_id: str, now: float) -> str:
         """Set-Cookie value carrying a signed device id, expiry refreshed."""
         return (
-            f"{self.name}={sign(device_id, self._key)}; Max-Age={self._max_age}; "
+            f"{self.name}={self._signer.sign(device_id)}; Max-Age={self._max_age}; "
             f"Expires={self._expiry(now)}{self._attrs}"
         )
 

@@ -7,6 +7,7 @@ keeps each process's values in files there; /metrics then merges them.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -78,6 +79,27 @@ class Metrics:
             buckets=GROUP_BUCKETS,
             registry=reg,
         )
+
+        # labels() builds and looks up a key per call: keep the children of the hot metrics at hand
+        self._requests: dict[tuple[str, int], Any] = {}
+        self._latency: dict[str, Any] = {}
+        self._stored = (self.events.labels("false"), self.events.labels("true"))
+
+    def request_done(self, route: str, status: int, seconds: float) -> None:
+        """Count an answered request and its latency."""
+        klass = status // 100
+        child = self._requests.get((route, klass))
+        if child is None:
+            child = self._requests[(route, klass)] = self.requests.labels(route, f"{klass}xx")
+        child.inc()
+        hist = self._latency.get(route)
+        if hist is None:
+            hist = self._latency[route] = self.request_seconds.labels(route)
+        hist.observe(seconds)
+
+    def stored(self, anonymous: bool, count: int) -> None:
+        """Count committed events."""
+        self._stored[anonymous].inc(count)
 
     def observe_commit(self, size: int, seconds: float) -> None:
         """Called by the writer thread after each commit."""

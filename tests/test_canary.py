@@ -150,10 +150,13 @@ async def run(
         async with aiohttp.ClientSession() as s, s.get(proc.url + "/metrics") as r:
             metrics = await r.read()
         assert b"collector_events_stored_total" in metrics
+        await asyncio.sleep(1.0)  # log lines are flushed every half second
         while_running = occurrences(read_all(db, proc.log, metrics), IDS, IPS)
     finally:
         assert proc.stop() == 0
-    await asyncio.sleep(0)
+    log = proc.log.read_bytes()
+    # the logs were written, one line per request: searching them is not searching an empty file
+    assert log.count(b"collector.access") >= 15 and (b" i 200 " in log or b'"route":"i","status":200' in log)
     after_stop = occurrences(read_all(db, proc.log, metrics), IDS, IPS)
     return while_running, after_stop
 

@@ -306,7 +306,7 @@ async def test_bad_get_params(client: Any, cfg: Config) -> None:
 
 
 async def test_one_bad_event_does_not_cost_the_good_ones(client: Any, cfg: Config) -> None:
-    body = batch(ev("pv", eid="good-1"), {"e": "pv", "eid": "bad-1"}, ev("se", eid="good-2"), {"oops": 1})
+    body = batch(ev("pv", eid="good-1"), {"e": "pv", "eid": "bad-1"}, ev("se", eid="good-2"), ev("pv", vid=3))  # type: ignore[arg-type]
     resp = await client.post(TP2, json=body)
     assert resp.status == 200
     answer = await resp.json()

@@ -41,14 +41,28 @@ def test_forged_values_do_not_verify(shape: str) -> None:
     assert identity.verify(value, [KEY]) is None
 
 
+def V(value: str) -> str | None:
+    return identity.verify(value, [KEY])
+
+
+def test_signer_caches_agree_with_the_pure_functions() -> None:
+    signer = identity.Signer([KEY, b"old"])
+    value = identity.sign(DEV, KEY)
+    assert signer.sign(DEV) == value == signer.sign(DEV)
+    assert signer.verify(value) == DEV == signer.verify(value)
+    assert signer.verify(identity.sign(DEV, b"old")) == DEV
+    assert signer.verify(DEV) is None and signer.verify(DEV) is None
+    assert signer.verify("") is None
+
+
 def test_resolve_order_and_anonymity() -> None:
     cookie, param = identity.sign(DEV, KEY), identity.sign("22222222-2222-2222-2222-222222222222", KEY)
-    assert identity.resolve(cookie, param, None, [KEY], False).device_id == DEV
-    assert identity.resolve(None, param, None, [KEY], False).device_id.startswith("2222")  # type: ignore[union-attr]
-    assert identity.resolve(None, None, param, [KEY], False).device_id.startswith("2222")  # type: ignore[union-attr]
-    forged = identity.resolve("x", "y", None, [KEY], False)
+    assert identity.resolve(cookie, param, None, V, False).device_id == DEV
+    assert identity.resolve(None, param, None, V, False).device_id.startswith("2222")  # type: ignore[union-attr]
+    assert identity.resolve(None, None, param, V, False).device_id.startswith("2222")  # type: ignore[union-attr]
+    forged = identity.resolve("x", "y", None, V, False)
     assert forged.minted and forged.forged and forged.device_id not in (None, "x", "y")
-    assert identity.resolve(cookie, None, None, [KEY], True) == identity.Resolved(None, False, False)
+    assert identity.resolve(cookie, None, None, V, True) == identity.Resolved(None, False, False)
 
 
 def test_generated_secret_is_kept_beside_the_database_0600(tmp_path: Path) -> None:
