@@ -31,16 +31,16 @@ async def serve(cfg: Config, reuse_port: bool) -> None:
     from collector.app import create_app
     from collector.handlers import STATE
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up still drains cleanly
+        loop.add_signal_handler(sig, stop.set)
     app = create_app(cfg)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_port=reuse_port or None, backlog=1024)
     await site.start()
     log.info("listening on http://%s:%d (pid %d)", cfg.host, cfg.port, os.getpid())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     app[STATE].draining = True
     log.info("draining for %.1fs before closing the listener", cfg.drain_seconds)
@@ -72,7 +72,9 @@ def supervise(cfg: Config, argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     shutil.rmtree(metrics_dir, ignore_errors=True)
-    return max(codes, key=abs)
+    # A child that died of the forwarded SIGTERM had not installed its handler yet, so it was not
+    # serving and acknowledged nothing: for the supervisor that is a clean stop.
+    return max((0 if code == -signal.SIGTERM else code for code in codes), key=abs)
 
 
 def query(db: Path, sql: str, fmt: str) -> int:

@@ -218,10 +218,10 @@ async def ingest(
         cookie if decision.use_cookie else None, nuid, tnuid, st.signer.verify, decision.anonymous
     )
     if resolved.forged:
-        st.metrics.cookies.labels("invalid").inc()
+        st.metrics.cookie("invalid")
     opted_out = None
     if decision.expire_cookie:
-        st.metrics.cookies.labels("expired").inc()
+        st.metrics.cookie("expired")
         # The device opted out: end its session and retire its tracker ids, so that when the browser
         # opts back in (a new device) the tracker's own duid/sid cannot tie it to the old one.
         opted_out = st.signer.verify(cookie)
@@ -274,7 +274,7 @@ async def ingest(
         resp = web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
     if decision.use_cookie and result.device_id is not None:
         if resolved.minted or result.rotated:
-            st.metrics.cookies.labels("minted").inc()
+            st.metrics.cookie("minted")
         resp.headers.add("Set-Cookie", st.jar.issue(result.device_id, now))
     elif decision.expire_cookie:
         resp.headers.add("Set-Cookie", st.jar.expired)

@@ -19,30 +19,15 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
+from storage.ids import UuidPool
+
 MAC_BYTES = 16  # 128 bits of HMAC: forging one is as hard as guessing a random UUID
 ID_LEN = 36
 VALUE_LEN = ID_LEN + 1 + 22  # uuid "." base64url(16 bytes) without padding
 
 
-_POOL_SIZE = 4096
-_pool = b""
-_pos = _POOL_SIZE
-
-
-def random_uuid() -> str:
-    """A random (version 4) UUID string from the OS's CSPRNG, drawn 4 KiB at a time.
-
-    os.urandom releases the GIL; under load the event loop then waits up to a switch interval for the
-    writer thread to hand it back, once per call. One call per 256 ids instead of one per id.
-    Only the event loop's thread calls this (asyncio is single-threaded), so no lock.
-    """
-    global _pool, _pos  # noqa: PLW0603 - a per-process buffer is the point
-    if _pos >= _POOL_SIZE:
-        _pool, _pos = os.urandom(_POOL_SIZE), 0
-    b = _pool[_pos : _pos + 16]
-    _pos += 16
-    h = b.hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[b[8] & 3]}{h[17:20]}-{h[20:]}"
+# The event loop's own pool: asyncio runs handlers on one thread, so it needs no lock.
+random_uuid = UuidPool()
 
 
 def new_device_id() -> str:

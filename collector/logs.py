@@ -73,7 +73,7 @@ def setup(fmt: str, level: str) -> None:
     """
     # The logging HOWTO's "Optimization" switches: no caller lookup (a stack walk per record), no thread,
     # process or task names; the access line carries none of them.
-    logging._srcfile = None  # noqa: SLF001
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

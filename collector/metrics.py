@@ -83,6 +83,7 @@ class Metrics:
         # labels() builds and looks up a key per call: keep the children of the hot metrics at hand
         self._requests: dict[tuple[str, int], Any] = {}
         self._latency: dict[str, Any] = {}
+        self._cookies: dict[str, Any] = {}
         self._stored = (self.events.labels("false"), self.events.labels("true"))
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
@@ -96,6 +97,13 @@ class Metrics:
         if hist is None:
             hist = self._latency[route] = self.request_seconds.labels(route)
         hist.observe(seconds)
+
+    def cookie(self, outcome: str) -> None:
+        """Count a device-id outcome (minted, invalid, expired)."""
+        child = self._cookies.get(outcome)
+        if child is None:
+            child = self._cookies[outcome] = self.cookies.labels(outcome)
+        child.inc()
 
     def stored(self, anonymous: bool, count: int) -> None:
         """Count committed events."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
+
+from storage.ids import UuidPool
+
+# Session ids are minted on the writer thread only: this pool is that thread's.
+new_session_id = UuidPool()
 
 
 @dataclass(slots=True)
@@ -57,7 +61,7 @@ def assign(
     index = state.session_index + 1 if state is not None else 1
     rotations = state.rotations if state is not None else []
     last_duid = duid or (state.tracker_duid if state is not None else None)
-    return DeviceState(str(uuid.uuid4()), index, now_ms, sid, uid, False, rotations, last_duid)
+    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, rotations, last_duid)
 
 
 def retire(state: DeviceState) -> list[str]:

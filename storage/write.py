@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -21,8 +20,11 @@ from storage.base import (
     AppendResult,
     Submission,
 )
+from storage.ids import UuidPool
 from storage.sessions import DeviceState, SessionRules, assign, may_rotate, retire
 
+# Rotated device ids are minted on the writer thread: its own pool.
+new_device_id = UuidPool()
 INSERT_EVENT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 INSERT_BAD = (
     "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) VALUES (?, ?, ?, ?, ?, ?)"
@@ -119,7 +121,7 @@ def write_group(
                 touched.add(device)
                 if may_rotate(state, sub.now_ms, rules):
                     retire_ids([row[DOMAIN_USERID], row[DOMAIN_SESSIONID], *retire(state)])
-                    device = str(uuid.uuid4())  # a new random id: nothing derives it from the old
+                    device = new_device_id()  # a new random id: nothing derives it from the old
                     res.rotated += 1
                 else:
                     res.rate_limited += 1

@@ -11,6 +11,7 @@ import pytest
 
 from collector import identity
 from collector.config import Config, Secret
+from storage.ids import UuidPool
 from tests.conftest import TP2, batch, ev, rows
 
 KEY = b"k1"
@@ -111,7 +112,9 @@ async def test_secret_rotation_keeps_old_cookies(make_client: Any, cfg: Config) 
 def test_random_uuid_is_a_valid_distinct_version_4_uuid() -> None:
     import uuid
 
-    ids = [identity.random_uuid() for _ in range(2000)]  # crosses several 4 KiB pool refills
+    ids = [identity.random_uuid() for _ in range(2000)] + [
+        UuidPool()() for _ in range(600)
+    ]  # crosses several 4 KiB pool refills
     assert len(set(ids)) == len(ids)
     for value in ids:
         parsed = uuid.UUID(value)
