@@ -118,10 +118,10 @@ async def track(request: web.Request) -> web.StreamResponse:
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
         if query:
             raw_events = [{**ev, **query} if isinstance(ev, dict) else ev for ev in raw_events]
-        return await ingest(request, st, decision, cookie, raw_events, ok=None)
+        return await ingest(request, st, decision, cookie, raw_events, redirect_to=None)
     if request.method == "HEAD" and not query:
         return web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
-    return await ingest(request, st, decision, cookie, [query], ok=None)
+    return await ingest(request, st, decision, cookie, [query], redirect_to=None)
 
 
 def redirect_allowed(cfg: Config, target: str | None) -> bool:
@@ -159,7 +159,9 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             len(request.query_string),
         )
     assert target is not None
-    return await ingest(request, st, decision, cookie, [protocol.redirect_event(params, target)], ok=target)
+    return await ingest(
+        request, st, decision, cookie, [protocol.redirect_event(params, target)], redirect_to=target
+    )
 
 
 async def ingest(
@@ -168,7 +170,7 @@ async def ingest(
     decision: policy.Decision,
     cookie: str | None,
     raw_events: list[Any],
-    ok: str | None,
+    redirect_to: str | None,
 ) -> web.StreamResponse:
     """Check, scrub and build every event, commit them, answer (pixel, ok or redirect) with the cookie."""
     cfg = st.cfg
@@ -254,8 +256,8 @@ async def ingest(
         st.metrics.rotations.labels("rotated").inc(result.rotated)
     if result.rate_limited:
         st.metrics.rotations.labels("rate_limited").inc(result.rate_limited)
-    if ok is not None:
-        resp = web.Response(status=302, headers={"Location": ok})
+    if redirect_to is not None:
+        resp = web.Response(status=302, headers={"Location": redirect_to})
     elif request.method == "POST":
         resp = (
             web.Response(text="ok")
