@@ -15,8 +15,7 @@ from collector.config import Config
 from collector.errors import BadInput, Unavailable
 from collector.events import base_row, build_row, format_ms
 from collector.metrics import Metrics
-from storage.base import COL, BadRow, Overloaded, Store, StoreFailed, Submission
-from storage.sqlite import RejectedData
+from storage.base import COL, BadRow, Overloaded, RejectedData, Store, StoreFailed, Submission
 
 MAX_BAD_PAYLOAD = 64 * 1024
 EVENTS = web.RequestKey("events", int)  # events stored, for the access log

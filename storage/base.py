@@ -64,6 +64,10 @@ class StoreFailed(Exception):
     """The transaction holding the request's events did not commit: nothing of it is kept."""
 
 
+class RejectedData(StoreFailed):
+    """The database refused this request's data itself: a client error (400), not an outage (503)."""
+
+
 @dataclass(slots=True)
 class BadRow:
     """An input the collector refused, already scrubbed by the policy."""

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiosqlite
 
-from storage.base import AppendResult, Overloaded, StoreFailed, Submission
+from storage.base import AppendResult, Overloaded, RejectedData, StoreFailed, Submission
 from storage.migrate import migrate
 from storage.sessions import SessionRules
 from storage.write import write_group
@@ -32,10 +32,6 @@ from storage.write import write_group
 log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
 CommitHook = Callable[[int, float], None]  # (events in the group, seconds the commit took)
-
-
-class RejectedData(StoreFailed):
-    """SQLite refused this request's data itself (it never reaches a group again)."""
 
 
 def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) -> sqlite3.Connection:
@@ -173,7 +169,7 @@ class SqliteStore:
             if len(submissions) == 1:
                 log.warning("a request's data was refused by SQLite", exc_info=False)
                 return [RejectedData("the event data could not be stored")]
-            return [r for s in submissions for r in self._commit([s], 1)]
+            return [r for s in submissions for r in self._commit([s], len(s.rows) + len(s.bad_rows))]
         if self._on_commit is not None:
             self._on_commit(size, time.perf_counter() - started)
         return results

@@ -98,3 +98,49 @@ async def test_query_cli_reads_and_cannot_write(client: Any, cfg: Config) -> Non
         assert res.returncode == 1 and "error" in res.stderr, sql
     assert rows(cfg.db, "select count(*) from bad_rows")[0][0] == 1
     assert rows(cfg.db, "select count(*) from sqlite_master where name = 'sneaky'")[0][0] == 0
+
+
+async def test_unstorable_data_fails_only_its_own_request(tmp_path: Path) -> None:
+    import asyncio
+
+    from collector.events import base_row
+    from storage.base import COL, RejectedData, Submission
+    from storage.sessions import SessionRules
+    from storage.sqlite import SqliteStore
+
+    db = tmp_path / "poison.db"
+    store = SqliteStore(db, SessionRules(1_800_000, 10, 30), busy_timeout=20000)
+    await store.start()
+
+    def row(eid: str, title: str) -> list[object]:
+        r = base_row("2026-01-01 00:00:00.000", None, None, False)
+        r[COL["event_id"]], r[COL["event"]], r[COL["platform"]], r[COL["v_tracker"]] = eid, "pv", "web", "t"
+        r[COL["page_title"]] = title
+        return r
+
+    attempts: list[list[str]] = []  # the event ids of each transaction the writer tries
+    real = store._transaction
+
+    def observed(subs: Any) -> Any:
+        attempts.append([s.rows[0][COL["event_id"]] for s in subs])
+        return real(subs)
+
+    store._transaction = observed  # type: ignore[method-assign]
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the writer's first group waits for this lock...
+    first = asyncio.ensure_future(store.append(Submission(0, None, [row("first", "ok")])))
+    await asyncio.sleep(0.2)
+    # ...while these two queue behind it, so the next group holds both
+    good = asyncio.ensure_future(store.append(Submission(0, None, [row("good", "fine")])))
+    poison = asyncio.ensure_future(store.append(Submission(0, None, [row("poison", "\ud800")])))
+    await asyncio.sleep(0.1)
+    blocker.execute("ROLLBACK")
+    blocker.close()
+    assert (await first).stored == 1
+    assert (await good).stored == 1
+    with pytest.raises(RejectedData):
+        await poison
+    await store.close()
+    # the mixed group failed whole, then each of its requests was tried alone
+    assert attempts == [["first"], ["good", "poison"], ["good"], ["poison"]]
+    assert sorted(r[0] for r in rows(db, "select event_id from events")) == ["first", "good"]
