@@ -39,7 +39,17 @@ def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    # Switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once rather
+    # than through the busy handler: replicas starting together on a new volume retry here.
+    deadline = time.monotonic() + busy_timeout / 1000
+    while True:
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     if mode != "wal":
         raise RuntimeError(f"{path}: journal_mode is {mode!r}, WAL is required (is it on a network share?)")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
