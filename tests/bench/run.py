@@ -101,8 +101,8 @@ class Bench:
             "collector-normal": lambda: CollectorTarget(
                 "collector-normal", self.tmp / "collector-normal.db", env={"COLLECTOR_SYNCHRONOUS": "NORMAL"}
             ),
-            "baseline": lambda: BaselineTarget("baseline", self.tmp / "baseline.log"),
-            "nginx": lambda: NginxTarget("nginx", self.tmp / "nginx"),
+            "baseline": lambda: BaselineTarget("baseline", log=self.tmp / "baseline.log"),
+            "nginx": lambda: NginxTarget("nginx", tmp=self.tmp / "nginx"),
         }
         for name, make in makers.items():
             if name in names:

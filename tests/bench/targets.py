@@ -95,37 +95,43 @@ class CollectorTarget:
 
 
 @dataclass
-class BaselineTarget:
-    """tests/bench/baseline.py: one aiohttp + uvloop + orjson process, no storage, no access log."""
+class _ProcessTarget:
+    """A server process of ours on a loopback port, stopped with its own graceful signal."""
 
     name: str
-    log: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    stop_signal = signal.SIGINT
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        self.port = free_port()
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(BENCH / "baseline.py"), "--port", str(self.port)],
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+    def _spawn(self, cmd: list[str], log: Path) -> None:
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         wait_http(self.url + "/ready")
 
     def stop(self) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGINT)  # aiohttp's run_app shuts down cleanly on SIGINT
+        self.proc.send_signal(self.stop_signal)
         return self.proc.wait(30)
 
     def root_pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+
+@dataclass
+class BaselineTarget(_ProcessTarget):
+    """tests/bench/baseline.py: one aiohttp + uvloop + orjson process, no storage, no access log."""
+
+    log: Path = Path("baseline.log")
+    stop_signal = signal.SIGINT  # aiohttp's run_app shuts down cleanly on SIGINT
+
+    def start(self) -> None:
+        self.port = free_port()
+        self._spawn([sys.executable, str(BENCH / "baseline.py"), "--port", str(self.port)], self.log)
 
 
 NGINX_CONF = """\
@@ -163,17 +169,11 @@ http {{
 
 
 @dataclass
-class NginxTarget:
+class NginxTarget(_ProcessTarget):
     """Debian's nginx serving the 43-byte pixel on /i with an access log to a file; one worker."""
 
-    name: str
-    tmp: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    tmp: Path = Path("nginx")
+    stop_signal = signal.SIGQUIT  # nginx's graceful shutdown
 
     def start(self) -> None:
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -182,32 +182,18 @@ class NginxTarget:
         user = "user root;" if os.geteuid() == 0 else ""  # as root, workers would otherwise be nobody
         conf = self.tmp / "nginx.conf"
         conf.write_text(NGINX_CONF.format(tmp=self.tmp, port=self.port, user=user))
-        with open(self.tmp / "stdout.log", "ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    nginx,
-                    "-e",
-                    str(self.tmp / "error.log"),
-                    "-p",
-                    str(self.tmp),
-                    "-c",
-                    str(conf),
-                    "-g",
-                    "daemon off;",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_http(self.url + "/ready")
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGQUIT)  # graceful shutdown
-        return self.proc.wait(30)
-
-    def root_pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        cmd = [
+            nginx,
+            "-e",
+            str(self.tmp / "error.log"),
+            "-p",
+            str(self.tmp),
+            "-c",
+            str(conf),
+            "-g",
+            "daemon off;",
+        ]
+        self._spawn(cmd, self.tmp / "stdout.log")
 
     def access_log_lines(self) -> int:
         with open(self.tmp / "access.log", "rb") as f:
