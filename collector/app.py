@@ -89,7 +89,7 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
         cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, signer
     )
     metrics = Metrics()
-    state = State(cfg, signer, jar, metrics, clock, anonymize_names=cfg.anonymize_events)
+    state = State(cfg, signer, jar, metrics, clock)
     app[STATE] = state
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:

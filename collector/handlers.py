@@ -34,7 +34,6 @@ class State:
     clock: Callable[[], float]
     store: Store | None = None
     draining: bool = False
-    anonymize_names: tuple[str, ...] = field(default=())
     route_names: dict[str, str] = field(default_factory=dict)
 
 
@@ -185,7 +184,7 @@ async def ingest(
             ev = protocol.check_event(raw)
             nuid, tnuid = nuid or ev.get("nuid"), tnuid or ev.get("tnuid")
             row, anonymize = build_row(
-                policy.scrub_event(ev, decision), base, decision.anonymous, st.anonymize_names
+                policy.scrub_event(ev, decision), base, decision.anonymous, cfg.anonymize_events
             )
             if decision.ip_param and "ip" in ev:
                 row[COL["user_ipaddress"]] = policy.event_ip(cfg, decision, ev["ip"])

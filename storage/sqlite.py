@@ -175,9 +175,10 @@ class SqliteStore:
         except sqlite3.OperationalError as exc:  # busy, locked, disk full, I/O: nothing committed
             log.error("commit of %d events failed: %s", size, exc)
             return [StoreFailed(str(exc))] * len(submissions)
-        except Exception:  # noqa: BLE001 - data SQLite refused: find the request(s) it came from, commit the rest
+        except Exception as exc:  # noqa: BLE001 - data SQLite refused: find the request(s) it came from
             if len(submissions) == 1:
-                log.warning("a request's data was refused by SQLite", exc_info=False)
+                # by type only: the message may quote the data; error level, since it may also be our bug
+                log.error("SQLite refused a request's data (%s); answered 400", type(exc).__name__)
                 return [RejectedData("the event data could not be stored")]
             return [r for s in submissions for r in self._commit([s], len(s.rows) + len(s.bad_rows))]
         if self._on_commit is not None:

@@ -172,3 +172,16 @@ def test_processes_starting_together_on_a_new_file_all_open_it(tmp_path: Path) -
         errors = [p.communicate(timeout=60)[1] for p in procs]
         assert [err for p, err in zip(procs, errors, strict=True) if p.returncode != 0] == []
         assert rows(db, "select count(*) from schema_migrations")[0][0] == len(list(MIGRATIONS.glob("*.sql")))
+
+
+async def test_store_query_reads_and_cannot_write(client: Any, cfg: Config) -> None:
+    from collector.handlers import STATE
+
+    await _seed(client)
+    store = client.app[STATE].store
+    assert await store.query("select event_id from events order by 1") == [("s-1",), ("s-2",), ("s-3",)]
+    assert await store.query("select count(*) from bad_rows where reason = ?", ("bad_json",)) == [(1,)]
+    for sql in ("delete from bad_rows", "create table sneaky (a)"):
+        with pytest.raises(sqlite3.OperationalError):
+            await store.query(sql)
+    assert rows(cfg.db, "select count(*) from sqlite_master where name = 'sneaky'")[0][0] == 0
