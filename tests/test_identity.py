@@ -119,3 +119,12 @@ def test_random_uuid_is_a_valid_distinct_version_4_uuid() -> None:
     for value in ids:
         parsed = uuid.UUID(value)
         assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+
+
+def test_an_empty_secret_file_left_by_a_crash_is_replaced(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    (tmp_path / "events.db.secret").write_text("")  # what a crash between create and write left
+    keys = identity.load_keys((), db)
+    assert keys and keys[0]
+    assert identity.load_keys((), db) == keys
+    assert not [p for p in tmp_path.iterdir() if p.name not in ("events.db.secret", "events.db.secret.lock")]

@@ -200,3 +200,16 @@ def test_scrub_entities_removes_identifying_fields_and_location() -> None:
         },
     ]
     assert contexts["data"][0]["data"]["userId"] == "u-1"  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("addr", "expected"),
+    [
+        ("2002:c633:6401::1", "198.51.100.0"),  # 6to4 carries 198.51.100.1 in its /48
+        ("2001:0:4136:e378:8000:63bf:3cfe:9bfe", "195.1.100.0"),  # Teredo: the client, obfuscated
+        ("::ffff:198.51.100.1", "198.51.100.0"),
+    ],
+)
+def test_truncation_unwraps_addresses_that_embed_an_ipv4(addr: str, expected: str) -> None:
+    cfg = Config(ip_mode="truncate")
+    assert policy.keep_ip(cfg, policy.parse_ip(addr)) == expected

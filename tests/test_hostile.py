@@ -1,0 +1,246 @@
+"""Hostile input at the edge: a clear 4xx in the one error shape, never a 500, nothing else changed."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import zlib
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestServer
+
+from collector import handlers, identity
+from collector.app import create_app
+from collector.config import Config, ConfigError, load_config
+from tests.conftest import SCHEMA, TP2, batch, ev, rows
+from tests.procs import Collector
+
+DEV = "aaaaaaaa-0000-4000-8000-00000000000a"
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+async def error_of(resp: Any) -> dict[str, Any]:
+    assert resp.content_type == "application/json", await resp.text()
+    body = await resp.json()
+    assert set(body["error"]) >= {"status", "reason", "message"}
+    return dict(body["error"])
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_body_that_is_not_its_content_encoding_is_a_400(
+    client: Any, cfg: Config, encoding: str
+) -> None:
+    resp = await client.post(
+        TP2,
+        data=orjson.dumps(batch(ev())),
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
+    )
+    assert resp.status == 400
+    assert (await error_of(resp))["reason"] == "bad_encoding"
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 0
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+async def test_a_compressed_body_is_accepted(client: Any, cfg: Config, encoding: str) -> None:
+    raw = orjson.dumps(batch(ev(eid=f"z-{encoding}")))
+    body = gzip.compress(raw) if encoding == "gzip" else zlib.compress(raw)
+    resp = await client.post(
+        TP2, data=body, headers={"Content-Type": "application/json", "Content-Encoding": encoding}
+    )
+    assert resp.status == 200, await resp.text()
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == [f"z-{encoding}"]
+
+
+@pytest.mark.parametrize("param", ["dtm", "stm", "ttm", "vid"])
+async def test_superscript_digits_are_not_numbers(client: Any, cfg: Config, param: str) -> None:
+    resp = await client.get("/i", params=ev(eid="sup", **{param: "12²"}))
+    assert resp.status == 200
+    [row] = rows(cfg.db, "select other_params, domain_sessionidx from events")
+    assert row["domain_sessionidx"] is None
+
+
+@pytest.mark.parametrize("param", ["nuid", "tnuid", "ip"])
+async def test_non_string_identity_params_are_a_bad_event(client: Any, cfg: Config, param: str) -> None:
+    resp = await client.post(TP2, json=batch({**ev(eid="n"), param: {"x": 1}}))
+    assert resp.status == 400
+    assert (await error_of(resp))["reason"] == "non_string_value"
+
+
+async def test_non_ascii_signed_values_do_not_verify(client: Any, cfg: Config) -> None:
+    value = identity.sign(DEV, b"test-secret")
+    forged = value[:-1] + "é"  # 59 characters, not ASCII
+    assert identity.verify(forged, [b"test-secret"]) is None
+    resp = await client.get("/i", params=ev(eid="c"), headers={"Cookie": f"sp={forged}"})
+    assert resp.status == 200
+    resp = await client.post(TP2, json=batch(ev(eid="n", nuid=forged)))
+    assert resp.status == 200
+    assert DEV not in {r[0] for r in rows(cfg.db, "select network_userid from events")}
+
+
+@pytest.mark.parametrize("where", ["event", "data", "value", "co-anonymous", "co"])
+async def test_json_nested_300_deep_is_a_4xx_or_stored(client: Any, cfg: Config, where: str) -> None:
+    deep = nested(300)
+    headers = {"SP-Anonymous": "*"} if where == "co-anonymous" else {}
+    if where == "event":
+        body: Any = batch(ev(eid="ok"), deep)
+    elif where == "data":
+        body = {"schema": SCHEMA, "data": deep}
+    elif where == "value":
+        body = batch(ev(eid="ok"), {**ev(eid="v"), "se_va": deep})
+    else:
+        co = orjson.dumps({"schema": "x", "data": [{"schema": "iglu:a/b/jsonschema/1-0-0", "data": {}}]})
+        text = co.decode().replace("{}", orjson.dumps({"d": nested(300)}).decode())
+        body = batch(ev(eid="ok"), ev(eid="deep", co=text, uid="u"))
+    resp = await client.post(TP2, data=orjson.dumps(body), headers={"Content-Type": "application/json", **headers})
+    assert resp.status < 500, await resp.text()
+    assert resp.status in (200, 400)
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://xn--zz/", "https://shop.test/\r\nSet-Cookie: x=1", "https://shop.test/a\nb", "https://shop.test/ a"],
+)
+async def test_hostile_redirect_targets_are_refused_before_storing(
+    make_client: Any, cfg: Config, target: str
+) -> None:
+    client = await make_client(cfg.replace(redirect_domains=("shop.test", "xn--zz")))
+    resp = await client.get("/r/tp2", params={"u": target, **ev(eid="r")}, allow_redirects=False)
+    assert resp.status in (302, 400)
+    if resp.status == 302:
+        location = resp.headers["Location"]
+        assert "\r" not in location and "\n" not in location and " " not in location
+    else:
+        assert (await error_of(resp))["reason"] == "redirect_refused"
+        assert rows(cfg.db, "select count(*) from events")[0][0] == 0
+
+
+async def test_a_redirect_answers_the_url_it_checked(make_client: Any, cfg: Config) -> None:
+    client = await make_client(cfg.replace(redirect_domains=("shop.test",)))
+    resp = await client.get("/r/tp2", params={"u": "https://SHOP.test/ä?q=1"}, allow_redirects=False)
+    assert resp.status == 302
+    assert resp.headers["Location"] == "https://shop.test/%C3%A4?q=1"
+
+
+def test_redirect_domains_refuse_a_port() -> None:
+    with pytest.raises(ConfigError, match="COLLECTOR_REDIRECT_DOMAINS"):
+        load_config({"COLLECTOR_REDIRECT_DOMAINS": "shop.test:8443"})
+
+
+async def test_405_names_the_allowed_methods(client: Any) -> None:
+    resp = await client.put(TP2)
+    assert resp.status == 405
+    assert set(resp.headers["Allow"].split(",")) >= {"GET", "POST"}
+    assert (await error_of(resp))["status"] == 405
+
+
+async def test_metrics_token_is_compared_in_constant_time(
+    make_client: Any, cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[Any, Any]] = []
+    real = handlers.hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(handlers.hmac, "compare_digest", spy)
+    client = await make_client(cfg.replace(metrics_token="tok"))
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer nope"})).status == 401
+    assert (await client.get("/metrics", headers={"Authorization": "Bearer tok"})).status == 200
+    assert len(calls) == 2
+
+
+async def test_the_verify_cache_keeps_only_well_formed_values(client: Any, cfg: Config) -> None:
+    signer = client.app[handlers.STATE].signer
+    for i in range(20):
+        resp = await client.post(TP2, json=batch(ev(eid=f"big-{i}", nuid=f"{i}" + "x" * 100_000)))
+        assert resp.status == 400  # over the value limit, like every other param
+        await client.get("/i", params=ev(eid=f"c-{i}"), headers={"Cookie": f"sp={i}{'y' * 3000}"})
+    assert len(signer._verified) == 0
+
+
+async def test_bad_row_detail_never_echoes_client_keys(client: Any, cfg: Config) -> None:
+    key = "k" * 10_000
+    resp = await client.post(TP2, json=batch({**ev(eid="k"), key: {"x": 1}}))
+    assert resp.status == 400
+    [row] = rows(cfg.db, "select detail from bad_rows")
+    assert len(row[0]) < 200 and "kkkk" not in row[0]
+    assert "kkkk" not in (await error_of(resp))["message"]
+
+
+async def test_a_platform_or_content_type_is_not_echoed(client: Any, cfg: Config) -> None:
+    resp = await client.get("/i", params={**ev(), "p": "secret-p-1"})
+    assert "secret-p-1" not in await resp.text()
+    resp = await client.post(TP2, data=b"{}", headers={"Content-Type": "secret/ctype"})
+    assert resp.status == 415 and "secret" not in await resp.text()
+    assert "secret" not in str([tuple(r) for r in rows(cfg.db, "select * from bad_rows")])
+
+
+async def raw_request(host: str, port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(data)
+    await writer.drain()
+    out = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    return out
+
+
+async def test_a_non_utf8_user_agent_is_stored_sanitised(cfg: Config) -> None:
+    server = TestServer(create_app(cfg))
+    await server.start_server()
+    try:
+        req = (
+            f"GET /i?e=pv&p=web&tv=t&eid=ua HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+            + b"User-Agent: Mozilla \xff\xfe bot\r\n\r\n"
+        )
+        out = await raw_request(server.host, server.port, req)
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+    finally:
+        await server.close()
+    [row] = rows(cfg.db, "select useragent from events")
+    assert row[0].startswith("Mozilla ") and row[0].endswith(" bot")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "request_bytes", "status"),
+    [
+        (
+            "header too large",
+            b"GET /i HTTP/1.1\r\nHost: x\r\nX-Big: " + b"s3cr3t" * 4000 + b"\r\n\r\n",
+            431,
+        ),
+        (
+            "bad chunking",
+            b"POST " + TP2.encode() + b" HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: application/json\r\n\r\nzz-s3cr3t\r\n",
+            400,
+        ),
+        (
+            "bad content length",
+            b"POST " + TP2.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Length: s3cr3t\r\n\r\n",
+            400,
+        ),
+        ("control character", b"GET /i HTTP/1.1\r\nHost: x\r\nX-A: s3cr3t\x01x\r\n\r\n", 400),
+    ],
+)
+async def test_the_http_parsers_refusals_use_the_error_shape(
+    tmp_path: Path, name: str, request_bytes: bytes, status: int
+) -> None:
+    with Collector(tmp_path / "p.db", env={"COLLECTOR_COOKIE_SECRET": "x"}) as proc:
+        out = await raw_request(proc.host, proc.port, request_bytes)
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status}".encode()), (name, out[:300])
+    assert b"application/json" in head.lower()
+    assert orjson.loads(body)["error"]["status"] == status
+    assert b"s3cr3t" not in out
+    assert b"s3cr3t" not in proc.log.read_bytes()

@@ -1,0 +1,123 @@
+"""Rotation and opt-out under hostile use: bounded, per event, never undone by a late answer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from collector.config import Config
+from collector.identity import sign
+from tests.conftest import TP2, batch, ev, rows
+from tests.test_sessions import ANON_UE, Browser
+
+SECRET = b"test-secret"
+DEV_A = "aaaaaaaa-0000-4000-8000-00000000000a"
+DEV_B = "bbbbbbbb-0000-4000-8000-00000000000b"
+
+
+def count(cfg: Config, table: str) -> int:
+    return int(rows(cfg.db, f"select count(*) from {table}")[0][0])
+
+
+async def test_each_event_takes_its_own_validated_device(client: Any, cfg: Config) -> None:
+    """A server-side tracker forwarding two browsers' events in one batch: two devices, not one."""
+    body = batch(
+        {**ev(eid="rejected", p="BAD"), "nuid": sign(DEV_B, SECRET)},  # refused: its nuid must not count
+        ev(eid="a1", nuid=sign(DEV_A, SECRET)),
+        ev(eid="b1", tnuid=sign(DEV_B, SECRET)),
+        ev(eid="a2", nuid=sign(DEV_A, SECRET)),
+    )
+    resp = await client.post(TP2, json=body)
+    assert resp.status == 200
+    got = {r["event_id"]: r["network_userid"] for r in rows(cfg.db, "select * from events")}
+    assert got == {"a1": DEV_A, "b1": DEV_B, "a2": DEV_A}
+
+
+async def test_a_rejected_events_nuid_is_not_the_requests_device(client: Any, cfg: Config) -> None:
+    body = batch({**ev(eid="rejected", p="BAD"), "nuid": sign(DEV_B, SECRET)}, ev(eid="plain"))
+    resp = await client.post(TP2, json=body)
+    assert resp.status == 200
+    [row] = rows(cfg.db, "select network_userid from events")
+    assert row[0] != DEV_B
+
+
+async def test_one_batch_of_fifty_anonymize_events_rotates_once(client: Any, cfg: Config) -> None:
+    b = Browser(client)
+    await b.send(ev(eid="first"))
+    old = b.device
+    await b.send(*[ev("ue", eid=f"anon-{i}", ue_pr=ANON_UE) for i in range(50)])
+    assert b.device != old
+    assert count(cfg, "device_state") == 2  # the old device and the one it rotated to
+    metrics = await (await client.get("/metrics")).text()
+    assert 'collector_rotations_total{outcome="rotated"} 1.0' in metrics
+
+
+async def test_a_resent_anonymize_event_rotates_nothing(client: Any, cfg: Config) -> None:
+    b = Browser(client)
+    await b.send(ev(eid="first", duid="duid-1", sid="sid-1"))
+    replayed = b.cookie
+    await b.send(ev("ue", eid="anon", duid="duid-1", sid="sid-1", ue_pr=ANON_UE))
+    states, retired = count(cfg, "device_state"), count(cfg, "retired_ids")
+    for _ in range(5):  # the tracker did not see the answer and retries the same event
+        resp = await client.post(
+            TP2,
+            json=batch(ev("ue", eid="anon", duid="duid-1", sid="sid-1", ue_pr=ANON_UE)),
+            headers={"Cookie": f"sp={replayed}"},
+        )
+        assert resp.status == 200
+    assert (count(cfg, "device_state"), count(cfg, "retired_ids")) == (states, retired)
+    assert count(cfg, "events") == 2
+
+
+async def test_retired_values_are_length_capped(client: Any, cfg: Config) -> None:
+    b = Browser(client)
+    long_duid = "d" * 5000
+    resp = await client.post(TP2, json=batch(ev(eid="long", duid=long_duid)))
+    assert resp.status == 400  # a tracker id is at most 128 characters
+    await b.send(ev(eid="ok", duid="duid-ok"))
+    await b.send(ev("ue", eid="anon", duid="x" * 129, ue_pr=ANON_UE), ev("ue", eid="anon2", ue_pr=ANON_UE))
+    assert max(len(v) for (v,) in rows(cfg.db, "select value from retired_ids")) <= 128
+
+
+async def test_a_late_answer_with_the_old_cookie_does_not_undo_the_rotation(client: Any, cfg: Config) -> None:
+    b = Browser(client)
+    await b.send(ev(eid="first", uid="alice"))
+    old_cookie, old = b.cookie, b.device
+    await b.send(ev("ue", eid="logout", ue_pr=ANON_UE))
+    # a request the browser sent before it saw the rotation's answer, answered after it
+    late = await client.post(TP2, json=batch(ev(eid="late")), headers={"Cookie": f"sp={old_cookie}"})
+    assert late.status == 200
+    set_cookie = late.headers.get("Set-Cookie", "")
+    assert old_cookie not in set_cookie  # never refreshes the device that rotated away
+    [row] = rows(cfg.db, "select network_userid from events where event_id = 'late'")
+    assert row[0] != old  # nor continues it: the late event cannot tie the old device to what follows
+
+
+async def test_opt_out_commits_apart_from_the_anonymous_rows(client: Any, cfg: Config) -> None:
+    """The device's update and the anonymous events never share a transaction."""
+    b = Browser(client)
+    await b.send(ev(eid="on"))
+
+    async def commits() -> float:
+        text = await (await client.get("/metrics")).text()
+        line = next(ln for ln in text.splitlines() if ln.startswith("collector_commit_group_events_count"))
+        return float(line.split()[-1])
+
+    before = await commits()
+    resp = await client.post(
+        TP2, json=batch(ev(eid="anon")), headers={"Cookie": f"sp={b.cookie}", "SP-Anonymous": "*"}
+    )
+    assert resp.status == 200
+    assert await commits() - before == 2
+    before = await commits()
+    resp = await client.post(TP2, json=batch(ev(eid="anon-2")), headers={"SP-Anonymous": "*"})
+    assert await commits() - before == 1  # without a cookie there is nothing to opt out
+
+
+async def test_retired_ids_are_values_only(client: Any, cfg: Config) -> None:
+    """retired_ids keeps values and nothing else: no device, no time (it must link nothing)."""
+    b = Browser(client)
+    await b.send(ev(eid="x", duid="duid-R", sid="sid-R"))
+    await b.send(ev("ue", eid="y", duid="duid-R", sid="sid-R", ue_pr=ANON_UE))
+    cols = [r[1] for r in rows(cfg.db, "pragma table_info(retired_ids)")]
+    assert cols == ["value"]
+    assert {v for (v,) in rows(cfg.db, "select value from retired_ids")} == {"duid-R", "sid-R"}
