@@ -30,13 +30,14 @@ async def serve(cfg: Config, reuse_port: bool) -> None:
     """Run until SIGTERM/SIGINT, then drain: /ready 503, wait, finish in-flight requests, commit, close."""
     from collector.app import create_app
     from collector.handlers import STATE
+    from collector.server import Runner
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # first: a signal during start-up still drains cleanly
         loop.add_signal_handler(sig, stop.set)
     app = create_app(cfg)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=30)
+    runner = Runner(app, access_log=None, shutdown_timeout=30)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port, reuse_port=reuse_port or None, backlog=1024)
     await site.start()

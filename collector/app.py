@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from collector import cors, handlers, identity, logs
+from collector import cors, handlers, identity, logs, server
 from collector.config import CANONICAL_PATHS, Config
 from collector.errors import CollectorError, error_response, from_exception
 from collector.handlers import EVENTS, STATE, State
@@ -53,7 +53,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:  # routing (404, 405) and aiohttp's own limits
         if exc.status < 400:
             raise
-        resp = error_response(exc.status, _snake(exc.reason), exc.reason)
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None  # a 405 names them
+        resp = error_response(exc.status, _snake(exc.reason), exc.reason, allow)
     except Exception as exc:  # a bug: logged by type and traceback only, never with request data
         log.error(
             "internal error on %s %s: %s",
@@ -77,13 +78,9 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The collector as an aiohttp application; nothing touches the disk until startup."""
-    # aiohttp's default request-line limit (8190) would answer a long tracker GET with a bare-text 400;
-    # above our own max_query the handler answers 414 in the JSON error shape instead.
-    app = web.Application(
-        middlewares=[edge],
-        client_max_size=cfg.max_body,
-        handler_args={"max_line_size": 65536, "max_field_size": 16384},
-    )
+    # aiohttp's default request-line limit (8190) would refuse a long tracker GET in the parser; above
+    # our own max_query the handler answers 414 instead (collector.server has the parser's limits).
+    app = web.Application(middlewares=[edge], client_max_size=cfg.max_body, handler_args=server.HANDLER_ARGS)
     signer = identity.Signer(identity.load_keys(cfg.cookie_secret, cfg.db))
     jar = identity.CookieJar(
         cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, signer
@@ -93,13 +90,14 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     app[STATE] = state
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        rules = SessionRules(cfg.session_timeout * 1000, cfg.rotation_burst, cfg.rotation_per_minute)
+        rules = SessionRules(cfg.session_timeout * 1000)
         store = SqliteStore(
             cfg.db,
             rules,
             synchronous=cfg.synchronous,
             busy_timeout=cfg.busy_timeout,
             queue_max=cfg.queue_max,
+            queue_max_bytes=cfg.queue_max_bytes,
             group_max=cfg.group_max,
             on_commit=metrics.observe_commit,
         )

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from collector.identifiers import PERSON_PARAMS
+
 ENV_PREFIX = "COLLECTOR_"
 CANONICAL_PATHS = ("/com.snowplowanalytics.snowplow/tp2", "/i", "/ice.png", "/r/tp2")
 IP_MODES = ("full", "truncate", "drop")
@@ -103,8 +105,9 @@ def _paths(raw: str) -> tuple[tuple[str, str], ...]:
 def _hosts(raw: str) -> tuple[str, ...]:
     hosts = _lower_list(raw)
     for h in hosts:
-        if not re.fullmatch(r"(\*\.)?[a-z0-9.-]+(:\d+)?", h):
-            raise ValueError(f"not a host name: {h!r}")
+        # a host name only: a redirect is checked by host, so an entry with a port could never match
+        if not re.fullmatch(r"(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*", h):
+            raise ValueError(f"not a host name (no scheme, port or path): {h!r}")
     return hosts
 
 
@@ -181,6 +184,12 @@ SETTINGS: tuple[Setting, ...] = (
         "50000",
         "Events waiting for the writer before new requests get 503 + Retry-After.",
     ),
+    Setting(
+        "queue_max_bytes",
+        _int_range(1024, 4 * 1024**3),
+        "67108864",
+        "Request bytes waiting for the writer before new requests get 503 + Retry-After.",
+    ),
     Setting("group_max", _int_range(1, 100_000), "5000", "Most events committed in one transaction."),
     Setting(
         "synchronous",
@@ -216,7 +225,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "anonymous_drop",
         _lower_list,
-        "uid,duid,fp,mac,ad_uid",
+        ",".join(PERSON_PARAMS),
         "Params dropped from SP-Anonymous requests besides ip, nuid and tnuid (always dropped).",
     ),
     Setting(
@@ -231,10 +240,6 @@ SETTINGS: tuple[Setting, ...] = (
         "anonymize",
         "Self-describing event names (or vendor/name) that rotate the device id.",
     ),
-    Setting(
-        "rotation_burst", _int_range(1, 10000), "10", "Rotations per device per second before rate limiting."
-    ),
-    Setting("rotation_per_minute", _int_range(1, 100000), "30", "Rotations per device per minute."),
     Setting(
         "drain_seconds",
         _positive_float,
@@ -274,6 +279,7 @@ class Config:
     max_query: int = 16384
     max_events: int = 500
     queue_max: int = 50000
+    queue_max_bytes: int = 67108864
     group_max: int = 5000
     synchronous: str = "FULL"
     busy_timeout: int = 10000
@@ -283,11 +289,9 @@ class Config:
     ip_mode: str = "full"
     ipv4_prefix: int = 24
     ipv6_prefix: int = 48
-    anonymous_drop: tuple[str, ...] = ("uid", "duid", "fp", "mac", "ad_uid")
+    anonymous_drop: tuple[str, ...] = PERSON_PARAMS
     session_timeout: int = 1800
     anonymize_events: tuple[str, ...] = ("anonymize",)
-    rotation_burst: int = 10
-    rotation_per_minute: int = 30
     drain_seconds: float = 0.0
     access_log: bool = True
     log_format: str = "text"

@@ -16,6 +16,9 @@ def allowed_origin(cfg: Config, headers: Mapping[str, str]) -> str | None:
     origin = headers.get("Origin")
     if origin is None or (cfg.cors_origins and origin not in cfg.cors_origins):
         return None
+    # echoed into a header: only printable ASCII (an Origin is scheme://host[:port], never more)
+    if not (origin.isascii() and origin.isprintable()) or len(origin) > 512:
+        return None
     return origin
 
 

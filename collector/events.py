@@ -8,10 +8,10 @@ from typing import Any
 
 import orjson
 
-from collector import __version__, policy, protocol
+from collector import __version__, identifiers, protocol
 from collector.errors import BadInput
 from collector.identity import random_uuid
-from collector.protocol import MAX_VALUE
+from collector.protocol import MAX_KEY, MAX_VALUE, param_name
 from storage.base import COL, COLUMNS
 
 V_COLLECTOR = f"anon-collector-{__version__}"
@@ -38,7 +38,8 @@ SIMPLE = {
 }
 TSTAMPS = {"dtm": COL["dvce_created_tstamp"], "stm": COL["dvce_sent_tstamp"], "ttm": COL["true_tstamp"]}
 # Consumed elsewhere (identity, policy) or decoded below: never copied into other_params.
-HANDLED = frozenset({"eid", "vid", "se_va", "ue_pr", "ue_px", "co", "cx", *policy.ALWAYS_DROP})
+HANDLED = frozenset({"eid", "vid", "se_va", "ue_pr", "ue_px", "co", "cx", *identifiers.NETWORK_PARAMS})
+DUID, SID = COL["domain_userid"], COL["domain_sessionid"]
 MAX_EID = 128
 
 
@@ -68,22 +69,24 @@ def base_row(collector_tstamp: str, ip: str | None, useragent: str | None, anony
 
 
 def _int(value: str) -> int | None:
-    return int(value) if value.isdigit() and len(value) < 16 else None
+    # isdigit() alone is true for superscripts and other scripts' digits, which int() refuses
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 16 else None
 
 
 def build_row(
-    params: dict[str, str], base: list[Any], anonymous: bool, anonymize_names: tuple[str, ...]
-) -> tuple[list[Any], bool]:
-    """The stored row for an event, and whether it is an anonymize event; raise BadInput if malformed."""
+    params: dict[str, str], base: list[Any], anonymize_names: tuple[str, ...]
+) -> tuple[list[Any], bool, tuple[str, ...]]:
+    """The stored row for an event (params already scrubbed by the policy), whether it is an anonymize
+    event, and the tracker ids it carries; raise BadInput if malformed."""
     row = base.copy()
     other: dict[str, str] = {}
     for key, value in params.items():
-        if (
-            value.__class__ is not str
-        ):  # one pass both checks and copies (a str subclass cannot come from JSON)
-            raise BadInput("non_string_value", f"value of {key!r} is not a string")
-        if len(value) > MAX_VALUE:
-            raise BadInput("value_too_long", f"value of {key!r} is longer than {MAX_VALUE} characters")
+        # one pass both checks and copies (a str subclass cannot come from JSON)
+        if value.__class__ is not str:
+            raise BadInput("non_string_value", f"value of {param_name(key)} is not a string")
+        if len(value) > MAX_VALUE or len(key) > MAX_KEY:
+            what = f"value of {param_name(key)}" if len(key) <= MAX_KEY else "a param's name"
+            raise BadInput("value_too_long", f"{what} is longer than the limit")
         idx = SIMPLE.get(key)
         if idx is not None:
             row[idx] = value
@@ -95,6 +98,9 @@ def build_row(
                 row[TSTAMPS[key]] = format_ms(ms)
         elif key not in HANDLED:
             other[key] = value
+    duid, sid = row[DUID], row[SID]
+    if (duid and len(duid) > identifiers.TRACKER_ID_MAX) or (sid and len(sid) > identifiers.TRACKER_ID_MAX):
+        raise BadInput("bad_tracker_id", f"duid and sid are at most {identifiers.TRACKER_ID_MAX} characters")
     eid = params.get("eid")
     if eid is not None and (not eid or len(eid) > MAX_EID):
         raise BadInput("bad_event_id", f"eid must be 1 to {MAX_EID} characters")
@@ -119,7 +125,8 @@ def build_row(
         lname = (name or "").lower()
         anonymize = lname in anonymize_names or f"{(vendor or '').lower()}/{lname}" in anonymize_names
     if co_text is not None:
-        row[COL["contexts"]] = orjson.dumps(policy.scrub_entities(co)).decode() if anonymous else co_text
+        row[COL["contexts"]] = co_text
     if other:
         row[COL["other_params"]] = orjson.dumps(other).decode()
-    return row, anonymize
+    ids = identifiers.tracker_ids(duid, sid, co)
+    return row, anonymize, ids

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from collector.config import Config
 from collector.errors import BadInput, Unavailable
 from collector.events import base_row, build_row, format_ms
 from collector.metrics import Metrics
-from storage.base import COL, BadRow, Overloaded, RejectedData, Store, StoreFailed, Submission
+from storage.base import COL, NETWORK_USERID, BadRow, Overloaded, RejectedData, Store, StoreFailed, Submission
 
 MAX_BAD_PAYLOAD = 64 * 1024
 EVENTS = web.RequestKey("events", int)  # events stored, for the access log
@@ -40,11 +41,24 @@ class State:
 STATE = web.AppKey("state", State)
 
 
+def _json(obj: object) -> str | None:
+    try:
+        return orjson.dumps(obj, default=str).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: nothing of it is kept
+        return None
+
+
 def _bad_payload(raw: object, decision: policy.Decision) -> str | None:
-    """What a bad row keeps of a refused event: scrubbed params; nothing unscrubbable if anonymous."""
+    """What a bad row keeps of a refused event: its params as the policy lets a row keep them.
+
+    Under SP-Anonymous that is the same scrub as for stored rows (ids dropped, entities scrubbed,
+    undecodable self-describing fields left out), and nothing of what is not an object of params.
+    """
     if isinstance(raw, dict):
-        return orjson.dumps(policy.scrub_event(raw, decision)).decode()[:MAX_BAD_PAYLOAD]
-    return None if decision.anonymous else orjson.dumps(raw, default=str).decode()[:MAX_BAD_PAYLOAD]
+        text = _json(policy.scrub_event(raw, decision, strict=False))
+    else:
+        text = None if decision.anonymous else _json(raw)
+    return None if text is None else text[:MAX_BAD_PAYLOAD]
 
 
 def refuse(st: State, exc: BadInput, decision: policy.Decision, payload: str | None, size: int) -> BadInput:
@@ -52,23 +66,22 @@ def refuse(st: State, exc: BadInput, decision: policy.Decision, payload: str | N
     now = format_ms(int(st.clock() * 1000))
     st.metrics.bad_rows.labels(exc.reason).inc()
     if st.store is not None:
-        st.store.append_nowait(
-            Submission(
-                0,
-                None,
-                bad_rows=[
-                    BadRow(
-                        now,
-                        exc.reason,
-                        exc.message,
-                        None if decision.anonymous else payload,
-                        size,
-                        decision.anonymous,
-                    )
-                ],
-            )
+        row = BadRow(
+            now, exc.reason, exc.message, None if decision.anonymous else payload, size, decision.anonymous
         )
+        st.store.append_nowait(Submission(0, None, bad_rows=[row], nbytes=size))
     return exc
+
+
+def useragent(headers: Any) -> str | None:
+    """The User-Agent as text that can be stored: bytes that are not UTF-8 become U+FFFD.
+
+    aiohttp keeps such bytes as lone surrogates, which SQLite (and PostgreSQL) cannot encode.
+    """
+    ua: str | None = headers.get("User-Agent")
+    if ua is None or ua.isascii():
+        return ua
+    return ua.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -83,6 +96,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise BadInput("body_too_large", f"body is over the {limit}-byte limit", status=413) from None
+    except web.RequestPayloadError:  # a body that is not its Content-Encoding, or bad chunking
+        raise BadInput("bad_encoding", "the body could not be decoded (Content-Encoding)") from None
 
 
 async def track(request: web.Request) -> web.StreamResponse:
@@ -116,24 +131,31 @@ async def track(request: web.Request) -> web.StreamResponse:
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
         if query:
             raw_events = [{**ev, **query} if isinstance(ev, dict) else ev for ev in raw_events]
-        return await ingest(request, st, decision, cookie, raw_events, redirect_to=None)
+        return await ingest(request, st, decision, cookie, raw_events, len(body), redirect_to=None)
     if request.method == "HEAD" and not query:
         return web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
-    return await ingest(request, st, decision, cookie, [query], redirect_to=None)
+    return await ingest(request, st, decision, cookie, [query], len(request.query_string), redirect_to=None)
 
 
-def redirect_allowed(cfg: Config, target: str | None) -> bool:
-    """Whether /r/tp2 may redirect to target: http(s) to a host on COLLECTOR_REDIRECT_DOMAINS."""
-    if not target or not cfg.redirect_domains:
-        return False
+def redirect_target(cfg: Config, target: str | None) -> str | None:
+    """The normalised URL /r/tp2 redirects to, if target is http(s) to a host on COLLECTOR_REDIRECT_DOMAINS.
+
+    The answer's Location is this same normalised URL, so what was checked is what is sent; a target with
+    control characters or spaces is refused outright (yarl would quietly strip some of them).
+    """
+    if not target or not cfg.redirect_domains or any(c <= " " or c == "\x7f" for c in target):
+        return None
     try:
         url = URL(target)
-    except ValueError:
-        return False
-    host = (url.host or "").lower()
+        host = (url.host or "").lower()
+        location = str(url)
+    except (ValueError, UnicodeError):  # not a URL, or a host that is not valid IDNA
+        return None
     if url.scheme not in ("http", "https") or not host:
-        return False
-    return any(host == d or (d.startswith("*.") and host.endswith(d[1:])) for d in cfg.redirect_domains)
+        return None
+    if not any(host == d or (d.startswith("*.") and host.endswith(d[1:])) for d in cfg.redirect_domains):
+        return None
+    return location
 
 
 async def redirect(request: web.Request) -> web.StreamResponse:
@@ -142,12 +164,12 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     cookie = request.cookies.get(st.cfg.cookie_name)
     decision = policy.decide(st.cfg, request.remote, request.headers, cookie is not None)
     params = dict(request.query)
-    target = params.pop("u", None)
-    if not redirect_allowed(st.cfg, target):
+    target = redirect_target(st.cfg, params.pop("u", None))
+    if target is None:
         why = (
             "redirects are off (COLLECTOR_REDIRECT_DOMAINS is empty)"
             if not st.cfg.redirect_domains
-            else "the target is not on COLLECTOR_REDIRECT_DOMAINS"
+            else "the target is not an http(s) URL on COLLECTOR_REDIRECT_DOMAINS"
         )
         raise refuse(
             st,
@@ -156,10 +178,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             _bad_payload(params, decision),
             len(request.query_string),
         )
-    assert target is not None
-    return await ingest(
-        request, st, decision, cookie, [protocol.redirect_event(params, target)], redirect_to=target
-    )
+    events = [protocol.redirect_event(params, target)]
+    return await ingest(request, st, decision, cookie, events, len(request.query_string), redirect_to=target)
 
 
 async def ingest(
@@ -168,45 +188,61 @@ async def ingest(
     decision: policy.Decision,
     cookie: str | None,
     raw_events: list[Any],
+    nbytes: int,
     redirect_to: str | None,
 ) -> web.StreamResponse:
     """Check, scrub and build every event, commit them, answer (pixel, ok or redirect) with the cookie."""
     cfg = st.cfg
     now = st.clock()
     now_ms = int(now * 1000)
-    base = base_row(format_ms(now_ms), decision.ip, request.headers.get("User-Agent"), decision.anonymous)
+    base = base_row(format_ms(now_ms), decision.ip, useragent(request.headers), decision.anonymous)
+    verify = st.signer.verify
+    cookie_device = verify(cookie) if decision.use_cookie else None
+    forged = cookie is not None and decision.use_cookie and cookie_device is None
+    request_device = cookie_device  # the request's own device: the cookie the answer sets
+    minted = False
     rows: list[list[Any]] = []
+    ids: list[tuple[str, ...]] = []
     anonymize_at: list[int] = []
     bad: list[BadRow] = []
-    nuid = tnuid = None
     for raw in raw_events:
         try:
             ev = protocol.check_event(raw)
-            nuid, tnuid = nuid or ev.get("nuid"), tnuid or ev.get("tnuid")
-            row, anonymize = build_row(
-                policy.scrub_event(ev, decision), base, decision.anonymous, cfg.anonymize_events
+            row, anonymize, tracker_ids = build_row(
+                policy.scrub_event(ev, decision), base, cfg.anonymize_events
             )
-            if decision.ip_param and "ip" in ev:
-                row[COL["user_ipaddress"]] = policy.event_ip(cfg, decision, ev["ip"])
         except BadInput as exc:
             st.metrics.bad_rows.labels(exc.reason).inc()
+            payload = _bad_payload(raw, decision)
             bad.append(
                 BadRow(
                     base[COL["collector_tstamp"]],
                     exc.reason,
                     exc.message,
-                    _bad_payload(raw, decision),
-                    len(orjson.dumps(raw, default=str)),
+                    payload,
+                    len(payload or ""),
                     decision.anonymous,
                 )
             )
             continue
+        if not decision.anonymous:
+            if decision.ip_param and "ip" in ev:
+                row[COL["user_ipaddress"]] = policy.event_ip(cfg, decision, ev["ip"])
+            # Each event's own device: a server-side tracker may forward several browsers' events.
+            device, bad_mac = identity.resolve(cookie_device, ev.get("nuid"), ev.get("tnuid"), verify)
+            forged = forged or bad_mac
+            if device is None:
+                if request_device is None:
+                    request_device, minted = identity.new_device_id(), True
+                device = request_device
+            row[NETWORK_USERID] = device
         if anonymize:
             anonymize_at.append(len(rows))
         rows.append(row)
+        ids.append(tracker_ids)
     if not rows:
         if st.store is not None:
-            st.store.append_nowait(Submission(now_ms, None, bad_rows=bad))
+            st.store.append_nowait(Submission(now_ms, None, bad_rows=bad, nbytes=nbytes))
         first = bad[0]
         raise BadInput(
             first.reason,
@@ -214,22 +250,30 @@ async def ingest(
             if len(bad) == 1
             else f"none of the {len(bad)} events is valid; first: {first.detail}",
         )
-    resolved = identity.resolve(
-        cookie if decision.use_cookie else None, nuid, tnuid, st.signer.verify, decision.anonymous
-    )
-    if resolved.forged:
+    if request_device is None and not decision.anonymous:
+        devices = {r[NETWORK_USERID] for r in rows}
+        request_device = devices.pop() if len(devices) == 1 else None  # one forwarded browser: its cookie
+    if forged:
         st.metrics.cookie("invalid")
-    opted_out = None
-    if decision.expire_cookie:
-        st.metrics.cookie("expired")
-        # The device opted out: end its session and retire its tracker ids, so that when the browser
-        # opts back in (a new device) the tracker's own duid/sid cannot tie it to the old one.
-        opted_out = st.signer.verify(cookie)
     assert st.store is not None
     try:
+        if decision.expire_cookie:
+            st.metrics.cookie("expired")
+            opted_out = verify(cookie)
+            if opted_out is not None:
+                # The device opted out: it is retired (session ended, tracker ids retired) so that when
+                # the browser opts back in, as a new device, nothing ties the two. In a transaction of
+                # its own: the device's update never commits with the anonymous rows.
+                await st.store.append(Submission(now_ms, None, opted_out=opted_out))
         result = await st.store.append(
             Submission(
-                now_ms, resolved.device_id, rows, tuple(anonymize_at), bad_rows=bad, opted_out=opted_out
+                now_ms,
+                request_device,
+                rows,
+                tuple(anonymize_at),
+                ids,
+                bad_rows=bad,
+                nbytes=nbytes,
             )
         )
     except Overloaded:
@@ -252,8 +296,8 @@ async def ingest(
         st.metrics.duplicates.inc(result.duplicates)
     if result.rotated:
         st.metrics.rotations.labels("rotated").inc(result.rotated)
-    if result.rate_limited:
-        st.metrics.rotations.labels("rate_limited").inc(result.rate_limited)
+    if result.ignored:
+        st.metrics.rotations.labels("ignored").inc(result.ignored)
     if redirect_to is not None:
         resp = web.Response(status=302, headers={"Location": redirect_to})
     elif request.method == "POST":
@@ -273,10 +317,11 @@ async def ingest(
     else:
         resp = web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
     if decision.use_cookie and result.device_id is not None:
-        if resolved.minted or result.rotated:
+        if minted or result.rotated:
             st.metrics.cookie("minted")
         resp.headers.add("Set-Cookie", st.jar.issue(result.device_id, now))
-    elif decision.expire_cookie:
+    elif decision.expire_cookie or result.retired_device:
+        # an opted-out or rotated-away device's cookie is never refreshed: the browser drops it
         resp.headers.add("Set-Cookie", st.jar.expired)
     return resp
 
@@ -295,10 +340,12 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 async def ready(request: web.Request) -> web.StreamResponse:
-    """Ready for traffic: the store is open and the process is not draining."""
+    """Ready for traffic: the store is open and committing, and the process is not draining."""
     st = request.app[STATE]
     if st.draining or st.store is None:
         raise Unavailable("draining" if st.draining else "starting", "not ready for traffic")
+    if not st.store.healthy:  # disk full, I/O errors or a stopped writer: send the traffic elsewhere
+        raise Unavailable("store_failing", "commits are failing")
     return web.json_response({"status": "ready"})
 
 
@@ -311,7 +358,8 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     """Prometheus text exposition, optionally behind a bearer token."""
     st = request.app[STATE]
     token = st.cfg.metrics_token
-    if token and request.headers.get("Authorization") != f"Bearer {token}":
+    given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    if token and not hmac.compare_digest(given, f"Bearer {token}".encode()):
         raise BadInput("unauthorized", "metrics need the bearer token", status=401)
     depth = st.store.queue_depth if st.store is not None else 0
     return web.Response(

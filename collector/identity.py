@@ -9,13 +9,12 @@ without a valid MAC counts as absent: a client can neither choose nor forge anot
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import hmac
 import os
 import secrets
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from email.utils import formatdate
 from pathlib import Path
 
@@ -45,9 +44,14 @@ def sign(device_id: str, secret: bytes) -> str:
     return f"{device_id}.{_mac(device_id, secret)}"
 
 
+def well_formed(value: str) -> bool:
+    """Whether a value has the shape of a signed id (the only values worth an HMAC or a cache slot)."""
+    return len(value) == VALUE_LEN and value.isascii() and value[ID_LEN] == "."
+
+
 def verify(value: str | None, keys: Sequence[bytes]) -> str | None:
     """The device id a signed value carries, or None when it is absent, malformed or forged."""
-    if not value or len(value) != VALUE_LEN or value[ID_LEN] != ".":
+    if not value or not well_formed(value):
         return None
     device_id, mac = value[:ID_LEN], value[ID_LEN + 1 :]
     for key in keys:
@@ -56,33 +60,21 @@ def verify(value: str | None, keys: Sequence[bytes]) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Resolved:
-    """The device a request belongs to, and what the identity layer saw."""
-
-    device_id: str | None
-    minted: bool  # a new id: the answer must set it
-    forged: bool  # a cookie or param arrived but its MAC did not verify
-
-
 def resolve(
-    cookie: str | None,
-    nuid: str | None,
-    tnuid: str | None,
-    verifier: Callable[[str], str | None],
-    anonymous: bool,
-) -> Resolved:
-    """Verified cookie, else verified nuid/tnuid param, else a newly minted id; none when anonymous."""
-    if anonymous:
-        return Resolved(None, False, False)
+    cookie_device: str | None, nuid: str | None, tnuid: str | None, verifier: Callable[[str], str | None]
+) -> tuple[str | None, bool]:
+    """One event's device: the verified cookie's, else its own verified nuid, else tnuid; and whether a
+    param arrived whose MAC did not verify. None: the event brings no device (the request's own is used)."""
+    if cookie_device is not None:
+        return cookie_device, False
     forged = False
-    for value in (cookie, nuid, tnuid):
+    for value in (nuid, tnuid):
         if value:
             device_id = verifier(value)
             if device_id:
-                return Resolved(device_id, False, forged)
+                return device_id, forged
             forged = True
-    return Resolved(new_device_id(), True, forged)
+    return None, forged
 
 
 class Signer:
@@ -101,7 +93,7 @@ class Signer:
 
     def verify(self, value: str | None) -> str | None:
         """The device id a signed value carries, or None."""
-        if not value:
+        if not value or not well_formed(value):  # a value of any other shape never reaches the cache
             return None
         try:
             return self._verified[value]
@@ -155,21 +147,32 @@ class CookieJar:
 
 
 def load_keys(configured: Sequence[str], db: Path) -> list[bytes]:
-    """The MAC keys: configured secrets, else one generated on first start beside the database (0600)."""
+    """The MAC keys: configured secrets, else one generated on first start beside the database (0600).
+
+    Several processes may start together on a new volume, and any of them may be killed at any point:
+    under a lock, the first writes the secret to a temporary file, fsyncs it and renames it into place
+    (then fsyncs the directory), so the file is either absent or whole. An empty one (left by a version
+    that wrote in place) has signed nothing and is replaced.
+    """
     if configured:
         return [s.encode() for s in configured]
     path = db.parent / (db.name + ".secret")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:  # first start: exactly one process wins O_EXCL and writes the secret
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    for _ in range(100):  # another process may be between O_EXCL and its write
-        text = path.read_text().strip()
-        if text:
-            return [text.encode()]
-        time.sleep(0.01)
-    raise RuntimeError(f"secret file {path} is empty")
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text().strip() if path.exists() else ""
+        if not text:
+            text = secrets.token_urlsafe(32)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+    return [text.encode()]

@@ -48,7 +48,7 @@ class Metrics:
         self.bad_rows = Counter("collector_bad_rows", "Refused inputs, by reason", ["reason"], registry=reg)
         self.rotations = Counter(
             "collector_rotations",
-            "Anonymize events, by outcome (rotated, rate_limited)",
+            "Anonymize events, by outcome (rotated; ignored: a second one for a device in one request)",
             ["outcome"],
             registry=reg,
         )

@@ -6,7 +6,8 @@ IP, cookie, which params go) and `scrub_event` (event level). Read this file to 
 * With an `SP-Anonymous` header (any value, name case-insensitive): no IP from any source, no device
   cookie read, issued or stored (one that arrives is expired), the `ip`, `nuid` and `tnuid` params
   dropped, plus the person-level params of `COLLECTOR_ANONYMOUS_DROP` (default uid, duid, fp, mac,
-  ad_uid), plus identifier fields inside known entities; bad rows keep no raw body.
+  ad_uid), plus identifying entities and entity fields (collector.identifiers says which), in rows and
+  in bad rows alike; bad rows keep no raw body.
 * Without it: the client IP is the socket peer, or with trusted proxies the first untrusted hop of
   the one forwarding header the proxy is configured to set, read from the right; a client never
   chooses it. The `ip` param counts only when COLLECTOR_TRUST_IP_PARAM is on. The kept IP is then
@@ -21,32 +22,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from collector import identifiers
 from collector.config import Config, Network
 
 ANON_HEADER = "SP-Anonymous"
-# Never stored as event params: ip is resolved into user_ipaddress by this policy, nuid/tnuid into the
-# device id by collector.identity (only when they carry a valid MAC).
-ALWAYS_DROP = frozenset({"ip", "nuid", "tnuid"})
-# Fields of entities (contexts) that identify a person or device; removed under SP-Anonymous.
-ENTITY_ID_FIELDS = frozenset(
-    {
-        "userId",
-        "previousSessionId",
-        "firstEventId",
-        "appleIdfa",
-        "appleIdfv",
-        "androidIdfa",
-        "openIdfa",
-        "deviceId",
-        "advertisingId",
-        "idfa",
-        "idfv",
-        "user_id",
-        "userid",
-    }
-)
-# Whole entities dropped under SP-Anonymous: a precise location identifies a person.
-ENTITY_DROP_NAMES = frozenset({"geolocation_context"})
+ALWAYS_DROP = identifiers.NETWORK_PARAMS
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -82,29 +62,17 @@ def event_ip(cfg: Config, decision: Decision, param: str | None) -> str | None:
     return decision.ip
 
 
-def scrub_event(params: dict[str, str], decision: Decision) -> dict[str, str]:
-    """The event's params without those the decision drops (a copy only when something goes)."""
+def scrub_event(params: dict[str, Any], decision: Decision, strict: bool = True) -> dict[str, Any]:
+    """What of an event's params may be kept: for rows (strict) and bad rows alike.
+
+    Without SP-Anonymous only the network params go (a copy only when one is there); with it, the
+    identifying params and entity fields too (`identifiers.anonymous_params`).
+    """
+    if decision.anonymous:
+        return identifiers.anonymous_params(params, decision.drop, strict)
     if decision.drop.isdisjoint(params):
         return params
     return {k: v for k, v in params.items() if k not in decision.drop}
-
-
-def scrub_entities(contexts: Any) -> Any:
-    """Contexts without identifying entities and fields (for anonymous requests)."""
-    kept = []
-    for entity in contexts.get("data", []):
-        if not isinstance(entity, dict):
-            continue
-        schema = entity.get("schema")
-        name = schema.split("/")[1] if isinstance(schema, str) and schema.count("/") >= 3 else ""
-        if name in ENTITY_DROP_NAMES:
-            continue
-        data = entity.get("data")
-        if isinstance(data, dict) and not ENTITY_ID_FIELDS.isdisjoint(data):
-            kept.append({**entity, "data": {k: v for k, v in data.items() if k not in ENTITY_ID_FIELDS}})
-        else:
-            kept.append(entity)
-    return {**contexts, "data": kept}
 
 
 def parse_ip(raw: str | None) -> IPAddress | None:
@@ -121,8 +89,14 @@ def parse_ip(raw: str | None) -> IPAddress | None:
         addr = ipaddress.ip_address(value)
     except ValueError:
         return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
+    if isinstance(addr, ipaddress.IPv6Address):
+        # Transition addresses carry a whole IPv4 address: truncating the IPv6 form would keep it.
+        if addr.ipv4_mapped is not None:
+            return addr.ipv4_mapped
+        if addr.sixtofour is not None:
+            return addr.sixtofour
+        if addr.teredo is not None:
+            return addr.teredo[1]  # (server, client): the client's
     return addr
 
 

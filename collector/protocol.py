@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import base64
+import base64 as _b64
 import binascii
 import re
 from typing import Any
@@ -12,16 +12,89 @@ import orjson
 from collector.errors import BadInput
 
 # The 43-byte transparent 1x1 GIF every pixel answer carries.
-PIXEL = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
+PIXEL = _b64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 assert len(PIXEL) == 43
 
 PAYLOAD_SCHEMA = re.compile(r"iglu:com\.snowplowanalytics\.snowplow/payload_data/jsonschema/1-0-[0-4]")
 # Every real tracker sends one of these (web, mobile, pc, server, app, tv, console, iot, headset).
 PLATFORMS = frozenset({"web", "mob", "pc", "srv", "app", "tv", "cnsl", "iot", "headset"})
 MAX_VALUE = 64 * 1024  # one param's value; a longer one is a client bug or an attack, not an event
+MAX_KEY = 128  # one param's name: a longer one is no tracker's
+IDENTITY_PARAMS = ("ip", "nuid", "tnuid")
+# The tracker protocol's params: an error message may name these; any other key is client text.
+KNOWN_PARAMS = frozenset(
+    [
+        "e",
+        "eid",
+        "tv",
+        "tna",
+        "aid",
+        "p",
+        "dtm",
+        "stm",
+        "ttm",
+        "tz",
+        "lang",
+        "cs",
+        "cd",
+        "cookie",
+        "res",
+        "vp",
+        "ds",
+        "duid",
+        "sid",
+        "vid",
+        "uid",
+        "nuid",
+        "tnuid",
+        "ip",
+        "ua",
+        "fp",
+        "mac",
+        "ad_uid",
+        "url",
+        "page",
+        "refr",
+        "pp_mix",
+        "pp_max",
+        "pp_miy",
+        "pp_may",
+        "se_ca",
+        "se_ac",
+        "se_la",
+        "se_pr",
+        "se_va",
+        "ue_pr",
+        "ue_px",
+        "co",
+        "cx",
+        "tr_id",
+        "tr_af",
+        "tr_tt",
+        "tr_tx",
+        "tr_sh",
+        "tr_ci",
+        "tr_st",
+        "tr_co",
+        "tr_cu",
+        "ti_id",
+        "ti_sk",
+        "ti_nm",
+        "ti_ca",
+        "ti_pr",
+        "ti_qu",
+        "ti_cu",
+        "u",
+    ]
+)
 JSON_TYPES = frozenset({"application/json", "text/plain"})
 
 Event = dict[str, str]
+
+
+def param_name(key: str) -> str:
+    """How an error message names a param: by its name if the protocol defines it, else not at all."""
+    return repr(key) if key in KNOWN_PARAMS else "a param"
 
 
 def check_event(raw: object) -> Event:
@@ -33,18 +106,24 @@ def check_event(raw: object) -> Event:
         if not raw.get(key) or not isinstance(raw[key], str):
             raise BadInput("missing_field", f"required field {key!r} is missing or empty")
     if raw["p"] not in PLATFORMS:
-        raise BadInput("bad_platform", f"platform {raw['p'][:16]!r} is not one of {sorted(PLATFORMS)}")
+        raise BadInput("bad_platform", f"platform 'p' is not one of {sorted(PLATFORMS)}")
     if len(raw["e"]) > 32:
         raise BadInput("bad_event_type", "event type 'e' is longer than 32 characters")
+    # The params the policy and identity read before the row is built: checked here, like every other
+    # value is in build_row.
+    for key in IDENTITY_PARAMS:
+        value = raw.get(key)
+        if value is not None and (value.__class__ is not str or len(value) > MAX_VALUE):
+            if value.__class__ is not str:
+                raise BadInput("non_string_value", f"value of {key!r} is not a string")
+            raise BadInput("value_too_long", f"value of {key!r} is longer than {MAX_VALUE} characters")
     return raw
 
 
 def parse_body(body: bytes, content_type: str) -> list[object]:
     """The events of a POST body (a payload_data envelope); raise BadInput for a bad envelope."""
     if content_type not in JSON_TYPES:
-        raise BadInput(
-            "bad_content_type", f"content type {content_type[:64]!r} is not application/json", status=415
-        )
+        raise BadInput("bad_content_type", "the content type is not application/json", status=415)
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -63,20 +142,19 @@ def parse_body(body: bytes, content_type: str) -> list[object]:
     return data
 
 
-def _b64_json(value: str, field: str) -> tuple[Any, str]:
+def decode_json(value: str, field: str, base64: bool = False) -> tuple[Any, str]:
+    """(decoded, JSON text) of a JSON param, or of its base64url form; raise BadInput if it is neither."""
+    if not base64:
+        try:
+            return orjson.loads(value), value
+        except orjson.JSONDecodeError:
+            raise BadInput("bad_json", f"{field} is not valid JSON") from None
     # Trackers send base64url without padding; older ones send standard base64: accept both.
     try:
-        raw = base64.urlsafe_b64decode(value.replace("+", "-").replace("/", "_") + "=" * (-len(value) % 4))
+        raw = _b64.urlsafe_b64decode(value.replace("+", "-").replace("/", "_") + "=" * (-len(value) % 4))
         return orjson.loads(raw), raw.decode()
     except (binascii.Error, ValueError):
         raise BadInput("bad_base64", f"{field} is not base64url-encoded JSON") from None
-
-
-def _json(value: str, field: str) -> tuple[Any, str]:
-    try:
-        return orjson.loads(value), value
-    except orjson.JSONDecodeError:
-        raise BadInput("bad_json", f"{field} is not valid JSON") from None
 
 
 NONE = (None, None)
@@ -90,13 +168,13 @@ def self_describing(params: Event) -> tuple[tuple[Any, str | None], tuple[Any, s
     ue: tuple[Any, str | None] = NONE
     co: tuple[Any, str | None] = NONE
     if "ue_pr" in params:
-        ue = _json(params["ue_pr"], "ue_pr")
+        ue = decode_json(params["ue_pr"], "ue_pr")
     elif "ue_px" in params:
-        ue = _b64_json(params["ue_px"], "ue_px")
+        ue = decode_json(params["ue_px"], "ue_px", base64=True)
     if "co" in params:
-        co = _json(params["co"], "co")
+        co = decode_json(params["co"], "co")
     elif "cx" in params:
-        co = _b64_json(params["cx"], "cx")
+        co = decode_json(params["cx"], "cx", base64=True)
     if ue[1] is not None and not (isinstance(ue[0], dict) and isinstance(ue[0].get("data"), dict)):
         raise BadInput("bad_self_describing", "ue must be {schema, data: {schema, data}}")
     if co[1] is not None and not (isinstance(co[0], dict) and isinstance(co[0].get("data"), list)):

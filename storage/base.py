@@ -85,13 +85,18 @@ class Submission:
     """One request's writes, committed together."""
 
     now_ms: int  # collector time of the request, for session timeouts
-    device_id: str | None  # None for anonymous requests
+    # The request's own device (its cookie's, or minted for it): the cookie the answer sets. Each row's
+    # network_userid holds its event's device, which a server-side tracker may send per event.
+    device_id: str | None
     rows: list[list[Any]] = field(default_factory=list)
-    anonymize_at: tuple[int, ...] = ()  # indexes of rows that rotate the device
-    # A device whose cookie came with SP-Anonymous: it opted out, so its session ends and its tracker
-    # ids are retired (nothing about the anonymous request itself is written to it).
+    anonymize_at: tuple[int, ...] = ()  # indexes of rows that rotate their device
+    # Per row, the tracker's own ids it carries (duid, sid, session entity): checked against retired ids.
+    tracker_ids: list[tuple[str, ...]] = field(default_factory=list)
+    # A device whose cookie came with SP-Anonymous: it opted out, so it is retired (its session ends,
+    # its tracker ids are retired). Submitted on its own, never with the anonymous rows.
     opted_out: str | None = None
     bad_rows: list[BadRow] = field(default_factory=list)
+    nbytes: int = 0  # what the request weighs in the write queue (its body or query string)
 
 
 @dataclass(slots=True)
@@ -100,9 +105,10 @@ class AppendResult:
 
     stored: int = 0
     duplicates: int = 0
-    device_id: str | None = None  # the device after any rotation: the cookie to set
+    device_id: str | None = None  # the request's device after any rotation: the cookie to set
+    retired_device: bool = False  # the request's device had rotated away or opted out: expire its cookie
     rotated: int = 0
-    rate_limited: int = 0
+    ignored: int = 0  # anonymize events that did not rotate: a second one for the same device and request
 
 
 class Store(Protocol):
@@ -123,6 +129,11 @@ class Store(Protocol):
     @property
     def queue_depth(self) -> int:
         """Events waiting for the writer."""
+        ...
+
+    @property
+    def healthy(self) -> bool:
+        """Commits succeed: false while the last one failed (disk full, I/O) or the writer is gone."""
         ...
 
     async def close(self) -> None:

@@ -1,8 +1,8 @@
-"""Server-side sessions and rotation rules, pure: a device's latest state and one event in, new state out."""
+"""Server-side sessions, pure: a device's latest state and one event in, new state out."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from storage.ids import UuidPool
 
@@ -19,18 +19,18 @@ class DeviceState:
     last_ms: int
     tracker_sid: str | None = None
     user_id: str | None = None
+    # The device rotated away (an anonymize event) or opted out (SP-Anonymous with its cookie): it is
+    # retired for good. Its cookie is never refreshed again, and events that still carry it are kept
+    # without a device, so a late answer can neither undo the rotation nor tie what follows to it.
     closed: bool = False
-    rotations: list[int] = field(default_factory=list)
     tracker_duid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SessionRules:
-    """The settings sessions and rotations follow."""
+    """The settings sessions follow."""
 
     timeout_ms: int
-    rotation_burst: int  # per second
-    rotation_per_minute: int
 
 
 def continues(state: DeviceState, now_ms: int, sid: str | None, uid: str | None, rules: SessionRules) -> bool:
@@ -59,26 +59,11 @@ def assign(
         state.tracker_duid = duid or state.tracker_duid
         return state
     index = state.session_index + 1 if state is not None else 1
-    rotations = state.rotations if state is not None else []
     last_duid = duid or (state.tracker_duid if state is not None else None)
-    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, rotations, last_duid)
+    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid)
 
 
 def retire(state: DeviceState) -> list[str]:
-    """Close the device's session; the tracker ids it was using, never to be stored again."""
+    """Retire the device for good; the tracker ids it was using, never to be stored again."""
     state.closed = True
     return [v for v in (state.tracker_duid, state.tracker_sid) if v]
-
-
-def may_rotate(state: DeviceState, now_ms: int, rules: SessionRules) -> bool:
-    """Record a rotation and say yes, unless the device is over its burst or per-minute limit."""
-    recent = [t for t in state.rotations if now_ms - t < 60_000]
-    if (
-        len(recent) >= rules.rotation_per_minute
-        or sum(now_ms - t < 1000 for t in recent) >= rules.rotation_burst
-    ):
-        state.rotations = recent
-        return False
-    recent.append(now_ms)
-    state.rotations = recent
-    return True

@@ -1,8 +1,8 @@
 """The SQLite store: one writer thread, group commit, answers only after the commit; read-only queries.
 
 Requests queue their rows; the writer thread takes everything queued (up to group_max events), runs
-one IMMEDIATE transaction (dedupe, session assignment, inserts) and commits, then wakes the waiting
-requests in one call into the event loop. A stdlib sqlite3 connection in a plain thread, rather than
+one IMMEDIATE transaction (look up, let storage.group decide, write) and commits, then wakes the
+waiting requests in one call into the event loop. A stdlib sqlite3 connection in a plain thread, rather than
 one awaited call per statement, keeps the per-event cost to a row in an executemany.
 
 Durability: WAL with synchronous=FULL (default) fsyncs the WAL on every commit, so an acknowledged
@@ -24,14 +24,16 @@ from typing import Any
 
 import aiosqlite
 
+from storage import group, sqlite_io
 from storage.base import AppendResult, Overloaded, RejectedData, StoreFailed, Submission
+from storage.ids import UuidPool
 from storage.migrate import migrate
 from storage.sessions import SessionRules
-from storage.write import write_group
 
 log = logging.getLogger(__name__)
 Row = tuple[Any, ...]
 CommitHook = Callable[[int, float], None]  # (events in the group, seconds the commit took)
+PROBE_SECONDS = 1.0  # while commits fail, how often the idle writer tries a small write to see them heal
 
 
 def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) -> sqlite3.Connection:
@@ -71,6 +73,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
 class _Pending:
     submission: Submission
     size: int
+    nbytes: int
     future: asyncio.Future[AppendResult] | None  # None: nobody waits (bad rows of a refused request)
 
 
@@ -85,6 +88,7 @@ class SqliteStore:
         synchronous: str = "FULL",
         busy_timeout: int = 10000,
         queue_max: int = 50000,
+        queue_max_bytes: int = 64 * 1024 * 1024,
         group_max: int = 5000,
         on_commit: CommitHook | None = None,
     ) -> None:
@@ -93,15 +97,21 @@ class SqliteStore:
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
         self._queue_max = queue_max
+        self._queue_max_bytes = queue_max_bytes
         self._group_max = group_max
         self._on_commit = on_commit
         self._queue: deque[_Pending] = deque()
         self._cv = threading.Condition()
         self._closing = False
-        self._pending = 0  # events queued or being written; touched only on the event loop's thread
+        # events and bytes queued or being written; touched only on the event loop's thread
+        self._pending = 0
+        self._pending_bytes = 0
+        self._failing = False  # the last commit failed for a cause of the store's (disk, I/O)
+        self._dead: BaseException | None = None  # the writer thread stopped on an unexpected error
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
+        self._new_device_id = UuidPool()  # rotated device ids are minted on the writer thread
 
     async def start(self) -> None:
         """Open the file, apply migrations, start the writer thread."""
@@ -119,75 +129,145 @@ class SqliteStore:
     def queue_depth(self) -> int:
         return self._pending
 
+    @property
+    def healthy(self) -> bool:
+        return self._dead is None and not self._failing
+
     def _enqueue(self, submission: Submission, future: asyncio.Future[AppendResult] | None) -> bool:
         size = len(submission.rows) + len(submission.bad_rows)
-        if self._closing or self._pending + size > self._queue_max:
+        nbytes = submission.nbytes
+        if (
+            self._closing
+            or self._pending + size > self._queue_max
+            or (self._pending_bytes and self._pending_bytes + nbytes > self._queue_max_bytes)
+        ):
             return False
         self._pending += size
+        self._pending_bytes += nbytes
         with self._cv:
-            self._queue.append(_Pending(submission, size, future))
+            self._queue.append(_Pending(submission, size, nbytes, future))
             self._cv.notify()
         return True
 
     async def append(self, submission: Submission) -> AppendResult:
         assert self._loop is not None, "store not started"
+        if self._dead is not None:
+            raise StoreFailed("the writer has stopped")
         future: asyncio.Future[AppendResult] = self._loop.create_future()
         if not self._enqueue(submission, future):
             raise Overloaded("the write queue is full")
         return await future
 
     def append_nowait(self, submission: Submission) -> bool:
-        return self._enqueue(submission, None)
+        return self._dead is None and self._enqueue(submission, None)
 
     def _run(self) -> None:
-        while True:
+        group: list[_Pending] = []
+        try:
+            while True:
+                with self._cv:
+                    while not self._queue and not self._closing:
+                        if self._failing:  # idle while commits fail: see whether the store has healed
+                            if not self._cv.wait(PROBE_SECONDS) and not self._queue:
+                                self._probe()
+                        else:
+                            self._cv.wait()
+                    if not self._queue:
+                        break
+                    group = []
+                    size = 0
+                    while self._queue and (not group or size + self._queue[0].size <= self._group_max):
+                        item = self._queue.popleft()
+                        group.append(item)
+                        size += item.size
+                outcomes = self._commit([p.submission for p in group], size)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._wake, group, outcomes)
+                group = []
+        except BaseException as exc:  # noqa: BLE001 - a bug: say so, fail every waiter, turn unready
+            log.critical("the SQLite writer stopped: %s", type(exc).__name__, exc_info=True)
+            self._dead = exc
             with self._cv:
-                while not self._queue and not self._closing:
-                    self._cv.wait()
-                if not self._queue:
-                    break
-                group: list[_Pending] = []
-                size = 0
-                while self._queue and (not group or size + self._queue[0].size <= self._group_max):
-                    item = self._queue.popleft()
-                    group.append(item)
-                    size += item.size
-            outcomes = self._commit([p.submission for p in group], size)
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._wake, group, outcomes)
+                group += list(self._queue)
+                self._queue.clear()
+            if self._loop is not None and not self._loop.is_closed():
+                failed = [StoreFailed("the writer has stopped")] * len(group)
+                self._loop.call_soon_threadsafe(self._wake, group, failed)
 
-    def _transaction(self, submissions: Sequence[Submission]) -> list[AppendResult]:
+    def _probe(self) -> None:
+        try:
+            self._in_transaction(
+                lambda conn: conn.execute(
+                    "INSERT INTO store_health (id, checked_ms) VALUES (1, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms",
+                    (int(time.time() * 1000),),
+                )
+            )
+        except sqlite3.Error:
+            return
+        log.warning("commits succeed again")
+        self._failing = False
+
+    def _in_transaction(self, body: Callable[[sqlite3.Connection], Any]) -> Any:
         assert self._conn is not None
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            results = write_group(conn, submissions, self._rules)
+            result = body(conn)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back by itself (disk full, I/O error): a second ROLLBACK would
+            # fail and hide the cause.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
+        return result
+
+    def _group(self, conn: sqlite3.Connection, subs: Sequence[Submission]) -> list[AppendResult]:
+        found = sqlite_io.look_up(conn, group.wanted(subs))
+        writes, results = group.decide(subs, found, self._rules, self._new_device_id)
+        sqlite_io.write(conn, writes)
         return results
 
-    def _commit(self, submissions: list[Submission], size: int) -> Sequence[AppendResult | BaseException]:
+    def _commit(self, subs: list[Submission], size: int) -> Sequence[AppendResult | BaseException]:
         started = time.perf_counter()
         try:
-            results: Sequence[AppendResult | BaseException] = self._transaction(submissions)
-        except sqlite3.OperationalError as exc:  # busy, locked, disk full, I/O: nothing committed
-            log.error("commit of %d events failed: %s", size, exc)
-            return [StoreFailed(str(exc))] * len(submissions)
-        except Exception as exc:  # noqa: BLE001 - data SQLite refused: find the request(s) it came from
-            if len(submissions) == 1:
-                # by type only: the message may quote the data; error level, since it may also be our bug
-                log.error("SQLite refused a request's data (%s); answered 400", type(exc).__name__)
-                return [RejectedData("the event data could not be stored")]
-            return [r for s in submissions for r in self._commit([s], len(s.rows) + len(s.bad_rows))]
+            results: Sequence[AppendResult | BaseException] = self._in_transaction(
+                lambda conn: self._group(conn, subs)
+            )
+        except sqlite_io.DATA_ERRORS as exc:  # data SQLite refused: find the request(s) it came from
+            # by type only: the message may quote the data
+            log.warning("SQLite refused a request's data (%s)", type(exc).__name__)
+            return self._without_unstorable(subs)
+        except Exception as exc:  # noqa: BLE001 - disk full, I/O, corruption, memory: nothing committed
+            log.error("commit of %d events failed: %s: %s", size, type(exc).__name__, exc)
+            self._failing = True
+            return [StoreFailed(str(exc))] * len(subs)
+        self._failing = False
         if self._on_commit is not None:
             self._on_commit(size, time.perf_counter() - started)
         return results
 
+    def _without_unstorable(self, subs: list[Submission]) -> Sequence[AppendResult | BaseException]:
+        try:
+            assert self._conn is not None
+            bad = sqlite_io.unstorable(self._conn, subs)
+        except Exception as exc:  # noqa: BLE001 - the probe itself failed: the store's fault
+            log.error("finding the unstorable request failed: %s: %s", type(exc).__name__, exc)
+            return [StoreFailed(str(exc))] * len(subs)
+        if not bad:  # each request stores alone: the failure came from how they combined, so ours
+            log.error("a group failed with a data error that no single request has")
+            return [StoreFailed("the events could not be committed")] * len(subs)
+        rest = [s for i, s in enumerate(subs) if i not in bad]
+        rest_size = sum(len(s.rows) + len(s.bad_rows) for s in rest)
+        outcomes = iter(self._commit(rest, rest_size) if rest else ())
+        rejected = RejectedData("the event data could not be stored")
+        return [rejected if i in bad else next(outcomes) for i in range(len(subs))]
+
     def _wake(self, group: list[_Pending], outcomes: Sequence[AppendResult | BaseException]) -> None:
         for item, outcome in zip(group, outcomes, strict=True):
             self._pending -= item.size
+            self._pending_bytes -= item.nbytes
             fut = item.future
             if fut is None or fut.done():
                 continue

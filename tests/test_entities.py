@@ -1,4 +1,4 @@
-"""Identifiers inside entities: scrubbed under SP-Anonymous in rows and bad rows, forgotten after a rotation."""
+"""Identifiers inside entities: scrubbed under SP-Anonymous in rows and bad rows, forgotten on rotation."""
 
 from __future__ import annotations
 
@@ -16,7 +16,21 @@ SESSION_UID, PREV_SID, FIRST_EID = "cs-user-5b1d", "cs-prev-77aa", "cs-first-e0e
 IDFA, IDFV, ANDROID, APPSET = "idfa-c4n4ry", "idfv-c4n4ry", "aaid-c4n4ry", "appset-c4n4ry"
 GA, UTMA, GA4, GA4_SESSION = "GA1.1.c4n4ry", "utma-c4n4ry", "GA1.2.ga4c4n4ry", "GS1.1.sessc4n4ry"
 LAT, LON = "51.98765432", "4.12345678"
-CANARIES = [SESSION_UID, PREV_SID, FIRST_EID, IDFA, IDFV, ANDROID, APPSET, GA, UTMA, GA4, GA4_SESSION, LAT, LON]
+CANARIES = [
+    SESSION_UID,
+    PREV_SID,
+    FIRST_EID,
+    IDFA,
+    IDFV,
+    ANDROID,
+    APPSET,
+    GA,
+    UTMA,
+    GA4,
+    GA4_SESSION,
+    LAT,
+    LON,
+]
 
 
 def entities(sid: str = "cs-sess-0001") -> dict[str, Any]:
@@ -48,10 +62,16 @@ def entities(sid: str = "cs-sess-0001") -> dict[str, Any]:
                     "appSetIdScope": "app",
                 },
             },
-            {"schema": "iglu:com.google.analytics/cookies/jsonschema/1-0-0", "data": {"_ga": GA, "__utma": UTMA}},
+            {
+                "schema": "iglu:com.google.analytics/cookies/jsonschema/1-0-0",
+                "data": {"_ga": GA, "__utma": UTMA},
+            },
             {
                 "schema": "iglu:com.google.ga4/cookies/jsonschema/1-0-0",
-                "data": {"_ga": GA4, "session_cookies": [{"measurement_id": "G-1", "session_cookie": GA4_SESSION}]},
+                "data": {
+                    "_ga": GA4,
+                    "session_cookies": [{"measurement_id": "G-1", "session_cookie": GA4_SESSION}],
+                },
             },
             {
                 "schema": "iglu:com.snowplowanalytics.snowplow/geolocation_context/jsonschema/1-1-0",
@@ -159,6 +179,9 @@ async def test_rotation_forgets_the_session_entity_and_vid(client: Any, cfg: Con
     # and a new tracker session that points back at the old one through previousSessionId
     co2 = session_entity("duid-NEW", "sid-NEW", "sid-OLD", "first-NEW", 1)
     await b.send(ev(eid="after2", duid="duid-NEW", sid="sid-NEW", vid="1", uid="bob", co=co2))
+    # the tracker's next session no longer points at a retired one: its own ids are kept again
+    co3 = session_entity("duid-NEW", "sid-NEW3", "sid-NEW", "first-NEW3", 2)
+    await b.send(ev(eid="after3", duid="duid-NEW", sid="sid-NEW3", vid="2", uid="bob", co=co3))
     got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
     assert "duid-OLD" in got["before"]["contexts"] and got["before"]["domain_sessionidx"] == 7
     for eid in ("after", "after2"):
@@ -167,7 +190,10 @@ async def test_rotation_forgets_the_session_entity_and_vid(client: Any, cfg: Con
         for old_value in ("duid-OLD", "sid-OLD", "sid-PREV", "first-OLD", old):
             assert old_value not in text, (eid, old_value, text)
     assert got["after"]["domain_sessionidx"] is None  # vid counted on the old duid
-    assert got["after2"]["domain_userid"] == "duid-NEW" and got["after2"]["domain_sessionidx"] == 1
+    # a row that points back at a retired id loses the tracker's whole identity, its new duid too
+    assert got["after2"]["domain_userid"] is None and "client_session" not in got["after2"]["contexts"]
+    assert got["after3"]["domain_userid"] == "duid-NEW" and got["after3"]["domain_sessionidx"] == 2
+    assert "sid-NEW3" in got["after3"]["contexts"]
 
 
 async def test_opt_out_forgets_the_session_entity(client: Any, cfg: Config) -> None:

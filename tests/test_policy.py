@@ -170,38 +170,6 @@ def test_anonymous_drop_list_is_configurable() -> None:
     ) == {"e": "pv", "duid": "d"}
 
 
-def test_scrub_entities_removes_identifying_fields_and_location() -> None:
-    contexts = {
-        "schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
-        "data": [
-            {
-                "schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
-                "data": {"userId": "u-1", "sessionId": "s-1", "previousSessionId": "s-0", "sessionIndex": 3},
-            },
-            {
-                "schema": "iglu:com.snowplowanalytics.snowplow/geolocation_context/jsonschema/1-1-0",
-                "data": {"latitude": 51.5, "longitude": -0.1},
-            },
-            {
-                "schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
-                "data": {"osType": "ios", "appleIdfa": "idfa-1", "appleIdfv": "idfv-1"},
-            },
-        ],
-    }
-    out = policy.scrub_entities(contexts)
-    assert out["data"] == [
-        {
-            "schema": "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2",
-            "data": {"sessionId": "s-1", "sessionIndex": 3},
-        },
-        {
-            "schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
-            "data": {"osType": "ios"},
-        },
-    ]
-    assert contexts["data"][0]["data"]["userId"] == "u-1"  # the input is not modified
-
-
 @pytest.mark.parametrize(
     ("addr", "expected"),
     [

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 
 from collector.config import Config
-from storage.sessions import DeviceState, SessionRules, assign, may_rotate
+from storage.sessions import DeviceState, SessionRules, assign
 from tests.conftest import TP2, Clock, batch, ev, rows
 
 ANON_UE = orjson.dumps(
@@ -18,7 +18,7 @@ ANON_UE = orjson.dumps(
         "data": {"schema": "iglu:com.acme/anonymize/jsonschema/1-0-0", "data": {}},
     }
 ).decode()
-RULES = SessionRules(timeout_ms=1_800_000, rotation_burst=10, rotation_per_minute=30)
+RULES = SessionRules(timeout_ms=1_800_000)
 
 
 class Browser:
@@ -58,15 +58,6 @@ def test_session_rules_pure() -> None:
     assert other_user.session_index == 8 and other_user.user_id == "bob"
     closed = DeviceState("x", 1, 0, None, None, closed=True)
     assert assign(closed, 1, None, None, RULES).session_index == 2
-
-
-def test_rotation_rate_limit_pure() -> None:
-    s = DeviceState("x", 1, 0)
-    assert [may_rotate(s, 0, RULES) for _ in range(11)] == [True] * 10 + [False]  # burst of 10 per second
-    assert all(may_rotate(s, 1000 + i * 100, RULES) for i in range(10))
-    assert all(may_rotate(s, 3000 + i * 100, RULES) for i in range(10))
-    assert may_rotate(s, 5000, RULES) is False  # 30 in the last minute, though only 0 in this second
-    assert may_rotate(s, 61_000, RULES) is True  # the minute has passed
 
 
 async def test_timeout_splits_with_a_controllable_clock(client: Any, cfg: Config, clock: Clock) -> None:
@@ -160,22 +151,25 @@ async def test_one_batch_splits_at_the_anonymize_event(client: Any, cfg: Config)
     assert got["b3"]["session_index"] == 1 and got["b3"]["session_id"] != got["b2"]["session_id"]
 
 
-async def test_rotations_are_rate_limited_per_device(client: Any, cfg: Config) -> None:
+async def test_a_replayed_cookie_rotates_once_and_never_continues(client: Any, cfg: Config) -> None:
+    """A device rotates once: its replayed cookie neither rotates again nor gets its events."""
     b = Browser(client)
     await b.send(ev(eid="first"))
-    replayed = b.cookie  # a client that keeps replaying the same cookie
-    cookies = []
+    replayed, old = b.cookie, b.device
+    answers = []
     for i in range(12):
         resp = await client.post(
             TP2, json=batch(ev("ue", eid=f"anon-{i}", ue_pr=ANON_UE)), headers={"Cookie": f"sp={replayed}"}
         )
-        cookies.append(resp.cookies["sp"].value)
-    assert len(set(cookies[:10])) == 10 and replayed not in cookies[:10]
-    assert cookies[10] == cookies[11] == replayed  # over the burst: stored, not rotated
+        answers.append(resp.headers["Set-Cookie"])
+    assert not answers[0].startswith("sp=;") and replayed not in answers[0]  # rotated: a new cookie
+    assert all(a.startswith("sp=; Max-Age=0") for a in answers[1:])  # then the dead cookie is expired
     assert rows(cfg.db, "select count(*) from events where event_name = 'anonymize'")[0][0] == 12
+    devices = [r[0] for r in rows(cfg.db, "select network_userid from events order by rowid")]
+    assert devices[:2] == [old, old] and devices[2:] == [None] * 11  # kept, but with no device
+    assert rows(cfg.db, "select count(*) from device_state")[0][0] == 1  # the rotated-to id was never used
     metrics = await (await client.get("/metrics")).text()
-    assert 'collector_rotations_total{outcome="rotated"} 10.0' in metrics
-    assert 'collector_rotations_total{outcome="rate_limited"} 2.0' in metrics
+    assert 'collector_rotations_total{outcome="rotated"} 1.0' in metrics
 
 
 async def test_anonymous_anonymize_event_is_stored_scrubbed(client: Any, cfg: Config) -> None:

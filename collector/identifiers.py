@@ -1,0 +1,211 @@
+"""What identifies a person or device: the one room that rows, bad rows and retirement all ask.
+
+Read this file to audit what the collector keeps. Three kinds of identifier:
+
+* **Params** (`PERSON_PARAMS`, `NETWORK_PARAMS`): the tracker protocol's own id fields. Network ids are
+  never stored as they arrive (policy resolves the IP, identity the device id); person and device ids
+  are dropped under SP-Anonymous (the list is COLLECTOR_ANONYMOUS_DROP, by default `PERSON_PARAMS`).
+* **Entity fields** (`ENTITY_RULES`): per schema of the entities the Snowplow trackers send, which
+  fields identify a person or device, or whether the whole entity does (a precise location, the GA
+  cookies). Under SP-Anonymous they are removed from contexts and from the self-describing event.
+  An entity of a schema not listed here keeps its fields except those named in `GENERIC_FIELDS`
+  (compared case-insensitively, without `_` and `-`): a custom entity that carries an identifier
+  under another name keeps it, so name it here or do not send it.
+* **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, and the
+  client_session entity's userId / sessionId / previousSessionId). When a device rotates or opts out,
+  they are retired; a later row that still carries one loses every trace of the tracker's identity
+  (`forget`): its duid, sid and vid columns and its client_session entity, so that nothing a tracker
+  kept from before the rotation ties the new device to the old.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from collector import protocol
+from collector.errors import BadInput
+from storage.base import COL
+
+# Params resolved by the policy (ip) and identity (nuid, tnuid): never copied into a row.
+NETWORK_PARAMS = frozenset({"ip", "nuid", "tnuid"})
+# The default of COLLECTOR_ANONYMOUS_DROP: user id, the tracker's device id, fingerprint, MAC, ad id.
+PERSON_PARAMS = ("uid", "duid", "fp", "mac", "ad_uid")
+# Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
+# bounds what a retired value may cost.
+TRACKER_ID_MAX = 128
+
+
+@dataclass(frozen=True, slots=True)
+class EntityRule:
+    """What of one entity schema identifies a person or device."""
+
+    fields: frozenset[str] = frozenset()  # removed under SP-Anonymous
+    whole: bool = False  # the entity itself identifies: dropped under SP-Anonymous
+    tracker: tuple[str, ...] = ()  # the tracker's own ids: checked against retired ids
+    forget: bool = False  # dropped from a row that carries a retired tracker id
+
+
+CLIENT_SESSION = "com.snowplowanalytics.snowplow/client_session"
+# Keyed by `vendor/name`: every version of a schema follows the same rule.
+ENTITY_RULES: dict[str, EntityRule] = {
+    # userId is the tracker's device id (duid), previousSessionId ties sessions together, firstEventId
+    # points at an event of the session; sessionId is the anonymous session (as the `sid` param) and stays.
+    CLIENT_SESSION: EntityRule(
+        frozenset({"userId", "previousSessionId", "firstEventId"}),
+        tracker=("userId", "sessionId", "previousSessionId"),
+        forget=True,
+    ),
+    "com.snowplowanalytics.snowplow/mobile_context": EntityRule(
+        frozenset({"appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId", "appSetIdScope"})
+    ),
+    "com.snowplowanalytics.snowplow/browser_context": EntityRule(frozenset({"tabId"})),
+    "com.snowplowanalytics.snowplow/geolocation_context": EntityRule(whole=True),
+    "com.google.analytics/cookies": EntityRule(whole=True),
+    "com.google.ga4/cookies": EntityRule(whole=True),
+}
+GENERIC_FIELDS = frozenset(
+    {
+        "userid",
+        "deviceid",
+        "advertisingid",
+        "adid",
+        "idfa",
+        "idfv",
+        "email",
+        "emailaddress",
+        "phone",
+        "phonenumber",
+        "ipaddress",
+    }
+)
+
+
+def _norm(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "")
+
+
+def rule_of(schema: Any) -> EntityRule | None:
+    """The rule for an entity's schema URI (`iglu:vendor/name/format/version`), or None if unknown."""
+    if not isinstance(schema, str) or not schema.startswith("iglu:"):
+        return None
+    parts = schema[5:].split("/")
+    return ENTITY_RULES.get(f"{parts[0]}/{parts[1]}") if len(parts) == 4 else None
+
+
+def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
+    """(keep, data without identifiers) for one entity's data under SP-Anonymous."""
+    rule = rule_of(schema)
+    if rule is not None and rule.whole:
+        return False, None
+    if not isinstance(data, dict):
+        return True, data
+    if rule is not None:
+        drop = rule.fields
+        return True, {k: v for k, v in data.items() if k not in drop}
+    return True, {k: v for k, v in data.items() if _norm(k) not in GENERIC_FIELDS}
+
+
+def scrub_contexts(contexts: Any) -> Any:
+    """Contexts (`{schema, data: [entities]}`) without identifying entities and fields."""
+    kept = []
+    for entity in contexts.get("data", []):
+        if not isinstance(entity, dict):
+            continue
+        keep, data = scrub_data(entity.get("schema"), entity.get("data"))
+        if keep:
+            kept.append({**entity, "data": data})
+    return {**contexts, "data": kept}
+
+
+def scrub_unstruct(ue: Any) -> Any:
+    """A self-describing event (`{schema, data: {schema, data}}`) without identifying fields."""
+    inner = ue.get("data")
+    if not isinstance(inner, dict):
+        return ue
+    keep, data = scrub_data(inner.get("schema"), inner.get("data"))
+    return {**ue, "data": {**inner, "data": data if keep else {}}}
+
+
+def _dumps(obj: Any) -> str:
+    try:
+        return orjson.dumps(obj).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254): refuse, never a 500
+        raise BadInput("nested_too_deep", "a JSON value is nested too deeply") from None
+
+
+def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool) -> dict[str, Any]:
+    """An event's params as an anonymous request may keep them: ids dropped, entities scrubbed.
+
+    The self-describing fields come back as plain JSON (co, ue_pr) whatever their encoding. `strict`
+    (rows) refuses a field that cannot be decoded; otherwise (bad rows) that field is left out, since
+    what cannot be read cannot be scrubbed.
+    """
+    out = {k: v for k, v in params.items() if k not in drop}
+    for plain, encoded, scrub in (("co", "cx", scrub_contexts), ("ue_pr", "ue_px", scrub_unstruct)):
+        name = plain if plain in out else encoded if encoded in out else None
+        if name is None:
+            continue
+        value = out.pop(name)
+        out.pop(encoded, None)
+        try:
+            if not isinstance(value, str):
+                raise BadInput("non_string_value", f"value of {name!r} is not a string")
+            doc, _ = protocol.decode_json(value, name, base64=name == encoded)
+            if not isinstance(doc, dict):
+                raise BadInput("bad_self_describing", f"{name} must be a JSON object")
+            out[plain] = _dumps(scrub(doc))
+        except BadInput:
+            if strict:
+                raise
+    return out
+
+
+def tracker_ids(duid: str | None, sid: str | None, contexts: Any) -> tuple[str, ...]:
+    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped)."""
+    ids = [v for v in (duid, sid) if v]
+    if contexts is not None:
+        for entity in contexts.get("data", ()):
+            if not isinstance(entity, dict):
+                continue
+            rule = rule_of(entity.get("schema"))
+            data = entity.get("data")
+            if rule is None or not rule.tracker or not isinstance(data, dict):
+                continue
+            for name in rule.tracker:
+                value = data.get(name)
+                if isinstance(value, str) and value and len(value) <= TRACKER_ID_MAX:
+                    ids.append(value)
+    return tuple(ids)
+
+
+def forget(row: list[Any]) -> None:
+    """Drop the tracker's identity from a row carrying a retired id: duid, sid, vid, session entity."""
+    row[COL["domain_userid"]] = row[COL["domain_sessionid"]] = row[COL["domain_sessionidx"]] = None
+    text = row[COL["contexts"]]
+    if text is None:
+        return
+    contexts = orjson.loads(text)
+    kept = [e for e in contexts.get("data", ()) if not _forgotten(e)]
+    contexts["data"] = kept
+    try:
+        row[COL["contexts"]] = orjson.dumps(contexts).decode()
+    except orjson.JSONEncodeError:  # one entity nested too deep to re-encode: keep those that can be
+        row[COL["contexts"]] = orjson.dumps({**contexts, "data": list(_encodable(kept))}).decode()
+
+
+def _forgotten(entity: Any) -> bool:
+    rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
+    return rule is not None and rule.forget
+
+
+def _encodable(entities: Iterable[Any]) -> Iterable[Any]:
+    for entity in entities:
+        try:
+            orjson.dumps(entity)
+        except orjson.JSONEncodeError:
+            continue
+        yield entity

@@ -1,0 +1,132 @@
+"""The group logic, pure and shared by every store: a group's submissions and the state looked up for
+them in, the writes and each request's result out.
+
+A store only looks up (`wanted`) and writes (`Writes`) inside its own transaction; dedupe, session
+assignment, rotation and retirement are decided here once, so that every backend agrees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector import identifiers
+from storage.base import (
+    DOMAIN_SESSIONID,
+    DOMAIN_USERID,
+    EVENT_ID,
+    NETWORK_USERID,
+    SESSION_ID,
+    SESSION_INDEX,
+    USER_ID,
+    AppendResult,
+    BadRow,
+    Submission,
+)
+from storage.sessions import SessionRules, assign, retire
+
+
+@dataclass(slots=True)
+class Wanted:
+    """What a group needs looked up: event ids (dedupe), tracker ids (retired?) and device states."""
+
+    event_ids: set[str]
+    tracker_ids: set[str]
+    devices: set[str]
+
+
+@dataclass(slots=True)
+class Found:
+    """The lookups' answers: the stored event ids, the retired values, the devices' states."""
+
+    seen: set[str]
+    retired: set[str]
+    states: dict[str, DeviceState]
+
+
+@dataclass(slots=True)
+class Writes:
+    """Everything one group's transaction writes."""
+
+    events: list[list[Any]] = field(default_factory=list)
+    bad_rows: list[BadRow] = field(default_factory=list)
+    states: dict[str, DeviceState] = field(default_factory=dict)  # upserted
+    retired: list[str] = field(default_factory=list)  # inserted, ignoring those already there
+
+
+def wanted(subs: Sequence[Submission]) -> Wanted:
+    """The lookups a group needs."""
+    return Wanted(
+        {r[EVENT_ID] for s in subs for r in s.rows},
+        {v for s in subs for ids in s.tracker_ids for v in ids},
+        {d for s in subs for d in (*(r[NETWORK_USERID] for r in s.rows), s.opted_out) if d},
+    )
+
+
+def decide(
+    subs: Sequence[Submission], found: Found, rules: SessionRules, new_device_id: Callable[[], str]
+) -> tuple[Writes, list[AppendResult]]:
+    """The group's writes and one result per submission, in order; the input rows are not modified."""
+    seen, retired, states = found.seen, found.retired, found.states
+    out = Writes()
+
+    def retire_values(values: Iterable[str | None]) -> None:
+        for value in values:
+            if value and len(value) <= identifiers.TRACKER_ID_MAX and value not in retired:
+                retired.add(value)
+                out.retired.append(value)
+
+    results = []
+    for sub in subs:
+        res = AppendResult()
+        out.bad_rows.extend(sub.bad_rows)
+        # A device with no state has nothing to retire; writing one would record its id and the time
+        # of an anonymous request, so nothing is written for it.
+        state = states.get(sub.opted_out) if sub.opted_out is not None else None
+        if state is not None and sub.opted_out is not None and not state.closed:
+            retire_values(retire(state))
+            out.states[sub.opted_out] = state
+        # A device's id for the rest of this request: the one it rotated to, or None once it is retired.
+        moved: dict[str, str | None] = {}
+        rotated: set[str] = set()  # ids minted by a rotation in this request: at most one per device
+        for i, original in enumerate(sub.rows):
+            row = original.copy()  # a retried transaction decides again from the same submissions
+            ids = sub.tracker_ids[i] if sub.tracker_ids else ()
+            if retired and not retired.isdisjoint(ids):
+                identifiers.forget(row)  # the tracker kept ids from before a rotation: they go
+            device = row[NETWORK_USERID]
+            if device is not None:
+                if device not in moved and (st := states.get(device)) is not None and st.closed:
+                    moved[device] = None
+                device = row[NETWORK_USERID] = moved.get(device, device)
+            if row[EVENT_ID] in seen:
+                res.duplicates += 1
+                continue
+            seen.add(row[EVENT_ID])
+            out.events.append(row)
+            res.stored += 1
+            if device is None:
+                continue
+            state = assign(
+                states.get(device), sub.now_ms, row[DOMAIN_SESSIONID], row[USER_ID], rules, row[DOMAIN_USERID]
+            )
+            states[device] = out.states[device] = state
+            row[SESSION_ID], row[SESSION_INDEX] = state.session_id, state.session_index
+            if i in sub.anonymize_at:
+                if device in rotated:
+                    res.ignored += 1
+                    continue
+                retire_values([*ids, *retire(state)])
+                new = new_device_id()  # a new random id: nothing derives it from the old
+                rotated.add(new)
+                for old, current in moved.items():
+                    if current == device:
+                        moved[old] = new
+                moved[device] = new
+                res.rotated += 1
+        if sub.device_id is not None:
+            res.device_id = moved.get(sub.device_id, sub.device_id)
+            res.retired_device = res.device_id is None
+        results.append(res)
+    return out, results

@@ -1,0 +1,114 @@
+"""SQLite's half of a group commit: the lookups the group logic wants, and the writes it decided."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from storage.base import COLUMNS, Submission
+from storage.group import Found, Wanted, Writes
+from storage.sessions import DeviceState
+
+INSERT_EVENT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+INSERT_BAD = (
+    "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) VALUES (?, ?, ?, ?, ?, ?)"
+)
+# Columns are named, never taken by position: a later migration may add one while older replicas run.
+STATE_COLUMNS = (
+    "device_id",
+    "session_id",
+    "session_index",
+    "last_ms",
+    "tracker_sid",
+    "user_id",
+    "closed",
+    "tracker_duid",
+)
+SELECT_STATE = f"SELECT {', '.join(STATE_COLUMNS)} FROM device_state WHERE device_id IN ({{}})"
+UPSERT_STATE = (
+    f"INSERT INTO device_state ({', '.join(STATE_COLUMNS)}) VALUES ({', '.join('?' * len(STATE_COLUMNS))}) "
+    "ON CONFLICT (device_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in STATE_COLUMNS[1:])
+)
+INSERT_RETIRED = "INSERT OR IGNORE INTO retired_ids (value) VALUES (?)"
+# Errors of the data a request carried (text that is not UTF-8, a number SQLite cannot hold, a value
+# over its length limit): that request's fault, answered 400. Anything else is the store's: 503.
+DATA_ERRORS = (UnicodeEncodeError, OverflowError, sqlite3.DataError)
+
+
+def select_in(conn: sqlite3.Connection, sql: str, values: Iterable[Any], chunk: int = 500) -> list[Any]:
+    """The rows of `sql` with its `IN ({})` filled by the values, chunked under the variable limit."""
+    values = list(values)
+    out: list[Any] = []
+    for i in range(0, len(values), chunk):
+        part = values[i : i + chunk]
+        out.extend(conn.execute(sql.format(",".join("?" * len(part))), part))
+    return out
+
+
+def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
+    """Answer the group's lookups inside its transaction, so that every process agrees."""
+    seen = {
+        r[0] for r in select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})", want.event_ids)
+    }
+    retired = {
+        r[0] for r in select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", want.tracker_ids)
+    }
+    states = {
+        dev: DeviceState(sess, idx, last, sid, uid, bool(closed), duid)
+        for dev, sess, idx, last, sid, uid, closed, duid in select_in(conn, SELECT_STATE, want.devices)
+    }
+    return Found(seen, retired, states)
+
+
+def write(conn: sqlite3.Connection, w: Writes) -> None:
+    """Apply a group's writes."""
+    if w.events:
+        conn.executemany(INSERT_EVENT, w.events)
+    if w.bad_rows:
+        conn.executemany(
+            INSERT_BAD,
+            [(b.received_at, b.reason, b.detail, b.payload, b.size, int(b.anonymous)) for b in w.bad_rows],
+        )
+    if w.states:
+        conn.executemany(
+            UPSERT_STATE,
+            [
+                (
+                    d,
+                    s.session_id,
+                    s.session_index,
+                    s.last_ms,
+                    s.tracker_sid,
+                    s.user_id,
+                    int(s.closed),
+                    s.tracker_duid,
+                )
+                for d, s in w.states.items()
+            ],
+        )
+    if w.retired:
+        conn.executemany(INSERT_RETIRED, [(v,) for v in w.retired])
+
+
+def unstorable(conn: sqlite3.Connection, subs: Sequence[Submission]) -> set[int]:
+    """Which submissions carry data SQLite refuses: each tried under a savepoint, then all rolled back.
+
+    Run after a group failed with a data error, so that only the offending requests are refused and
+    the rest still commit together (one transaction, one fsync), rather than one by one.
+    """
+    bad: set[int] = set()
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for i, sub in enumerate(subs):
+            conn.execute("SAVEPOINT probe")
+            try:
+                conn.executemany(INSERT_EVENT.replace("INSERT", "INSERT OR IGNORE", 1), sub.rows)
+                write(conn, Writes(bad_rows=sub.bad_rows))
+            except DATA_ERRORS:
+                bad.add(i)
+            conn.execute("ROLLBACK TO probe")
+            conn.execute("RELEASE probe")
+    finally:
+        conn.execute("ROLLBACK")
+    return bad

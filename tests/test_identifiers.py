@@ -1,0 +1,100 @@
+"""The room that decides what identifies a person or device: entity rules, tracker ids, forgetting."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+import pytest
+
+from collector import identifiers
+from collector.errors import BadInput
+from storage.base import COL, COLUMNS
+
+CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
+SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
+
+
+def contexts(*entities: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"schema": CONTEXTS, "data": [{"schema": s, "data": d} for s, d in entities]}
+
+
+def test_scrub_contexts_removes_identifying_fields_and_whole_entities() -> None:
+    doc = contexts(
+        (SESSION, {"userId": "u-1", "sessionId": "s-1", "previousSessionId": "s-0", "sessionIndex": 3}),
+        ("iglu:com.snowplowanalytics.snowplow/geolocation_context/jsonschema/1-1-0", {"latitude": 51.5}),
+        (
+            "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+            {"osType": "ios", "appleIdfa": "a", "appleIdfv": "v", "appSetId": "s", "appSetIdScope": "app"},
+        ),
+        ("iglu:com.google.analytics/cookies/jsonschema/1-0-0", {"_ga": "GA1.1.x"}),
+        ("iglu:com.google.ga4/cookies/jsonschema/1-0-0", {"_ga": "GA1.1.y"}),
+        ("iglu:com.acme/profile/jsonschema/1-0-0", {"user_id": "u", "Email": "e", "plan": "pro"}),
+    )
+    out = identifiers.scrub_contexts(doc)
+    assert out["data"] == [
+        {"schema": SESSION, "data": {"sessionId": "s-1", "sessionIndex": 3}},
+        {
+            "schema": "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3",
+            "data": {"osType": "ios"},
+        },
+        {"schema": "iglu:com.acme/profile/jsonschema/1-0-0", "data": {"plan": "pro"}},
+    ]
+    assert doc["data"][0]["data"]["userId"] == "u-1"  # the input is not modified
+
+
+def test_anonymous_params_scrub_every_encoding_and_drop_what_cannot_be_read() -> None:
+    co = contexts((SESSION, {"userId": "u-1", "sessionId": "s-1"}))
+    cx = base64.urlsafe_b64encode(orjson.dumps(co)).rstrip(b"=").decode()
+    drop = frozenset({"uid", "ip"})
+    out = identifiers.anonymous_params({"e": "pv", "uid": "x", "ip": "1.2.3.4", "cx": cx}, drop, strict=True)
+    assert set(out) == {"e", "co"} and "u-1" not in out["co"] and "s-1" in out["co"]
+    with pytest.raises(BadInput):
+        identifiers.anonymous_params({"e": "pv", "co": "{not json u-1"}, drop, strict=True)
+    assert identifiers.anonymous_params({"e": "pv", "co": "{not json u-1"}, drop, strict=False) == {"e": "pv"}
+    nested = '{"schema":"s","data":[{"schema":"iglu:a/b/jsonschema/1-0-0","data":{"d":' + "[" * 300
+    nested += "]" * 300 + "}}]}"
+    with pytest.raises(BadInput):
+        identifiers.anonymous_params({"e": "pv", "co": nested}, drop, strict=True)
+    assert identifiers.anonymous_params({"e": "pv", "co": nested}, drop, strict=False) == {"e": "pv"}
+
+
+def test_tracker_ids_come_from_columns_and_the_session_entity() -> None:
+    co = contexts(
+        (SESSION, {"userId": "d-1", "sessionId": "s-1", "previousSessionId": "s-0", "firstEventId": "e"}),
+        ("iglu:com.acme/x/jsonschema/1-0-0", {"userId": "not-a-tracker-id"}),
+    )
+    assert identifiers.tracker_ids("d-1", "s-1", co) == ("d-1", "s-1", "d-1", "s-1", "s-0")
+    assert identifiers.tracker_ids(None, None, None) == ()
+    long = contexts((SESSION, {"userId": "x" * 200, "sessionId": 5}))
+    assert identifiers.tracker_ids(None, None, long) == ()  # over the cap or not a string: no lookup
+
+
+def test_forget_drops_the_trackers_identity_only() -> None:
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["domain_userid"]], row[COL["domain_sessionid"]], row[COL["domain_sessionidx"]] = "d", "s", 7
+    row[COL["user_id"]] = "bob"
+    row[COL["contexts"]] = orjson.dumps(
+        contexts(
+            (SESSION, {"userId": "d", "sessionId": "s"}), ("iglu:com.acme/page/jsonschema/1-0-0", {"k": 1})
+        )
+    ).decode()
+    identifiers.forget(row)
+    assert (row[COL["domain_userid"]], row[COL["domain_sessionid"]], row[COL["domain_sessionidx"]]) == (
+        None,
+        None,
+        None,
+    )
+    assert row[COL["user_id"]] == "bob"
+    assert [e["schema"] for e in orjson.loads(row[COL["contexts"]])["data"]] == [
+        "iglu:com.acme/page/jsonschema/1-0-0"
+    ]
+
+
+def test_every_rule_names_a_vendor_and_schema_name() -> None:
+    for key, rule in identifiers.ENTITY_RULES.items():
+        vendor, _, name = key.partition("/")
+        assert vendor and name and "/" not in name
+        assert rule.whole or rule.fields, key
+        assert set(rule.tracker) <= set(rule.fields) | {"sessionId"}, key
