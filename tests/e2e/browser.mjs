@@ -95,6 +95,10 @@ const selfDescribing = (name, data) => ['trackSelfDescribingEvent', {
   event: { schema: `iglu:com.acme/${name}/jsonschema/1-0-0`, data },
 }];
 
+// The tracker's client_session entity on every identified event: it repeats duid (userId) and sid
+// (sessionId) inside contexts, with previousSessionId, firstEventId and the session count.
+const SESSION_CONTEXT = { contexts: { session: true, webPage: true } };
+
 const SCENARIOS = {
   // Identified browsing: the collector's sp cookie comes back on every later request.
   async normal(s) {
@@ -167,7 +171,58 @@ const SCENARIOS = {
     await s.track(...structEvent('browse', 'sku-4'));
     await s.mark('end');
   },
+
+  // toggle with the session entity on. newSession() stands for a visit after 30 idle minutes: the old
+  // device reaches vid 2 and a previousSessionId, history a new device must not continue.
+  async toggle_session(s) {
+    await s.open('/page.html', SESSION_CONTEXT);
+    await s.track(...pageView('identified-1'));
+    await s.call('newSession');
+    await s.track(...pageView('identified-2'));
+    await s.track(...structEvent('browse', 'identified-3'));
+    await s.mark('identified');
+    await s.call('enableAnonymousTracking', { options: { withServerAnonymisation: true } });
+    await s.track(...pageView('anonymous-1'));
+    await s.track(...structEvent('browse', 'anonymous-2'));
+    await s.mark('anonymous');
+    await s.call('disableAnonymousTracking'); // the tracker resumes its old id cookie
+    await s.track(...pageView('identified-again'));
+    await s.track(...structEvent('browse', 'identified-again-2'));
+    await s.mark('end');
+  },
+
+  // Alice logs out (anonymize event) but the app forgets clearUserData, then Bob logs in: with the
+  // session entity on, the tracker keeps sending the old device's session in contexts too.
+  async logout_session(s) {
+    await s.open('/page.html', SESSION_CONTEXT);
+    await s.call('setUserId', 'alice');
+    await s.track(...pageView('account'));
+    await s.call('newSession');
+    await s.track(...pageView('orders'));
+    await s.mark('alice');
+    await s.track(...structEvent('logged out', 'alice'));
+    await s.track(...selfDescribing('anonymize', { reason: 'logout' }));
+    await s.mark('after_anonymize');
+    await s.call('setUserId', null);
+    await s.track(...pageView('after-logout'));
+    await s.open('/page2.html', SESSION_CONTEXT); // Bob logs in on the next page load
+    await s.call('setUserId', 'bob');
+    await s.track(...pageView('bob-home'));
+    await s.track(...structEvent('add-to-basket', 'sku-5'));
+    await s.mark('end');
+  },
 };
+
+/** The data of the client_session entity an event carried in `co` or base64url `cx`, else null. */
+function sentClientSession(event) {
+  try {
+    const text = event.co ?? (event.cx ? Buffer.from(event.cx, 'base64url').toString('utf8') : null);
+    const entities = text ? JSON.parse(text).data ?? [] : [];
+    return entities.find((c) => String(c.schema).includes('/client_session/'))?.data ?? null;
+  } catch {
+    return null;
+  }
+}
 
 async function collectRequest(request) {
   if (!request.url().startsWith(collector + '/')) return;
@@ -187,7 +242,9 @@ async function collectRequest(request) {
     }
   }
   result.requests.push({
-    sent: events.map((e) => ({ duid: e.duid ?? null, sid: e.sid ?? null, uid: e.uid ?? null })),
+    sent: events.map((e) => ({
+      duid: e.duid ?? null, sid: e.sid ?? null, uid: e.uid ?? null, session: sentClientSession(e),
+    })),
     method: request.method(),
     path: url.pathname,
     spAnonymous: headers['sp-anonymous'] ?? null,

@@ -381,3 +381,167 @@ def test_logout_without_clear_user_data_keeps_no_old_tracker_id(
     assert [r["user_id"] for r in rows] == ["carol", "carol", None, None]
     for name in ("network_userid", "domain_userid", "domain_sessionid", "session_id"):
         assert not {r[name] for r in old} & {r[name] for r in new}, name
+
+
+CLIENT_SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/"
+# The client_session values that name the device, one of its sessions or its first event. The others
+# are counters (sessionIndex is checked with domain_sessionidx) and the constant storageMechanism.
+CLIENT_SESSION_IDS = ("userId", "sessionId", "previousSessionId", "firstEventId", "firstEventTimestamp")
+# One hit: (index of the row among the scenario's rows, column, value found, the identifiers it is).
+Hit = tuple[int, str, str | int, tuple[str, ...]]
+
+
+def client_sessions(row: Row) -> list[dict[str, Any]]:
+    contexts = json.loads(row["contexts"] or "null") or {}
+    return [c["data"] for c in contexts.get("data", []) if c.get("schema", "").startswith(CLIENT_SESSION)]
+
+
+def device_identifiers(rows: list[Row]) -> dict[str, set[str]]:
+    """Every identifier in a device's rows, by the column or client_session field it was read from."""
+    ids = {
+        name: {r[name] for r in rows if r[name]}
+        for name in ("network_userid", "domain_userid", "domain_sessionid")
+    }
+    for key in CLIENT_SESSION_IDS:
+        ids[f"client_session.{key}"] = {s[key] for r in rows for s in client_sessions(r) if s.get(key)}
+    return ids
+
+
+def continued_counts(rows: list[Row]) -> set[int]:
+    """The session counts past the first that a device reached (vid, client_session.sessionIndex).
+
+    A new device starts counting at 1 again, so a later row carrying one of these continues the old
+    device's history.
+    """
+    counts = {r["domain_sessionidx"] for r in rows}
+    counts |= {s.get("sessionIndex") for r in rows for s in client_sessions(r)}
+    return {c for c in counts if isinstance(c, int) and c > 1}
+
+
+def find_identifiers(
+    ids: dict[str, set[str]], counts: set[int], rows: list[Row], first: int = 0
+) -> list[Hit]:
+    """Where the ids occur in rows: as a substring of any text column (the JSON columns contexts,
+    unstruct_event and other_params in full), and the counts as domain_sessionidx or sessionIndex."""
+    names: dict[tuple[int, str, str | int], list[str]] = {}
+    for i, row in enumerate(rows, first):
+        for column_name, text in row.items():
+            if isinstance(text, str):
+                for name, values in ids.items():
+                    for value in values:
+                        if value in text:
+                            names.setdefault((i, column_name, value), []).append(name)
+        if row["domain_sessionidx"] in counts:
+            names.setdefault((i, "domain_sessionidx", row["domain_sessionidx"]), []).append(
+                "domain_sessionidx"
+            )
+        for s in client_sessions(row):
+            if s.get("sessionIndex") in counts:
+                names.setdefault((i, "contexts", s["sessionIndex"]), []).append("client_session.sessionIndex")
+    return [(i, col, value, tuple(found)) for (i, col, value), found in names.items()]
+
+
+def describe(hits: list[Hit], rows: list[Row]) -> str:
+    """One line per hit, naming the row by its event and title (or label, or event name)."""
+    lines = []
+    for i, col, value, names in hits:
+        row = rows[i]
+        what = row["page_title"] or row["se_label"] or row["event_name"]
+        lines.append(f"row {i} ({row['event']} {what}): {col} holds {'/'.join(names)} {value!r}")
+    return "\n".join(lines)
+
+
+def assert_found_where_they_belong(ids: dict[str, set[str]], counts: set[int], old: list[Row]) -> None:
+    """The twin of every "found nowhere" check: each identifier and count is found in the old rows."""
+    for name, values in ids.items():
+        assert values, f"the old device's rows carry no {name}: the scenario did not produce it"
+    assert counts, "the old device never reached a second session: domain_sessionidx is not tested"
+    hits = find_identifiers(ids, counts, old)
+    found = {(name, value) for _, _, value, names in hits for name in names}
+    assert {(n, v) for n, values in ids.items() for v in values} <= found, describe(hits, old)
+    assert {("domain_sessionidx", c) for c in counts} <= found, describe(hits, old)
+    assert {("client_session.sessionIndex", c) for c in counts} <= found, describe(hits, old)
+    # ...in the column or the entity they were read from.
+    for name, values in ids.items():
+        column_name = "contexts" if name.startswith("client_session.") else name
+        assert {(column_name, v) for v in values} <= {(c, v) for _, c, v, ns in hits if name in ns}, name
+    # firstEventId names one of the old device's own events.
+    assert ids["client_session.firstEventId"] <= set(column(old, "event_id"))
+
+
+def assert_tracker_resent_old_ids(requests: list[dict[str, Any]], ids: dict[str, set[str]]) -> None:
+    """The case under test happened: the tracker sent the old device's ids, in its client_session too."""
+    sent = [e for r in requests for e in r["sent"]]
+    assert sent and all(e["session"] for e in sent), sent
+    assert {(e["duid"], e["sid"]) for e in sent} <= {
+        (duid, sid) for duid in ids["domain_userid"] for sid in ids["domain_sessionid"]
+    }, sent
+    assert {(e["session"]["userId"], e["session"]["sessionId"]) for e in sent} == {
+        (e["duid"], e["sid"]) for e in sent
+    }, sent
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_opting_out_and_in_with_the_session_entity_keeps_no_old_identifier(
+    collector: Collector, store: Store, method: str
+) -> None:
+    """toggle with client_session on: neither the anonymous rows nor the new device hold the old ids."""
+    result = browse(collector.url, "toggle_session", method)
+    assert_clean(result)
+    requests = result["requests"]
+    old_cookie, new_cookie = jar_sp(result, "identified"), jar_sp(result, "end")
+    assert old_cookie is not None and new_cookie is not None and jar_sp(result, "anonymous") is None
+    assert device(old_cookie["value"]) != device(new_cookie["value"])
+    assert [r["spAnonymous"] for r in requests] == [None] * 3 + ["*"] * 2 + [None] * 2
+    assert sp_sent(requests[3]) == old_cookie["value"] and sp_set(requests[3]) == ""
+
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "anonymous") == [0, 0, 0, 1, 1, 0, 0]
+    old, anonymous, new = rows[:3], rows[3:5], rows[5:]
+    assert set(column(old, "network_userid")) == {device(old_cookie["value"])}
+    assert set(column(new, "network_userid")) == {device(new_cookie["value"])}
+    assert column(anonymous, "network_userid") == [None, None]
+    assert column(rows, "domain_sessionidx")[:3] == [1, 2, 2]
+
+    ids, counts = device_identifiers(old), continued_counts(old)
+    assert_found_where_they_belong(ids, counts, old)
+    # The anonymous tracker sends no session entity (nor duid, sid, vid): only the old cookie goes out.
+    assert [e["session"] for r in requests[3:5] for e in r["sent"]] == [None, None]
+    assert_tracker_resent_old_ids(requests[5:], ids)
+    # The promise: not one of the old device's identifiers in the anonymous rows or the new device's.
+    leaks = find_identifiers(ids, counts, rows[3:], first=3)
+    assert leaks == [], "the old device's identifiers in later rows:\n" + describe(leaks, rows)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logout_with_the_session_entity_never_links_alice_to_bob(
+    collector: Collector, store: Store, method: str
+) -> None:
+    """The app forgets clearUserData with client_session on: Bob's rows must hold none of the old ids."""
+    result = browse(collector.url, "logout_session", method)
+    assert_clean(result)
+    requests = result["requests"]
+    old_cookie, new_cookie = jar_sp(result, "alice"), jar_sp(result, "after_anonymize")
+    assert old_cookie is not None and new_cookie is not None
+    assert device(old_cookie["value"]) != device(new_cookie["value"])
+    end = jar_sp(result, "end")
+    assert end is not None and end["value"] == new_cookie["value"]
+    anonymize = requests[3]
+    assert (sp_sent(anonymize), sp_set(anonymize)) == (old_cookie["value"], new_cookie["value"])
+    assert [sp_sent(r) for r in requests[4:]] == [new_cookie["value"]] * 3
+
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "event_name")[3] == "anonymize"
+    assert column(rows, "user_id") == ["alice"] * 4 + [None, "bob", "bob"]
+    old, logged_out, bob = rows[:4], rows[4:5], rows[5:]
+    assert set(column(old, "network_userid")) == {device(old_cookie["value"])}
+    assert set(column(logged_out + bob, "network_userid")) == {device(new_cookie["value"])}
+    assert column(rows, "domain_sessionidx")[:4] == [1, 2, 2, 2]
+    assert "alice" in json.dumps(old) and "alice" not in json.dumps(logged_out + bob)
+
+    ids, counts = device_identifiers(old), continued_counts(old)
+    assert_found_where_they_belong(ids, counts, old)
+    assert_tracker_resent_old_ids(requests[4:], ids)
+    # The promise: the new device's rows, logged out and Bob's, hold none of the old device's ids.
+    leaks = find_identifiers(ids, counts, rows[4:], first=4)
+    assert leaks == [], "the old device's identifiers in later rows:\n" + describe(leaks, rows)
