@@ -17,9 +17,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m collector serve
 
-# The e2e dependencies (Chromium, nginx, wrk, node modules) are installed by `make e2e-deps`;
-# without them those tests skip with a message, except under CI=true where a skip is a failure.
-test: $(STAMP)
+# The whole suite: first what the end-to-end and load-balancer tests need (Chromium, nginx, wrk and
+# the node modules, `make e2e-deps`: installed only when missing), then every test. Where they cannot
+# be installed those tests skip with a message, except under CI=true where a skip is a failure.
+test: $(STAMP) e2e-deps
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

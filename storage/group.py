@@ -24,7 +24,7 @@ from storage.base import (
     BadRow,
     Submission,
 )
-from storage.sessions import SessionRules, assign, retire
+from storage.sessions import DeviceState, SessionRules, assign, retire
 
 
 @dataclass(slots=True)

@@ -184,7 +184,7 @@ class SqliteStore:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._wake, group, outcomes)
                 group = []
-        except BaseException as exc:  # noqa: BLE001 - a bug: say so, fail every waiter, turn unready
+        except BaseException as exc:
             log.critical("the SQLite writer stopped: %s", type(exc).__name__, exc_info=True)
             self._dead = exc
             with self._cv:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,11 @@ def wait_http(url: str, timeout: float = 15.0, status: int = 200) -> None:
                 if r.status == status:
                     return
                 last = r.status
+        except urllib.error.HTTPError as exc:  # a 4xx/5xx answer: its status may be the one awaited
+            exc.close()
+            if exc.code == status:
+                return
+            last = exc.code
         except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
             last = exc
         time.sleep(0.05)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import gzip
+import json
 import zlib
 from pathlib import Path
 from typing import Any

@@ -131,6 +131,7 @@ def ready(url: str) -> int:
         with urllib.request.urlopen(url + "/ready", timeout=5) as r:
             return int(r.status)
     except urllib.error.HTTPError as e:
+        e.close()
         return int(e.code)
 
 
@@ -167,6 +168,7 @@ async def test_disk_full_turns_ready_503_and_recovers(tmp_path: Path) -> None:
                     with urllib.request.urlopen(f"{proc.url}/i?{q}", timeout=10) as r:
                         statuses.append(r.status)
                 except urllib.error.HTTPError as e:
+                    e.close()
                     statuses.append(e.code)
             assert 503 in statuses and not set(statuses) - {200, 503}, statuses
             assert ready(proc.url) == 503  # the balancer sends the traffic elsewhere
