@@ -1,4 +1,5 @@
-"""`python -m collector serve` runs the collector; `python -m collector query "SQL"` reads the store."""
+"""`python -m collector serve` runs the collector; `query "SQL"` reads the store; `migrate` and
+`pg-roles` set a PostgreSQL store up."""
 
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import asyncpg
 import orjson
 import uvloop
 from aiohttp import web
 
 from collector import logs
-from collector.config import Config, ConfigError, add_flags, load_config
+from collector.config import Config, ConfigError, add_flags, is_postgres, load_config
 
 log = logging.getLogger("collector")
 
@@ -78,20 +81,16 @@ def supervise(cfg: Config, argv: Sequence[str]) -> int:
     return max((0 if code == -signal.SIGTERM else code for code in codes), key=abs)
 
 
-def query(db: Path, sql: str, fmt: str) -> int:
+def query(db: Path | str, sql: str, fmt: str) -> int:
     """Print the result of a read-only query; a write attempt fails, whatever the SQL."""
-    from storage.sqlite import connect_readonly
-
     try:
-        conn = connect_readonly(db)
-        cur = conn.execute(sql)
-        names = [d[0] for d in cur.description or ()]
-        rows = cur.fetchall()
-    except (sqlite3.Error, FileNotFoundError) as exc:
+        names, rows = _query_postgres(str(db), sql) if is_postgres(db) else _query_sqlite(Path(db), sql)
+    except (sqlite3.Error, FileNotFoundError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     if fmt == "json":
-        sys.stdout.write(orjson.dumps([dict(zip(names, r, strict=True)) for r in rows]).decode() + "\n")
+        data = [dict(zip(names, r, strict=True)) for r in rows]
+        sys.stdout.write(orjson.dumps(data, default=str).decode() + "\n")
     elif fmt == "csv":
         w = csv.writer(sys.stdout)
         w.writerow(names)
@@ -106,6 +105,75 @@ def query(db: Path, sql: str, fmt: str) -> int:
     return 0
 
 
+def _query_sqlite(db: Path, sql: str) -> tuple[list[str], list[Any]]:
+    from storage.sqlite import connect_readonly
+
+    conn = connect_readonly(db)
+    cur = conn.execute(sql)
+    return [d[0] for d in cur.description or ()], cur.fetchall()
+
+
+def _query_postgres(url: str, sql: str) -> tuple[list[str], list[Any]]:
+    async def run() -> tuple[list[str], list[Any]]:
+        conn = await asyncpg.connect(url)
+        try:
+            async with conn.transaction(readonly=True):  # the server refuses every write in it
+                stmt = await conn.prepare(sql)
+                return [a.name for a in stmt.get_attributes()], [tuple(r) for r in await stmt.fetch()]
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def migrate(url: str, writer: str | None, reader: str | None) -> int:
+    """Apply PostgreSQL migrations as the schema's owner, and grant the writer and reader roles."""
+    from storage import pg_schema
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await pg_schema.migrate(conn, writer, reader)
+        finally:
+            await conn.close()
+
+    try:
+        applied = asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")
+    return 0
+
+
+def pg_roles(url: str, database: str, names: Sequence[str]) -> int:
+    """Create the owner, writer and reader roles (passwords from COLLECTOR_PG_<ROLE>_PASSWORD)."""
+    from storage import pg_schema
+
+    roles = {}
+    for kind, name in zip(("OWNER", "WRITER", "READER"), names, strict=True):
+        password = os.environ.get(f"COLLECTOR_PG_{kind}_PASSWORD")
+        if not password:
+            print(f"error: set COLLECTOR_PG_{kind}_PASSWORD", file=sys.stderr)
+            return 2
+        roles[name] = password
+
+    async def run() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await pg_schema.create_roles(conn, database, roles)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run())
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"roles ready: {', '.join(roles)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m collector", description=__doc__)
@@ -114,11 +182,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flags(serve_p)
     query_p = sub.add_parser("query", help="run a read-only SQL query against the store")
     query_p.add_argument("sql")
-    query_p.add_argument("--db", default=None, help="database file [env COLLECTOR_DB]")
+    query_p.add_argument("--db", default=None, help="database file or postgresql:// URL [env COLLECTOR_DB]")
     query_p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    mig_p = sub.add_parser("migrate", help="PostgreSQL: apply migrations as the owner, grant the roles")
+    mig_p.add_argument("--db", required=True, help="the owner's postgresql:// URL")
+    mig_p.add_argument("--writer-role", default="collector_writer", help="role the collectors connect as")
+    mig_p.add_argument("--reader-role", default="collector_reader", help="role analysts connect as")
+    roles_p = sub.add_parser("pg-roles", help="PostgreSQL: create the owner, writer and reader roles")
+    roles_p.add_argument("--db", required=True, help="a superuser's postgresql:// URL")
+    roles_p.add_argument("--database", required=True, help="the database the owner will own")
+    roles_p.add_argument(
+        "--roles", nargs=3, default=("collector_owner", "collector_writer", "collector_reader")
+    )
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return migrate(args.db, args.writer_role or None, args.reader_role or None)
+    if args.command == "pg-roles":
+        return pg_roles(args.db, args.database, args.roles)
     try:
-        cfg = load_config(flags=vars(args) if args.command == "serve" else {"db": args.db})
+        serving = args.command == "serve"
+        cfg = load_config(flags=vars(args) if serving else {"db": args.db}, serving=serving)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2

@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from collector import cors, handlers, identity, logs, server
-from collector.config import CANONICAL_PATHS, Config
+from collector.config import CANONICAL_PATHS, Config, is_postgres
 from collector.errors import CollectorError, error_response, from_exception
 from collector.handlers import EVENTS, STATE, State
 from collector.metrics import Metrics
+from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
 from storage.sqlite import SqliteStore
 
@@ -76,6 +78,30 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
+def open_store(cfg: Config, on_commit: Callable[[int, float], None]) -> SqliteStore | PostgresStore:
+    """The store COLLECTOR_DB names, not yet started."""
+    rules = SessionRules(cfg.session_timeout * 1000)
+    bounds = {"queue_max": cfg.queue_max, "queue_max_bytes": cfg.queue_max_bytes, "group_max": cfg.group_max}
+    if is_postgres(cfg.db):
+        return PostgresStore(
+            str(cfg.db),
+            rules,
+            pool_size=cfg.pg_pool_size,
+            statement_timeout_ms=cfg.pg_statement_timeout,
+            on_commit=on_commit,
+            **bounds,
+        )
+    assert isinstance(cfg.db, Path)
+    return SqliteStore(
+        cfg.db,
+        rules,
+        synchronous=cfg.synchronous,
+        busy_timeout=cfg.busy_timeout,
+        on_commit=on_commit,
+        **bounds,
+    )
+
+
 def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Application:
     """The collector as an aiohttp application; nothing touches the disk until startup."""
     # aiohttp's default request-line limit (8190) would refuse a long tracker GET in the parser; above
@@ -90,17 +116,7 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     app[STATE] = state
 
     async def store_ctx(app: web.Application) -> AsyncIterator[None]:
-        rules = SessionRules(cfg.session_timeout * 1000)
-        store = SqliteStore(
-            cfg.db,
-            rules,
-            synchronous=cfg.synchronous,
-            busy_timeout=cfg.busy_timeout,
-            queue_max=cfg.queue_max,
-            queue_max_bytes=cfg.queue_max_bytes,
-            group_max=cfg.group_max,
-            on_commit=metrics.observe_commit,
-        )
+        store = open_store(cfg, metrics.observe_commit)
         await store.start()
         state.store = store
         yield

@@ -42,6 +42,27 @@ class Secret(str):
         return "'***'" if self else "''"
 
 
+class DatabaseUrl(str):
+    """A `postgresql://` URL whose repr hides the password."""
+
+    def __repr__(self) -> str:
+        return repr(re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", str(self)))
+
+
+def _db(raw: str) -> Path | DatabaseUrl:
+    value = raw.strip()
+    if value.startswith(("postgresql://", "postgres://")):
+        return DatabaseUrl(value)
+    if "://" in value:
+        raise ValueError("expected a file path (SQLite) or a postgresql:// URL")
+    return Path(value)
+
+
+def is_postgres(db: Path | str) -> bool:
+    """Whether the store setting names a PostgreSQL database."""
+    return isinstance(db, str)
+
+
 def _bool(raw: str) -> bool:
     low = raw.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -138,7 +159,25 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address to listen on (0.0.0.0 in containers).", flag=True),
     Setting("port", _int_range(0, 65535), "8080", "TCP port to listen on.", flag=True),
-    Setting("db", Path, "./data/events.db", "SQLite database file (created with its directory).", flag=True),
+    Setting(
+        "db",
+        _db,
+        "./data/events.db",
+        "The store: a SQLite file (created with its directory) or a `postgresql://user:pass@host/db` URL.",
+        flag=True,
+    ),
+    Setting(
+        "pg_pool_size",
+        _int_range(1, 100),
+        "4",
+        "PostgreSQL: connections per process (the writer's, health probes, queries).",
+    ),
+    Setting(
+        "pg_statement_timeout",
+        _int_range(100, 600_000),
+        "10000",
+        "PostgreSQL: milliseconds a statement (or a wait for a connection) may take before a 503.",
+    ),
     Setting(
         "workers",
         _int_range(1, 64),
@@ -265,7 +304,9 @@ class Config:
 
     host: str = "127.0.0.1"
     port: int = 8080
-    db: Path = Path("./data/events.db")
+    db: Path | DatabaseUrl = Path("./data/events.db")
+    pg_pool_size: int = 4
+    pg_statement_timeout: int = 10000
     workers: int = 1
     paths: tuple[tuple[str, str], ...] = ()
     cors_origins: tuple[str, ...] = ()
@@ -316,7 +357,9 @@ def _parse(setting: Setting, raw: str, source: str) -> Any:
 
 
 def load_config(
-    environ: Mapping[str, str] | None = None, flags: Mapping[str, str | None] | None = None
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, str | None] | None = None,
+    serving: bool = True,
 ) -> Config:
     """Defaults, then COLLECTOR_* variables, then CLI flags; raise ConfigError naming a bad setting."""
     env = os.environ if environ is None else environ
@@ -328,6 +371,9 @@ def load_config(
         if flags and flags.get(s.name) is not None:
             raw, source = str(flags[s.name]), "--" + s.name.replace("_", "-")
         values[s.name] = _parse(s, raw, source)
+    if serving and is_postgres(values["db"]) and not values["cookie_secret"]:
+        # replicas on several hosts must share the secret: none can be generated beside a URL
+        raise ConfigError("COLLECTOR_COOKIE_SECRET is required when COLLECTOR_DB is a postgresql:// URL")
     return Config(**values)
 
 

@@ -146,7 +146,7 @@ class CookieJar:
         )
 
 
-def load_keys(configured: Sequence[str], db: Path) -> list[bytes]:
+def load_keys(configured: Sequence[str], db: Path | str) -> list[bytes]:
     """The MAC keys: configured secrets, else one generated on first start beside the database (0600).
 
     Several processes may start together on a new volume, and any of them may be killed at any point:
@@ -156,6 +156,8 @@ def load_keys(configured: Sequence[str], db: Path) -> list[bytes]:
     """
     if configured:
         return [s.encode() for s in configured]
+    if not isinstance(db, Path):  # config refuses this; a direct caller gets the same answer
+        raise ValueError("a cookie secret must be configured for a PostgreSQL store")
     path = db.parent / (db.name + ".secret")
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:

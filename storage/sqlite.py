@@ -16,18 +16,17 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
 from storage import group, sqlite_io
-from storage.base import AppendResult, Overloaded, RejectedData, StoreFailed, Submission
+from storage.base import AppendResult, Overloaded, StoreFailed, Submission
 from storage.ids import UuidPool
 from storage.migrate import migrate
+from storage.queue import Outcome, Pending, WriteQueue, size_of, with_rejected
 from storage.sessions import SessionRules
 
 log = logging.getLogger(__name__)
@@ -69,14 +68,6 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return conn
 
 
-@dataclass(slots=True)
-class _Pending:
-    submission: Submission
-    size: int
-    nbytes: int
-    future: asyncio.Future[AppendResult] | None  # None: nobody waits (bad rows of a refused request)
-
-
 class SqliteStore:
     """The default store: an embedded SQLite file."""
 
@@ -96,16 +87,10 @@ class SqliteStore:
         self._rules = rules
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
-        self._queue_max = queue_max
-        self._queue_max_bytes = queue_max_bytes
-        self._group_max = group_max
         self._on_commit = on_commit
-        self._queue: deque[_Pending] = deque()
-        self._cv = threading.Condition()
+        self._queue = WriteQueue(queue_max, queue_max_bytes, group_max)
+        self._cv = threading.Condition()  # guards the queue's items between the loop and the writer
         self._closing = False
-        # events and bytes queued or being written; touched only on the event loop's thread
-        self._pending = 0
-        self._pending_bytes = 0
         self._failing = False  # the last commit failed for a cause of the store's (disk, I/O)
         self._dead: BaseException | None = None  # the writer thread stopped on an unexpected error
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,25 +112,18 @@ class SqliteStore:
 
     @property
     def queue_depth(self) -> int:
-        return self._pending
+        return self._queue.pending
 
     @property
     def healthy(self) -> bool:
         return self._dead is None and not self._failing
 
     def _enqueue(self, submission: Submission, future: asyncio.Future[AppendResult] | None) -> bool:
-        size = len(submission.rows) + len(submission.bad_rows)
-        nbytes = submission.nbytes
-        if (
-            self._closing
-            or self._pending + size > self._queue_max
-            or (self._pending_bytes and self._pending_bytes + nbytes > self._queue_max_bytes)
-        ):
+        item = None if self._closing else self._queue.admit(submission, future)
+        if item is None:
             return False
-        self._pending += size
-        self._pending_bytes += nbytes
         with self._cv:
-            self._queue.append(_Pending(submission, size, nbytes, future))
+            self._queue.items.append(item)
             self._cv.notify()
         return True
 
@@ -162,37 +140,32 @@ class SqliteStore:
         return self._dead is None and self._enqueue(submission, None)
 
     def _run(self) -> None:
-        group: list[_Pending] = []
+        group: list[Pending] = []
         try:
             while True:
                 with self._cv:
-                    while not self._queue and not self._closing:
+                    while not self._queue.items and not self._closing:
                         if self._failing:  # idle while commits fail: see whether the store has healed
-                            if not self._cv.wait(PROBE_SECONDS) and not self._queue:
+                            if not self._cv.wait(PROBE_SECONDS) and not self._queue.items:
                                 self._probe()
                         else:
                             self._cv.wait()
-                    if not self._queue:
+                    if not self._queue.items:
                         break
-                    group = []
-                    size = 0
-                    while self._queue and (not group or size + self._queue[0].size <= self._group_max):
-                        item = self._queue.popleft()
-                        group.append(item)
-                        size += item.size
+                    group, size = self._queue.take()
                 outcomes = self._commit([p.submission for p in group], size)
                 assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._wake, group, outcomes)
+                self._loop.call_soon_threadsafe(self._queue.settle, group, outcomes)
                 group = []
         except BaseException as exc:
             log.critical("the SQLite writer stopped: %s", type(exc).__name__, exc_info=True)
             self._dead = exc
             with self._cv:
-                group += list(self._queue)
-                self._queue.clear()
+                group += list(self._queue.items)
+                self._queue.items.clear()
             if self._loop is not None and not self._loop.is_closed():
                 failed = [StoreFailed("the writer has stopped")] * len(group)
-                self._loop.call_soon_threadsafe(self._wake, group, failed)
+                self._loop.call_soon_threadsafe(self._queue.settle, group, failed)
 
     def _probe(self) -> None:
         try:
@@ -229,12 +202,10 @@ class SqliteStore:
         sqlite_io.write(conn, writes)
         return results
 
-    def _commit(self, subs: list[Submission], size: int) -> Sequence[AppendResult | BaseException]:
+    def _commit(self, subs: list[Submission], size: int) -> Sequence[Outcome]:
         started = time.perf_counter()
         try:
-            results: Sequence[AppendResult | BaseException] = self._in_transaction(
-                lambda conn: self._group(conn, subs)
-            )
+            results: Sequence[Outcome] = self._in_transaction(lambda conn: self._group(conn, subs))
         except sqlite_io.DATA_ERRORS as exc:  # data SQLite refused: find the request(s) it came from
             # by type only: the message may quote the data
             log.warning("SQLite refused a request's data (%s)", type(exc).__name__)
@@ -248,7 +219,7 @@ class SqliteStore:
             self._on_commit(size, time.perf_counter() - started)
         return results
 
-    def _without_unstorable(self, subs: list[Submission]) -> Sequence[AppendResult | BaseException]:
+    def _without_unstorable(self, subs: list[Submission]) -> Sequence[Outcome]:
         try:
             assert self._conn is not None
             bad = sqlite_io.unstorable(self._conn, subs)
@@ -259,22 +230,7 @@ class SqliteStore:
             log.error("a group failed with a data error that no single request has")
             return [StoreFailed("the events could not be committed")] * len(subs)
         rest = [s for i, s in enumerate(subs) if i not in bad]
-        rest_size = sum(len(s.rows) + len(s.bad_rows) for s in rest)
-        outcomes = iter(self._commit(rest, rest_size) if rest else ())
-        rejected = RejectedData("the event data could not be stored")
-        return [rejected if i in bad else next(outcomes) for i in range(len(subs))]
-
-    def _wake(self, group: list[_Pending], outcomes: Sequence[AppendResult | BaseException]) -> None:
-        for item, outcome in zip(group, outcomes, strict=True):
-            self._pending -= item.size
-            self._pending_bytes -= item.nbytes
-            fut = item.future
-            if fut is None or fut.done():
-                continue
-            if isinstance(outcome, BaseException):
-                fut.set_exception(outcome)
-            else:
-                fut.set_result(outcome)
+        return with_rejected(len(subs), bad, self._commit(rest, size_of(rest)) if rest else ())
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         async with aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True) as db:
@@ -289,7 +245,7 @@ class SqliteStore:
             self._cv.notify()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-            await asyncio.sleep(0)  # let the last _wake callbacks run
+            await asyncio.sleep(0)  # let the last settle callbacks run
         if self._conn is not None:
             self._conn.close()
             self._conn = None

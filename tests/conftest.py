@@ -1,21 +1,30 @@
-"""Fixtures: the real app factory on a real temporary SQLite file."""
+"""Fixtures: the real app factory on a real temporary SQLite file, or a real PostgreSQL database.
+
+A test module that sets `STORES = ("sqlite", "postgres")` runs each test that uses `cfg` on both
+stores; `rows()` queries either, as an analyst would.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
-from collections.abc import Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from collector.app import create_app
-from collector.config import Config, Secret
+from collector.config import Config, DatabaseUrl, Secret
+from tests import pg
 
 SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
 TP2 = "/com.snowplowanalytics.snowplow/tp2"
+F = TypeVar("F", bound=Callable[..., Any])
 ClientFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 
 
@@ -29,14 +38,35 @@ class Clock:
         return self.t
 
 
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+def rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
     """Query the store through a separate read-only connection, as an analyst would."""
+    if isinstance(db, str):  # a PostgreSQL URL: the same SQL, with $n placeholders
+        parts = sql.split("?")
+        text = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        return pg.query(db, text, params)
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def tables(db: Path | str) -> list[str]:
+    """Every table and view of the store (on PostgreSQL, the partitions too)."""
+    if isinstance(db, str):
+        sql = "select table_name from information_schema.tables where table_schema = 'public'"
+    else:
+        sql = "select name from sqlite_master where type in ('table', 'view')"
+    return [r[0] for r in rows(db, sql)]
+
+
+def columns(db: Path | str, table: str) -> list[str]:
+    """A table's columns, in order."""
+    if isinstance(db, str):
+        sql = "select column_name from information_schema.columns where table_name = ? order by ordinal_position"
+        return [r[0] for r in rows(db, sql, (table,))]
+    return [r[1] for r in rows(db, f"pragma table_info({table})")]
 
 
 def batch(*events: dict[str, str]) -> dict[str, Any]:
@@ -49,9 +79,48 @@ def ev(e: str = "pv", **kw: str) -> dict[str, str]:
     return {"e": e, "p": "web", "tv": "js-4.10.1", **kw}
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "store_kind" in metafunc.fixturenames:
+        stores = getattr(metafunc.function, "stores", None) or getattr(metafunc.module, "STORES", ("sqlite",))
+        metafunc.parametrize("store_kind", stores)
+
+
+def only(*stores: str) -> Callable[[F], F]:
+    """Run a test on these stores only (it exercises one store's own mechanism)."""
+
+    def mark(fn: F) -> F:
+        fn.stores = stores  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.PgServer]:
+    """One PostgreSQL cluster for the whole run (each test gets its own database)."""
+    why = pg.available()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI: {why}")
+        pytest.skip(why)
+    # not under pytest's tmp dirs: those are private to root, and the server runs as another user
+    root = Path(tempfile.mkdtemp(prefix="collector-pg-"))
+    server = pg.PgServer(root).start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def cfg(tmp_path: Path) -> Config:
-    return Config(db=tmp_path / "events.db", cookie_secret=(Secret("test-secret"),), access_log=True)
+def cfg(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Config:
+    if store_kind == "postgres":
+        server: pg.PgServer = request.getfixturevalue("pg_server")
+        db: Path | DatabaseUrl = DatabaseUrl(server.url(server.new_database()))
+    else:
+        db = tmp_path / "events.db"
+    return Config(db=db, cookie_secret=(Secret("test-secret"),), access_log=True)
 
 
 @pytest.fixture

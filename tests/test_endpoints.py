@@ -12,7 +12,9 @@ import pytest
 
 from collector.config import Config
 from collector.protocol import PIXEL
-from tests.conftest import SCHEMA, TP2, batch, ev, rows
+from tests.conftest import SCHEMA, TP2, batch, ev, only, rows
+
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
 
 UE = {
     "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
@@ -352,6 +354,7 @@ async def test_unknown_path_and_method_use_the_error_shape(client: Any) -> None:
     assert resp.status == 405 and (await resp.json())["error"]["status"] == 405
 
 
+@only("sqlite")  # holds SQLite's write lock from another connection; test_postgres holds a row lock
 async def test_full_write_queue_answers_503_with_retry_after(make_client: Any, cfg: Config) -> None:
     client = await make_client(cfg.replace(queue_max=3, busy_timeout=20000))
     blocker = sqlite3.connect(cfg.db, isolation_level=None)

@@ -11,6 +11,8 @@ from collector.config import Config
 from tests.conftest import TP2, batch, ev, rows
 from tests.test_sessions import ANON_UE, Browser
 
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
+
 CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
 SESSION_UID, PREV_SID, FIRST_EID = "cs-user-5b1d", "cs-prev-77aa", "cs-first-e0e0"
 IDFA, IDFV, ANDROID, APPSET = "idfa-c4n4ry", "idfv-c4n4ry", "aaid-c4n4ry", "appset-c4n4ry"

@@ -19,6 +19,8 @@ from collector.config import Config, ConfigError, load_config
 from tests.conftest import SCHEMA, TP2, batch, ev, rows
 from tests.procs import Collector
 
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
+
 DEV = "aaaaaaaa-0000-4000-8000-00000000000a"
 
 

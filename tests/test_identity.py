@@ -14,6 +14,8 @@ from collector.config import Config, Secret
 from storage.ids import UuidPool
 from tests.conftest import TP2, batch, ev, rows
 
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
+
 KEY = b"k1"
 DEV = "0b9f6a4e-3c1d-4f7e-9a2b-5c6d7e8f9a0b"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,8 @@ import orjson
 
 from collector.config import Config
 from tests.conftest import TP2, Clock, batch, rows
+
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
 
 CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
 CLIENT_SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
@@ -259,39 +260,34 @@ def leaves(value: object, where: str, out: Values) -> None:
         out.setdefault(normal(value), set()).add(where)
 
 
-def side_values(db: Path, eids: list[str]) -> Values:
+def side_values(db: Path | str, eids: list[str]) -> Values:
     """Every value kept about a side: its events, and the rows of the devices and sessions they name.
 
     (retired_ids holds values only, attributable to no device; bad_rows get none of these flows' events.)
     """
     out: Values = {}
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
 
-        def add(table: str, where: str, params: list[str]) -> list[sqlite3.Row]:
-            if not params:
-                return []
-            found = conn.execute(f"select * from {table} where {where}", params).fetchall()
-            for row in found:
-                for col in row.keys():  # noqa: SIM118 - sqlite3.Row is not a mapping
-                    leaves(row[col], f"{table}.{col}", out)
-            return found
+    def add(table: str, where: str, params: list[str]) -> list[Any]:
+        if not params:
+            return []
+        found = rows(db, f"select * from {table} where {where}", tuple(params))
+        for row in found:
+            for col in row.keys():  # noqa: SIM118 - a row is not a mapping
+                leaves(row[col], f"{table}.{col}", out)
+        return found
 
-        events = add("events", f"event_id in ({','.join('?' * len(eids))})", eids)
-        devices = sorted({r["network_userid"] for r in events if r["network_userid"]})
-        sessions = sorted({s for r in events for s in (r["session_id"], r["domain_sessionid"]) if s})
-        in_devices = f"device_id in ({','.join('?' * len(devices))})"
-        in_sessions = f"session_id in ({','.join('?' * len(sessions))})"
-        add("sessions", f"{in_devices} or {in_sessions}", devices + sessions)
-        add("devices", in_devices, devices)
-        add("device_state", in_devices, devices)
-    finally:
-        conn.close()
+    events = add("events", f"event_id in ({','.join('?' * len(eids))})", eids)
+    devices = sorted({r["network_userid"] for r in events if r["network_userid"]})
+    sessions = sorted({s for r in events for s in (r["session_id"], r["domain_sessionid"]) if s})
+    in_devices = f"device_id in ({','.join('?' * len(devices))})"
+    in_sessions = f"session_id in ({','.join('?' * len(sessions))})"
+    add("sessions", f"{in_devices} or {in_sessions}", devices + sessions)
+    add("devices", in_devices, devices)
+    add("device_state", in_devices, devices)
     return out
 
 
-def everything(db: Path, b: Browser) -> Values:
+def everything(db: Path | str, b: Browser) -> Values:
     """Every value kept about all of a browser's events, whatever side."""
     return side_values(db, [eid for eids in b.sent.values() for eid in eids])
 

@@ -6,8 +6,10 @@ from typing import Any
 
 from collector.config import Config
 from collector.identity import sign
-from tests.conftest import TP2, batch, ev, rows
+from tests.conftest import TP2, batch, columns, ev, rows
 from tests.test_sessions import ANON_UE, Browser
+
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
 
 SECRET = b"test-secret"
 DEV_A = "aaaaaaaa-0000-4000-8000-00000000000a"
@@ -118,6 +120,6 @@ async def test_retired_ids_are_values_only(client: Any, cfg: Config) -> None:
     b = Browser(client)
     await b.send(ev(eid="x", duid="duid-R", sid="sid-R"))
     await b.send(ev("ue", eid="y", duid="duid-R", sid="sid-R", ue_pr=ANON_UE))
-    cols = [r[1] for r in rows(cfg.db, "pragma table_info(retired_ids)")]
+    cols = columns(cfg.db, "retired_ids")
     assert cols == ["value"]
     assert {v for (v,) in rows(cfg.db, "select value from retired_ids")} == {"duid-R", "sid-R"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,9 @@ import orjson
 
 from collector.config import Config
 from storage.sessions import DeviceState, SessionRules, assign
-from tests.conftest import TP2, Clock, batch, ev, rows
+from tests.conftest import TP2, Clock, batch, ev, rows, tables
+
+STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
 
 ANON_UE = orjson.dumps(
     {
@@ -165,8 +166,9 @@ async def test_a_replayed_cookie_rotates_once_and_never_continues(client: Any, c
     assert not answers[0].startswith("sp=;") and replayed not in answers[0]  # rotated: a new cookie
     assert all(a.startswith("sp=; Max-Age=0") for a in answers[1:])  # then the dead cookie is expired
     assert rows(cfg.db, "select count(*) from events where event_name = 'anonymize'")[0][0] == 12
-    devices = [r[0] for r in rows(cfg.db, "select network_userid from events order by rowid")]
-    assert devices[:2] == [old, old] and devices[2:] == [None] * 11  # kept, but with no device
+    devices = {r[0]: r[1] for r in rows(cfg.db, "select event_id, network_userid from events")}
+    assert devices["first"] == devices["anon-0"] == old
+    assert [devices[f"anon-{i}"] for i in range(1, 12)] == [None] * 11  # kept, but with no device
     assert rows(cfg.db, "select count(*) from device_state")[0][0] == 1  # the rotated-to id was never used
     metrics = await (await client.get("/metrics")).text()
     assert 'collector_rotations_total{outcome="rotated"} 1.0' in metrics
@@ -181,13 +183,11 @@ async def test_anonymous_anonymize_event_is_stored_scrubbed(client: Any, cfg: Co
     assert row["event_name"] == "anonymize" and row["network_userid"] is None and row["user_id"] is None
 
 
-def assert_unlinkable(db: Path, old: str, new: str, retired: str) -> None:
+def assert_unlinkable(db: Path | str, old: str, new: str, retired: str) -> None:
     """Over every table and view: no row holds both ids; the retired duid is in no row of the new device."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    names = [n for (n,) in conn.execute("select name from sqlite_master where type in ('table', 'view')")]
     seen_old = seen_new = 0
-    for name in names:
-        for row in conn.execute(f'select * from "{name}"'):
+    for name in tables(db):
+        for row in rows(db, f'select * from "{name}"'):
             text = "\x1f".join(map(str, row))
             has_old, has_new = old in text, new in text
             seen_old += has_old
@@ -195,7 +195,6 @@ def assert_unlinkable(db: Path, old: str, new: str, retired: str) -> None:
             assert not (has_old and has_new), f"{name} links the ids: {row}"
             if has_new:
                 assert retired not in text, f"{name} carries the retired tracker id: {row}"
-    conn.close()
     assert seen_old and seen_new  # the search finds each id where it belongs
 
 
