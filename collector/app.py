@@ -128,13 +128,13 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     state.route_names = {**ROUTE_NAMES, **{alias: ROUTE_NAMES[canonical] for alias, canonical in cfg.paths}}
     for path, canonical in paths:
         handler = handlers.redirect if canonical == REDIRECT else handlers.track
-        app.router.add_get(path, handler)
+        app.router.add_get(path, handler, expect_handler=handlers.expect)
         if canonical == TP2:
-            app.router.add_post(path, handler)
-        app.router.add_route("OPTIONS", path, handlers.preflight)
-    app.router.add_get("/health", handlers.health)
-    app.router.add_get("/ready", handlers.ready)
-    app.router.add_get("/robots.txt", handlers.robots)
+            app.router.add_post(path, handler, expect_handler=handlers.expect)
+        app.router.add_route("OPTIONS", path, handlers.preflight, expect_handler=handlers.expect)
+    app.router.add_get("/health", handlers.health, expect_handler=handlers.expect)
+    app.router.add_get("/ready", handlers.ready, expect_handler=handlers.expect)
+    app.router.add_get("/robots.txt", handlers.robots, expect_handler=handlers.expect)
     if cfg.metrics:
-        app.router.add_get("/metrics", handlers.metrics)
+        app.router.add_get("/metrics", handlers.metrics, expect_handler=handlers.expect)
     return app

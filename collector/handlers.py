@@ -326,6 +326,17 @@ async def ingest(
     return resp
 
 
+async def expect(request: web.Request) -> None:
+    """`Expect: 100-continue` is answered; any other expectation is ignored (RFC 9110 allows it).
+
+    aiohttp's own handler answers an unknown one with a plain-text 417 that echoes it, outside the
+    middleware (no error shape, no CORS, no log line).
+    """
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not the answer: the real one may still be sent
+
+
 async def preflight(request: web.Request) -> web.StreamResponse:
     """OPTIONS on a tracking path: allow the origin with credentials, or refuse without CORS headers."""
     origin = cors.allowed_origin(request.app[STATE].cfg, request.headers)

@@ -37,6 +37,9 @@ PERSON_PARAMS = ("uid", "duid", "fp", "mac", "ad_uid")
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
+# The tracker ids one event may bring to a lookup or a retirement: a tracker sends a handful; an event
+# stuffed with session entities must not retire hundreds of values.
+TRACKER_IDS_PER_EVENT = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,16 @@ ENTITY_RULES: dict[str, EntityRule] = {
     "com.snowplowanalytics.snowplow/mobile_context": EntityRule(
         frozenset({"appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId", "appSetIdScope"})
     ),
-    "com.snowplowanalytics.snowplow/browser_context": EntityRule(frozenset({"tabId"})),
+    # The page view id (web) and screen view id (mobile) last until the next view: kept under
+    # SP-Anonymous (page pings belong to their view), but a rotation or opt-out retires them, since the
+    # tracker keeps sending the same one across a logout in a single-page app.
+    "com.snowplowanalytics.snowplow/web_page": EntityRule(tracker=("id",), forget=True),
+    "com.snowplowanalytics.mobile/screen": EntityRule(tracker=("id",), forget=True),
+    # tabId lives as long as the browser tab: an identifier of it, and a tracker id to retire
+    "com.snowplowanalytics.snowplow/browser_context": EntityRule(
+        frozenset({"tabId"}), tracker=("tabId",), forget=True
+    ),
+    "com.snowplowanalytics.snowplow.ecommerce/user": EntityRule(frozenset({"id", "email"})),
     "com.snowplowanalytics.snowplow/geolocation_context": EntityRule(whole=True),
     "com.google.analytics/cookies": EntityRule(whole=True),
     "com.google.ga4/cookies": EntityRule(whole=True),
@@ -106,7 +118,20 @@ def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
     if rule is not None:
         drop = rule.fields
         return True, {k: v for k, v in data.items() if k not in drop}
-    return True, {k: v for k, v in data.items() if _norm(k) not in GENERIC_FIELDS}
+    return True, _generic(data)
+
+
+def _generic(value: Any) -> Any:
+    """A custom entity's data without fields named like identifiers, at any depth."""
+    if isinstance(value, dict):
+        return {
+            k: _generic(v)
+            for k, v in value.items()
+            if not (isinstance(k, str) and _norm(k) in GENERIC_FIELDS)
+        }
+    if isinstance(value, list):
+        return [_generic(v) for v in value]
+    return value
 
 
 def scrub_contexts(contexts: Any) -> Any:
@@ -155,8 +180,7 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
             if not isinstance(value, str):
                 raise BadInput("non_string_value", f"value of {name!r} is not a string")
             doc, _ = protocol.decode_json(value, name, base64=name == encoded)
-            if not isinstance(doc, dict):
-                raise BadInput("bad_self_describing", f"{name} must be a JSON object")
+            protocol.check_self_describing(doc, contexts=plain == "co")  # the shape the scrub walks
             out[plain] = _dumps(scrub(doc))
         except BadInput:
             if strict:
@@ -179,7 +203,7 @@ def tracker_ids(duid: str | None, sid: str | None, contexts: Any) -> tuple[str, 
                 value = data.get(name)
                 if isinstance(value, str) and value and len(value) <= TRACKER_ID_MAX:
                     ids.append(value)
-    return tuple(ids)
+    return tuple(dict.fromkeys(ids))[:TRACKER_IDS_PER_EVENT]
 
 
 def forget(row: list[Any]) -> None:

@@ -175,11 +175,19 @@ def self_describing(params: Event) -> tuple[tuple[Any, str | None], tuple[Any, s
         co = decode_json(params["co"], "co")
     elif "cx" in params:
         co = decode_json(params["cx"], "cx", base64=True)
-    if ue[1] is not None and not (isinstance(ue[0], dict) and isinstance(ue[0].get("data"), dict)):
-        raise BadInput("bad_self_describing", "ue must be {schema, data: {schema, data}}")
-    if co[1] is not None and not (isinstance(co[0], dict) and isinstance(co[0].get("data"), list)):
-        raise BadInput("bad_contexts", "contexts must be {schema, data: [entities]}")
+    if ue[1] is not None:
+        check_self_describing(ue[0], contexts=False)
+    if co[1] is not None:
+        check_self_describing(co[0], contexts=True)
     return ue, co
+
+
+def check_self_describing(doc: Any, contexts: bool) -> None:
+    """Raise BadInput unless doc is contexts `{schema, data: [entities]}` or an event `{schema, data: {}}`."""
+    if contexts and not (isinstance(doc, dict) and isinstance(doc.get("data"), list)):
+        raise BadInput("bad_contexts", "contexts must be {schema, data: [entities]}")
+    if not contexts and not (isinstance(doc, dict) and isinstance(doc.get("data"), dict)):
+        raise BadInput("bad_self_describing", "ue must be {schema, data: {schema, data}}")
 
 
 def schema_parts(ue: Any) -> tuple[str | None, str | None, str | None]:

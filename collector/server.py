@@ -9,7 +9,7 @@ error and echoing nothing of the request.
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -26,6 +26,10 @@ def refusal(exc: BaseException | None, status: int) -> tuple[int, str, str]:
         if exc.args[1:2] == (MAX_FIELD,):
             return 431, "header_too_large", f"a header line is over {MAX_FIELD} bytes"
         return 414, "request_line_too_long", f"the request line is over {MAX_LINE} bytes"
+    if isinstance(exc, ContentEncodingError):
+        if "install" in str(exc):  # br or zstd, whose decoder is not installed
+            return 415, "unsupported_encoding", "the Content-Encoding is not one of gzip, deflate"
+        return 400, "bad_encoding", "the body could not be decoded (Content-Encoding)"
     if isinstance(exc, HttpProcessingError) or status == 400:
         return 400, "bad_http", "the request is not valid HTTP/1.1 (framing, headers or encoding)"
     return 500, "internal", "internal error"

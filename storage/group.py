@@ -24,7 +24,7 @@ from storage.base import (
     BadRow,
     Submission,
 )
-from storage.sessions import DeviceState, SessionRules, assign, retire
+from storage.sessions import DeviceState, SessionRules, assign, remember, retire
 
 
 @dataclass(slots=True)
@@ -89,12 +89,15 @@ def decide(
             out.states[sub.opted_out] = state
         # A device's id for the rest of this request: the one it rotated to, or None once it is retired.
         moved: dict[str, str | None] = {}
-        rotated: set[str] = set()  # ids minted by a rotation in this request: at most one per device
+        # ids minted by a rotation in this request that have stored no event yet: rotating them again
+        # would mint ids for nothing (a batch of 50 anonymize events rotates once)
+        rotated: set[str] = set()
         for i, original in enumerate(sub.rows):
             row = original.copy()  # a retried transaction decides again from the same submissions
             ids = sub.tracker_ids[i] if sub.tracker_ids else ()
             if retired and not retired.isdisjoint(ids):
                 identifiers.forget(row)  # the tracker kept ids from before a rotation: they go
+                ids = ()
             device = row[NETWORK_USERID]
             if device is not None:
                 if device not in moved and (st := states.get(device)) is not None and st.closed:
@@ -111,20 +114,23 @@ def decide(
             state = assign(
                 states.get(device), sub.now_ms, row[DOMAIN_SESSIONID], row[USER_ID], rules, row[DOMAIN_USERID]
             )
+            remember(state, ids, identifiers.TRACKER_IDS_PER_EVENT)
             states[device] = out.states[device] = state
             row[SESSION_ID], row[SESSION_INDEX] = state.session_id, state.session_index
-            if i in sub.anonymize_at:
-                if device in rotated:
-                    res.ignored += 1
-                    continue
-                retire_values([*ids, *retire(state)])
-                new = new_device_id()  # a new random id: nothing derives it from the old
-                rotated.add(new)
-                for old, current in moved.items():
-                    if current == device:
-                        moved[old] = new
-                moved[device] = new
-                res.rotated += 1
+            if i not in sub.anonymize_at:
+                rotated.discard(device)  # a device with an event of its own may rotate (log out) again
+                continue
+            if device in rotated:  # a second anonymize event with nothing between: nothing to rotate
+                res.ignored += 1
+                continue
+            retire_values([*ids, *retire(state)])
+            new = new_device_id()  # a new random id: nothing derives it from the old
+            rotated.add(new)
+            for old, current in moved.items():
+                if current == device:
+                    moved[old] = new
+            moved[device] = new
+            res.rotated += 1
         if sub.device_id is not None:
             res.device_id = moved.get(sub.device_id, sub.device_id)
             res.retired_device = res.device_id is None

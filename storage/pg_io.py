@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
+import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from storage.base import COLUMNS, Submission
 from storage.group import Found, Wanted, Writes
 from storage.sessions import DeviceState
+from storage.sqlite_io import state_row
 
 # PostgreSQL types of the event columns; the rest are text. Timestamps and JSON arrive as text and are
 # cast by the server (the session's TimeZone is UTC).
@@ -63,6 +65,7 @@ STATE_COLUMNS = (
     "user_id",
     "closed",
     "tracker_duid",
+    "tracker_ids",
 )
 STATE_TYPES = {"session_index": "bigint", "last_ms": "bigint", "closed": "smallint"}
 UPSERT_STATE = (
@@ -116,6 +119,7 @@ async def look_up(conn: Conn, want: Wanted, opted_out: set[str]) -> tuple[Found,
                 r["user_id"],
                 bool(r["closed"]),
                 r["tracker_duid"],
+                tuple(orjson.loads(r["tracker_ids"])),
             )
     # Claiming the ids here is the dedupe across replicas: a concurrent claim of the same id waits for
     # this transaction, then finds it taken.
@@ -131,19 +135,7 @@ async def write(conn: Conn, w: Writes, placeholders: set[str]) -> None:
     if w.bad_rows:
         await insert_bad(conn, w)
     if w.states:
-        rows = [
-            (
-                d,
-                s.session_id,
-                s.session_index,
-                s.last_ms,
-                s.tracker_sid,
-                s.user_id,
-                int(s.closed),
-                s.tracker_duid,
-            )
-            for d, s in sorted(w.states.items())
-        ]
+        rows = [state_row(d, st) for d, st in sorted(w.states.items())]
         await conn.execute(UPSERT_STATE, *_columns(rows, len(STATE_COLUMNS)))
     if w.retired:
         await conn.execute(INSERT_RETIRED, w.retired)

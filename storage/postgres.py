@@ -1,10 +1,11 @@
 """The PostgreSQL store: replicas on several hosts share one database; group commit on a pool.
 
-Requests queue their rows; the writer task takes what is queued, runs one transaction (lock the devices in order, claim the event ids, let storage.group decide, write) and
-commits; only then are the requests answered. One writer per process, as with SQLite: groups commit in
-the order they were queued (a request's bad rows before the next request's events), and replicas
-supply the concurrency. `synchronous_commit` stays on, so a 2xx survives a
-crash of PostgreSQL and of its host. A connection lost before COMMIT returned leaves the outcome
+Requests queue their rows; the writer task takes what is queued, runs one transaction (lock the
+devices in order, claim the event ids, let storage.group decide, write) and commits; only then are
+the requests answered. One writer per process, as with SQLite: groups commit in the order they were
+queued (a request's bad rows before the next request's events), and replicas supply the concurrency.
+`synchronous_commit` stays on, so a 2xx survives a crash of PostgreSQL and of its host. A connection
+lost before COMMIT returned leaves the outcome
 unknown: the requests get 503, and their retry is safe because event ids are claimed once.
 """
 

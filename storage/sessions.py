@@ -24,6 +24,10 @@ class DeviceState:
     # without a device, so a late answer can neither undo the rotation nor tie what follows to it.
     closed: bool = False
     tracker_duid: str | None = None
+    # The tracker ids (identifiers.tracker_ids) of the device's latest events, newest first: retired
+    # with the device even when the retiring request carries none (an opt-out, a mobile tracker that
+    # keeps its installation id only in the session entity).
+    tracker_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +64,17 @@ def assign(
         return state
     index = state.session_index + 1 if state is not None else 1
     last_duid = duid or (state.tracker_duid if state is not None else None)
-    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid)
+    kept = state.tracker_ids if state is not None else ()
+    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid, kept)
+
+
+def remember(state: DeviceState, ids: tuple[str, ...], most: int) -> None:
+    """Keep an event's tracker ids on its device's state (newest first, at most `most`)."""
+    if ids:
+        state.tracker_ids = tuple(dict.fromkeys((*ids, *state.tracker_ids)))[:most]
 
 
 def retire(state: DeviceState) -> list[str]:
     """Retire the device for good; the tracker ids it was using, never to be stored again."""
     state.closed = True
-    return [v for v in (state.tracker_duid, state.tracker_sid) if v]
+    return [v for v in (state.tracker_duid, state.tracker_sid, *state.tracker_ids) if v]

@@ -6,6 +6,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from storage.base import COLUMNS, Submission
 from storage.group import Found, Wanted, Writes
 from storage.sessions import DeviceState
@@ -24,6 +26,7 @@ STATE_COLUMNS = (
     "user_id",
     "closed",
     "tracker_duid",
+    "tracker_ids",
 )
 SELECT_STATE = f"SELECT {', '.join(STATE_COLUMNS)} FROM device_state WHERE device_id IN ({{}})"
 UPSERT_STATE = (
@@ -55,8 +58,8 @@ def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
         r[0] for r in select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", want.tracker_ids)
     }
     states = {
-        dev: DeviceState(sess, idx, last, sid, uid, bool(closed), duid)
-        for dev, sess, idx, last, sid, uid, closed, duid in select_in(conn, SELECT_STATE, want.devices)
+        dev: DeviceState(sess, idx, last, sid, uid, bool(closed), duid, tuple(orjson.loads(ids)))
+        for dev, sess, idx, last, sid, uid, closed, duid, ids in select_in(conn, SELECT_STATE, want.devices)
     }
     return Found(seen, retired, states)
 
@@ -71,24 +74,26 @@ def write(conn: sqlite3.Connection, w: Writes) -> None:
             [(b.received_at, b.reason, b.detail, b.payload, b.size, int(b.anonymous)) for b in w.bad_rows],
         )
     if w.states:
-        conn.executemany(
-            UPSERT_STATE,
-            [
-                (
-                    d,
-                    s.session_id,
-                    s.session_index,
-                    s.last_ms,
-                    s.tracker_sid,
-                    s.user_id,
-                    int(s.closed),
-                    s.tracker_duid,
-                )
-                for d, s in w.states.items()
-            ],
-        )
+        conn.executemany(UPSERT_STATE, [state_row(d, st) for d, st in w.states.items()])
     if w.retired:
         conn.executemany(INSERT_RETIRED, [(v,) for v in w.retired])
+
+
+def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
+    """A device_state row, in STATE_COLUMNS order."""
+    ids = orjson.dumps(st.tracker_ids).decode()
+    closed = int(st.closed)
+    return (
+        device,
+        st.session_id,
+        st.session_index,
+        st.last_ms,
+        st.tracker_sid,
+        st.user_id,
+        closed,
+        st.tracker_duid,
+        ids,
+    )
 
 
 def unstorable(conn: sqlite3.Connection, subs: Sequence[Submission]) -> set[int]:

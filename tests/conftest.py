@@ -64,7 +64,8 @@ def tables(db: Path | str) -> list[str]:
 def columns(db: Path | str, table: str) -> list[str]:
     """A table's columns, in order."""
     if isinstance(db, str):
-        sql = "select column_name from information_schema.columns where table_name = ? order by ordinal_position"
+        sql = "select column_name from information_schema.columns where table_name = ? order by 1"
+        sql = sql.replace("order by 1", "order by ordinal_position")
         return [r[0] for r in rows(db, sql, (table,))]
     return [r[1] for r in rows(db, f"pragma table_info({table})")]
 

@@ -115,9 +115,8 @@ class PgServer:
 
     def wait(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
-        while subprocess.run(
-            self._as_user(str(BIN / "pg_isready"), "-h", self.host, "-p", str(self.port))
-        ).returncode:
+        ready = [*self._as_user(str(BIN / "pg_isready"), "-h", self.host, "-p", str(self.port))]
+        while subprocess.run(ready, check=False, capture_output=True).returncode:
             if time.monotonic() > deadline:
                 raise TimeoutError("PostgreSQL did not come up")
             time.sleep(0.1)

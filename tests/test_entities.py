@@ -217,3 +217,94 @@ async def test_opt_out_forgets_the_session_entity(client: Any, cfg: Config) -> N
         text = str(tuple(got[eid]))
         for value in ("duid-T", "sid-T", "first-T"):
             assert value not in text, (eid, value, text)
+
+
+def page_entities(page_view: str, tab: str) -> str:
+    return orjson.dumps(
+        {
+            "schema": CONTEXTS,
+            "data": [
+                {
+                    "schema": "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
+                    "data": {"id": page_view},
+                },
+                {
+                    "schema": "iglu:com.snowplowanalytics.snowplow/browser_context/jsonschema/2-0-0",
+                    "data": {"tabId": tab, "viewport": "1280x720"},
+                },
+            ],
+        }
+    ).decode()
+
+
+async def test_a_single_page_logout_retires_the_page_view_and_tab_ids(client: Any, cfg: Config) -> None:
+    """The browser tracker keeps the page view id until the next page view, and the tab id for ever."""
+    b = Browser(client)
+    co = page_entities("pv-id-0001", "tab-id-0001")
+    await b.send(ev("se", eid="old", uid="alice", co=co))
+    await b.send(ev("ue", eid="logout", uid="alice", ue_pr=ANON_UE, co=co))
+    await b.send(ev("se", eid="new", uid="bob", co=co))
+    got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
+    assert "pv-id-0001" in got["old"]["contexts"] and "tab-id-0001" in got["old"]["contexts"]
+    assert "pv-id-0001" not in got["new"]["contexts"] and "tab-id-0001" not in got["new"]["contexts"]
+
+
+async def test_an_opt_out_retires_the_page_view_id_and_a_mobile_installation_id(
+    client: Any, cfg: Config
+) -> None:
+    b = Browser(client)
+    install = "install-id-77"  # mobile trackers keep it only in client_session.userId (no duid param)
+    co = orjson.dumps(
+        {
+            "schema": CONTEXTS,
+            "data": [
+                orjson.loads(session_entity(install, "s-1", None, "f-1", 1))["data"][0],
+                orjson.loads(page_entities("pv-id-0002", "tab-2"))["data"][0],
+            ],
+        }
+    ).decode()
+    await b.send(ev(eid="on", co=co))
+    anon = await client.post(
+        TP2, json=batch(ev(eid="anon", co=co)), headers={"Cookie": f"sp={b.cookie}", "SP-Anonymous": "*"}
+    )
+    assert anon.status == 200
+    b.cookie = None
+    await b.send(ev(eid="back", co=co))
+    got = {r["event_id"]: r for r in rows(cfg.db, "select * from events")}
+    assert install in got["on"]["contexts"] and "pv-id-0002" in got["on"]["contexts"]
+    for eid in ("anon", "back"):
+        assert install not in str(got[eid]["contexts"]) and "pv-id-0002" not in str(got[eid]["contexts"]), eid
+
+
+async def test_anonymous_rows_drop_ecommerce_user_ids_and_nested_custom_ids(client: Any, cfg: Config) -> None:
+    co = orjson.dumps(
+        {
+            "schema": CONTEXTS,
+            "data": [
+                {
+                    "schema": "iglu:com.snowplowanalytics.snowplow.ecommerce/user/jsonschema/1-0-0",
+                    "data": {"id": "customer-4711", "is_guest": False, "email": "a@b.example"},
+                },
+                {
+                    "schema": "iglu:com.acme/account/jsonschema/1-0-0",
+                    "data": {"owner": {"userId": "nested-uid", "email": "n@b.example", "plan": "pro"}},
+                },
+            ],
+        }
+    ).decode()
+    resp = await client.post(TP2, json=batch(ev(eid="e", co=co)), headers={"SP-Anonymous": "*"})
+    assert resp.status == 200
+    [row] = rows(cfg.db, "select contexts from events")
+    for value in ("customer-4711", "a@b.example", "nested-uid", "n@b.example"):
+        assert value not in row[0], value
+    assert '"plan":"pro"' in row[0].replace(" ", "") and "is_guest" in row[0]
+
+
+async def test_anonymous_contexts_of_the_wrong_shape_are_a_bad_event(client: Any, cfg: Config) -> None:
+    for i, co in enumerate(['{"data": 5}', '{"data": null}', '{"data": {}}', '{"data": "s"}', "[1]"]):
+        resp = await client.post(
+            TP2, json=batch(ev(eid=f"good-{i}"), ev(eid=f"bad-{i}", co=co)), headers={"SP-Anonymous": "*"}
+        )
+        assert resp.status == 200, (co, await resp.text())
+        assert (await resp.json())["rejected"] == 1
+    assert len(rows(cfg.db, "select event_id from events")) == 5

@@ -243,6 +243,12 @@ async def test_a_non_utf8_user_agent_is_stored_sanitised(cfg: Config) -> None:
             400,
         ),
         ("control character", b"GET /i HTTP/1.1\r\nHost: x\r\nX-A: s3cr3t\x01x\r\n\r\n", 400),
+        (
+            "unknown encoding",
+            b"POST " + TP2.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Encoding: zstd\r\nX-S: s3cr3t\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}",
+            415,
+        ),
     ],
 )
 async def test_the_http_parsers_refusals_use_the_error_shape(
@@ -256,3 +262,11 @@ async def test_the_http_parsers_refusals_use_the_error_shape(
     assert orjson.loads(body)["error"]["status"] == status
     assert b"s3cr3t" not in out
     assert b"s3cr3t" not in proc.log.read_bytes()
+
+
+async def test_an_unknown_expectation_is_ignored_and_100_continue_works(client: Any, cfg: Config) -> None:
+    resp = await client.get("/health", headers={"Expect": "<b>x</b>"})
+    assert resp.status == 200 and "<b>" not in await resp.text()
+    resp = await client.post(TP2, json=batch(ev(eid="cont")), headers={"Expect": "100-continue"})
+    assert resp.status == 200
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["cont"]

@@ -65,7 +65,7 @@ def test_tracker_ids_come_from_columns_and_the_session_entity() -> None:
         (SESSION, {"userId": "d-1", "sessionId": "s-1", "previousSessionId": "s-0", "firstEventId": "e"}),
         ("iglu:com.acme/x/jsonschema/1-0-0", {"userId": "not-a-tracker-id"}),
     )
-    assert identifiers.tracker_ids("d-1", "s-1", co) == ("d-1", "s-1", "d-1", "s-1", "s-0")
+    assert identifiers.tracker_ids("d-1", "s-1", co) == ("d-1", "s-1", "s-0")  # each value once
     assert identifiers.tracker_ids(None, None, None) == ()
     long = contexts((SESSION, {"userId": "x" * 200, "sessionId": 5}))
     assert identifiers.tracker_ids(None, None, long) == ()  # over the cap or not a string: no lookup
@@ -96,5 +96,5 @@ def test_every_rule_names_a_vendor_and_schema_name() -> None:
     for key, rule in identifiers.ENTITY_RULES.items():
         vendor, _, name = key.partition("/")
         assert vendor and name and "/" not in name
-        assert rule.whole or rule.fields, key
-        assert set(rule.tracker) <= set(rule.fields) | {"sessionId"}, key
+        assert rule.whole or rule.fields or rule.tracker, key
+        assert not (rule.whole and rule.tracker), key  # a whole entity is dropped, never looked up

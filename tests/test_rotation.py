@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from collector.config import Config
 from collector.identity import sign
 from tests.conftest import TP2, batch, columns, ev, rows
@@ -123,3 +125,34 @@ async def test_retired_ids_are_values_only(client: Any, cfg: Config) -> None:
     cols = columns(cfg.db, "retired_ids")
     assert cols == ["value"]
     assert {v for (v,) in rows(cfg.db, "select value from retired_ids")} == {"duid-R", "sid-R"}
+
+
+async def test_each_logout_in_one_batch_rotates(client: Any, cfg: Config) -> None:
+    """An offline queue flushed at once: two logouts, three users; none shares a device with another."""
+    resp = await client.post(
+        TP2,
+        json=batch(
+            ev(eid="a1", uid="alice"),
+            ev("ue", eid="x1", uid="alice", ue_pr=ANON_UE),
+            ev(eid="b1", uid="bob"),
+            ev("ue", eid="x2", uid="bob", ue_pr=ANON_UE),
+            ev("ue", eid="x3", ue_pr=ANON_UE),  # a repeat with nothing in between: nothing to rotate
+            ev(eid="c1", uid="carol"),
+        ),
+    )
+    assert resp.status == 200
+    dev = {r["event_id"]: r["network_userid"] for r in rows(cfg.db, "select * from events")}
+    assert len({dev["a1"], dev["b1"], dev["c1"]}) == 3
+    assert dev["x1"] == dev["a1"] and dev["x2"] == dev["b1"] and dev["x3"] == dev["c1"]
+
+
+async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Config) -> None:
+    session = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
+    entities = [
+        {"schema": session, "data": {"userId": f"u{i:03}" * 30, "sessionId": f"s{i:03}" * 30}}
+        for i in range(100)
+    ]
+    co = orjson.dumps({"schema": "iglu:x/contexts/jsonschema/1-0-0", "data": entities}).decode()
+    resp = await client.post(TP2, json=batch(ev("ue", eid="stuffed", ue_pr=ANON_UE, co=co)))
+    assert resp.status == 200
+    assert 0 < count(cfg, "retired_ids") <= 16

@@ -118,7 +118,8 @@ CREATE TABLE device_state (
     tracker_sid   text,
     user_id       text,
     closed        smallint NOT NULL DEFAULT 0,
-    tracker_duid  text
+    tracker_duid  text,
+    tracker_ids   text NOT NULL DEFAULT '[]'  -- JSON array: the latest events' tracker ids, newest first
 );
 
 -- Tracker ids (duid, sid, session entity ids) in use when a device rotated or opted out: never
