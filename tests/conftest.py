@@ -115,13 +115,17 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.PgServer]
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Config:
+def store_db(tmp_path: Path, store_kind: str, request: pytest.FixtureRequest) -> Path | DatabaseUrl:
+    """A new empty store: a SQLite file path, or a fresh PostgreSQL database's URL."""
     if store_kind == "postgres":
         server: pg.PgServer = request.getfixturevalue("pg_server")
-        db: Path | DatabaseUrl = DatabaseUrl(server.url(server.new_database()))
-    else:
-        db = tmp_path / "events.db"
-    return Config(db=db, cookie_secret=(Secret("test-secret"),), access_log=True)
+        return DatabaseUrl(server.url(server.new_database()))
+    return tmp_path / "events.db"
+
+
+@pytest.fixture
+def cfg(store_db: Path | DatabaseUrl) -> Config:
+    return Config(db=store_db, cookie_secret=(Secret("test-secret"),), access_log=True)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import signal as _signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LOGS = Path(tempfile.mkdtemp(prefix="collector-logs-"))  # logs of processes whose store is not a file
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,7 +51,7 @@ class Collector:
 
     def __init__(
         self,
-        db: Path,
+        db: Path | str,
         *,
         port: int | None = None,
         host: str = "127.0.0.1",
@@ -62,7 +64,9 @@ class Collector:
         self.port = port or free_port(host)
         self.env = dict(env or {})
         self.args = list(args or [])
-        self.log = log or db.with_suffix(f".{self.port}.log")
+        if log is None:
+            log = db.with_suffix(f".{self.port}.log") if isinstance(db, Path) else LOGS / f"{self.port}.log"
+        self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

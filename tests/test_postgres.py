@@ -1,13 +1,33 @@
-"""The PostgreSQL store itself: append-only for the collector's role, read-only queries, faults, locks."""
+"""The PostgreSQL store itself: roles and append-only, read-only queries, data it refuses, a server
+restart under load, and writers on several connections contending for the same devices.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
+import aiohttp
+import asyncpg
+import pytest
+
 from collector.config import Config
+from storage.base import COL, COLUMNS, RejectedData, Submission
+from storage.postgres import PostgresStore
+from storage.sessions import SessionRules
 from tests.conftest import TP2, batch, ev, rows
+from tests.pg import PgServer, run_sync
+from tests.procs import ROOT, Collector
 
 STORES = ("postgres",)
+PASSWORDS = {"OWNER": "owner-pw", "WRITER": "writer-pw", "READER": "reader-pw"}
 
 
 async def test_events_round_trip_with_proper_types(client: Any, cfg: Config) -> None:
@@ -16,11 +36,230 @@ async def test_events_round_trip_with_proper_types(client: Any, cfg: Config) -> 
     [row] = rows(cfg.db, "select * from events")
     assert row["se_value"] == 2.5 and row["domain_sessionidx"] == 3
     assert row["dvce_created_tstamp"] == "2023-11-14 22:13:20.123"  # a timestamptz, read back in UTC
-    types = {
-        r[0]: r[1]
-        for r in rows(
-            cfg.db,
-            "select column_name, data_type from information_schema.columns where table_name = 'events'",
-        )
-    }
+    sql = "select column_name, data_type from information_schema.columns where table_name = 'events'"
+    types = {r[0]: r[1] for r in rows(cfg.db, sql)}
     assert types["collector_tstamp"] == "timestamp with time zone" and types["contexts"] == "jsonb"
+    assert types["se_value"] == "double precision"
+    parts = rows(cfg.db, "select count(*) from pg_inherits where inhparent = 'events'::regclass")
+    assert parts[0][0] >= 4  # monthly partitions ahead, and the default one
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def roles_db(pg_server: PgServer) -> str:
+    """A database set up as the README says: roles (pg-roles), then the owner migrates and grants."""
+    name = pg_server.new_database()
+    env = {f"COLLECTOR_PG_{k}_PASSWORD": v for k, v in PASSWORDS.items()}
+    done = cli("pg-roles", "--db", pg_server.url(name), "--database", name, env=env)
+    assert done.returncode == 0, done.stderr
+    done = cli("migrate", "--db", pg_server.url(name, "collector_owner", PASSWORDS["OWNER"]))
+    assert done.returncode == 0, done.stderr
+    assert "0001_init" in done.stdout
+    return name
+
+
+def as_role(server: PgServer, db: str, role: str, sql: str) -> str | None:
+    """The error PostgreSQL answers `sql` with as `role`, or None."""
+    password = PASSWORDS[role.removeprefix("collector_").upper()]
+
+    async def go() -> str | None:
+        conn = await asyncpg.connect(server.url(db, role, password))
+        try:
+            await conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await conn.close()
+        return None
+
+    return run_sync(go())
+
+
+async def test_the_collectors_role_cannot_change_or_remove_rows(pg_server: PgServer, roles_db: str) -> None:
+    url = pg_server.url(roles_db, "collector_writer", PASSWORDS["WRITER"])
+    proc = Collector(url, env={"COLLECTOR_COOKIE_SECRET": "s"}).start()
+    try:
+        async with aiohttp.ClientSession() as s, s.get(proc.url + "/i", params=ev(eid="kept")) as r:
+            assert r.status == 200
+        async with aiohttp.ClientSession() as s, s.get(proc.url + "/i", params={"e": "pv"}) as r:
+            assert r.status == 400  # a bad row too
+    finally:
+        assert proc.stop() == 0
+    for table in ("events", "bad_rows"):
+        for sql in (f"UPDATE {table} SET anonymous = 1", f"DELETE FROM {table}", f"TRUNCATE {table}"):
+            writer = as_role(pg_server, roles_db, "collector_writer", sql)
+            assert writer is not None and "InsufficientPrivilege" in writer, (sql, writer)
+            # the owner has the privileges; the triggers refuse it all the same
+            owner = as_role(pg_server, roles_db, "collector_owner", sql)
+            assert owner is not None and "append-only" in owner, (sql, owner)
+        partition = f"{table}_default"
+        owner = as_role(pg_server, roles_db, "collector_owner", f"TRUNCATE {partition}")
+        assert owner is not None and "append-only" in owner
+    # the writer may insert (what it is for), and the rows are still there
+    stored = rows(pg_server.url(roles_db), "select count(*) from events")[0][0]
+    assert stored == 1 and rows(pg_server.url(roles_db), "select count(*) from bad_rows")[0][0] == 1
+    reader = as_role(pg_server, roles_db, "collector_reader", "INSERT INTO retired_ids VALUES ('x')")
+    assert reader is not None and "InsufficientPrivilege" in reader
+
+
+def test_a_collector_that_may_not_migrate_says_so(pg_server: PgServer) -> None:
+    name = pg_server.new_database()
+    env = {f"COLLECTOR_PG_{k}_PASSWORD": v for k, v in PASSWORDS.items()}
+    assert cli("pg-roles", "--db", pg_server.url(name), "--database", name, env=env).returncode == 0
+    url = pg_server.url(name, "collector_writer", PASSWORDS["WRITER"])
+    proc = Collector(url, env={"COLLECTOR_COOKIE_SECRET": "s"})
+    proc.start(wait=False)
+    assert proc.proc is not None and proc.proc.wait(60) != 0
+    assert "python -m collector migrate" in proc.log.read_text()
+
+
+async def test_query_is_read_only_whatever_the_sql(cfg: Config, client: Any) -> None:
+    assert (await client.get("/i", params=ev(eid="q"))).status == 200
+    done = cli("query", "select event_id from events", "--db", str(cfg.db), "--format", "csv")
+    assert done.returncode == 0 and done.stdout.split() == ["event_id", "q"]
+    for sql in ("insert into retired_ids values ('x')", "delete from device_state", "create table t (x int)"):
+        done = cli("query", sql, "--db", str(cfg.db))
+        assert done.returncode == 1 and "read-only" in done.stderr, (sql, done.stderr)
+    assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == 0
+
+
+async def test_text_postgresql_refuses_costs_only_its_own_request(cfg: Config) -> None:
+    """A NUL character is valid JSON and valid SQLite text, but PostgreSQL refuses it in text and jsonb."""
+    store = PostgresStore(str(cfg.db), SessionRules(1_800_000))
+    await store.start()
+
+    def row(eid: str, title: str) -> list[Any]:
+        r: list[Any] = [None] * len(COLUMNS)
+        r[COL["event_id"]], r[COL["event"]], r[COL["platform"]], r[COL["v_tracker"]] = eid, "pv", "web", "t"
+        r[COL["v_collector"]], r[COL["anonymous"]], r[COL["page_title"]] = "c", 0, title
+        r[COL["collector_tstamp"]] = "2026-12-01 10:00:00.000"
+        return r
+
+    try:
+        results = await asyncio.gather(
+            store.append(Submission(0, None, [row("good-1", "fine")])),
+            store.append(Submission(0, None, [row("nul", "a\x00b")])),
+            store.append(Submission(0, None, [row("good-2", "fine")])),
+            return_exceptions=True,
+        )
+    finally:
+        await store.close()
+    assert isinstance(results[1], RejectedData)
+    assert [r.stored for r in (results[0], results[2])] == [1, 1]  # type: ignore[union-attr]
+    assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["good-1", "good-2"]
+
+
+async def test_nul_in_a_request_is_a_400_for_that_request(client: Any, cfg: Config) -> None:
+    resp = await client.post(TP2, json=batch(ev(eid="nul", page="a\x00b")))
+    assert resp.status == 400 and (await resp.json())["error"]["reason"] == "unstorable"
+    assert (await client.get("/i", params=ev(eid="after"))).status == 200
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["after"]
+
+
+async def _stream(url: str, acked: list[str], statuses: list[int], stop_at: float) -> None:
+    async def worker(s: aiohttp.ClientSession) -> None:
+        while time.monotonic() < stop_at:
+            eids = [str(uuid.uuid4()) for _ in range(5)]
+            try:
+                async with s.post(url + TP2, json=batch(*[ev(eid=e) for e in eids])) as r:
+                    await r.read()
+                    statuses.append(r.status)
+                    if r.status == 200:
+                        acked.extend(eids)
+                    else:
+                        await asyncio.sleep(0.05)
+            except aiohttp.ClientError:
+                statuses.append(-1)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as s:
+        await asyncio.gather(*(worker(s) for _ in range(4)))
+
+
+@pytest.mark.slow
+async def test_a_postgresql_restart_under_load_is_503s_then_recovery(tmp_path: Path) -> None:
+    """Only 503s while the server is down, /ready 503 then 200, nothing acknowledged lost or doubled."""
+    server = PgServer(Path(os.environ.get("TMPDIR", "/tmp")) / f"collector-pg-restart-{uuid.uuid4().hex[:8]}")
+    server.start()
+    try:
+        url = server.url(server.new_database())
+        proc = Collector(url, env={"COLLECTOR_COOKIE_SECRET": "s", "COLLECTOR_PG_STATEMENT_TIMEOUT": "2000"})
+        proc.start()
+        acked: list[str] = []
+        statuses: list[int] = []
+        readiness: list[int] = []
+
+        async def watch_ready(stop_at: float) -> None:
+            async with aiohttp.ClientSession() as s:
+                while time.monotonic() < stop_at:
+                    async with s.get(proc.url + "/ready") as r:
+                        readiness.append(r.status)
+                    await asyncio.sleep(0.1)
+
+        async def restart() -> None:
+            await asyncio.sleep(1.5)
+            await asyncio.to_thread(server.stop, "immediate")  # a crash: no checkpoint, WAL replay
+            await asyncio.sleep(2.0)
+            await asyncio.to_thread(server.start)
+
+        stop_at = time.monotonic() + 8
+        await asyncio.gather(_stream(proc.url, acked, statuses, stop_at), watch_ready(stop_at), restart())
+        try:
+            assert set(statuses) <= {200, 503}, sorted(set(statuses))
+            assert 503 in statuses and statuses[-1] == 200, statuses[-20:]
+            assert 503 in readiness and readiness[-1] == 200
+            stored = [r[0] for r in rows(url, "select event_id from events")]
+            assert len(stored) == len(set(stored))  # nothing twice
+            assert set(acked) <= set(stored) and len(acked) > 50
+        finally:
+            assert proc.stop() == 0
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+async def test_four_writers_on_overlapping_devices_lose_no_update(cfg: Config) -> None:
+    """Four stores (as four replicas) append events of the same 20 devices at once, for the same session.
+
+    A lost update would show as a device with two session ids (two writers both started its first
+    session); a deadlock as a failed append.
+    """
+    stores = [PostgresStore(str(cfg.db), SessionRules(3_600_000), pool_size=2) for _ in range(4)]
+    for store in stores:
+        await store.start()
+    devices = [str(uuid.uuid4()) for _ in range(20)]
+
+    def row(eid: str, device: str) -> list[Any]:
+        r: list[Any] = [None] * len(COLUMNS)
+        r[COL["event_id"]], r[COL["event"]], r[COL["platform"]], r[COL["v_tracker"]] = eid, "pv", "web", "t"
+        r[COL["v_collector"]], r[COL["anonymous"]], r[COL["network_userid"]] = "c", 0, device
+        r[COL["collector_tstamp"]] = "2026-12-01 10:00:00.000"
+        return r
+
+    async def writer(store: PostgresStore, n: int) -> None:
+        for i in range(60):
+            picks = [devices[(n * 7 + i * 3 + k) % 20] for k in range(5)]  # overlapping, in varied order
+            sub = Submission(1_000 + i, picks[0], [row(f"{n}-{i}-{k}", d) for k, d in enumerate(picks)])
+            await store.append(sub)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(writer(s, n) for n, s in enumerate(stores))), 120)
+    finally:
+        for store in stores:
+            await store.close()
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 4 * 60 * 5
+    per_device = rows(cfg.db, "select network_userid, count(distinct session_id) from events group by 1")
+    assert len(per_device) == 20 and all(r[1] == 1 for r in per_device), per_device
+    indexes = {r[0] for r in rows(cfg.db, "select distinct session_index from events")}
+    assert indexes == {1}
+    assert rows(cfg.db, "select count(*) from device_state where session_index = 0")[0][0] == 0

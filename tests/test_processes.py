@@ -12,10 +12,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import TP2, batch, ev
+from tests.conftest import TP2, batch, ev, rows
 from tests.procs import Collector
 
 pytestmark = pytest.mark.slow
+STORES = ("sqlite", "postgres")  # the tests that take a store_db run on both
 SECRET = {"COLLECTOR_COOKIE_SECRET": "process-test-secret"}
 
 
@@ -48,7 +49,9 @@ async def _stream(
         await asyncio.gather(*(worker(session) for _ in range(workers)))
 
 
-def _stored(db: Path) -> set[str]:
+def _stored(db: Path | str) -> set[str]:
+    if isinstance(db, str):
+        return {r[0] for r in rows(db, "select event_id from events")}
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
@@ -57,8 +60,8 @@ def _stored(db: Path) -> set[str]:
         conn.close()
 
 
-async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
-    db = tmp_path / "crash.db"
+async def test_sigkill_loses_nothing_acknowledged(store_db: Path | str) -> None:
+    db = store_db
     proc = Collector(db, env=SECRET).start()
     acked: list[str] = []
     loop = asyncio.get_running_loop()
@@ -75,8 +78,8 @@ async def test_sigkill_loses_nothing_acknowledged(tmp_path: Path) -> None:
     assert _stored(db) >= set(acked)
 
 
-async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
-    db = tmp_path / "drain.db"
+async def test_sigterm_drains_then_exits_zero(store_db: Path | str) -> None:
+    db = store_db
     proc = Collector(db, env={**SECRET, "COLLECTOR_DRAIN_SECONDS": "1.5"}).start()
     acked: list[str] = []
     failures: list[str] = []
@@ -95,8 +98,8 @@ async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
     assert set(acked) <= _stored(db) and acked
 
 
-async def test_two_processes_share_one_session_and_restart_continues(tmp_path: Path) -> None:
-    db = tmp_path / "shared.db"
+async def test_two_processes_share_one_session_and_restart_continues(store_db: Path | str) -> None:
+    db = store_db
     a, b = Collector(db, env=SECRET).start(), Collector(db, env=SECRET).start()
     try:
         cookie = ""
@@ -125,8 +128,7 @@ async def test_two_processes_share_one_session_and_restart_continues(tmp_path: P
     finally:
         a.stop()
         b.stop()
-    conn = sqlite3.connect(db)
-    got = dict(conn.execute("select event_id, session_id || ':' || session_index from events"))
+    got = {r[0]: r[1] for r in rows(db, "select event_id, session_id || ':' || session_index from events")}
     sessions = {v for k, v in got.items() if k != "new-sid"}
     assert len(sessions) == 1 and sessions.pop().endswith(":1")
     assert got["new-sid"].endswith(":2")  # the next session, index consecutive across processes
