@@ -73,6 +73,9 @@ class PgServer:
                 check=True,
                 capture_output=True,
             )
+            # the other test hosts (network namespaces) reach it over their bridge: trust that net too
+            with open(self.data / "pg_hba.conf", "a") as hba:
+                hba.write("host all all samenet trust\n")
         self.pg_ctl("start", "-w", "-t", "60", "-l", str(self.log), "-o", self._options())
         return self
 

@@ -58,12 +58,14 @@ class Collector:
         env: Mapping[str, str] | None = None,
         args: list[str] | None = None,
         log: Path | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
         self.db = db
         self.host = host
         self.port = port or free_port(host)
         self.env = dict(env or {})
         self.args = list(args or [])
+        self.prefix = list(prefix or [])  # e.g. `ip netns exec NS`: the process runs on another host
         if log is None:
             log = db.with_suffix(f".{self.port}.log") if isinstance(db, Path) else LOGS / f"{self.port}.log"
         self.log = log
@@ -73,9 +75,15 @@ class Collector:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def address(self) -> str:
+        """`host:port`, as a balancer names it."""
+        return f"{self.host}:{self.port}"
+
     def start(self, wait: bool = True) -> Collector:
         env = {**os.environ, **self.env}
         cmd = [
+            *self.prefix,
             sys.executable,
             "-m",
             "collector",

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import os
+import shutil
 import socket
-import sqlite3
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,9 @@ import orjson
 import pytest
 
 from collector.identity import sign
-from tests.conftest import SCHEMA, TP2, batch, ev
+from tests import pg
+from tests.conftest import SCHEMA, TP2, batch, ev, rows, tables
+from tests.pg import PgServer
 from tests.procs import Collector
 
 pytestmark = pytest.mark.slow
@@ -291,54 +297,83 @@ def occurrences(blobs: dict[str, bytes], values: list[str], ips: list[str]) -> d
     return found
 
 
-def read_all(db: Path, log: Path, metrics: bytes) -> dict[str, bytes]:
-    blobs = {p.name: p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file()}
+def read_all(db: Path | str, log: Path, metrics: bytes, server: PgServer | None) -> dict[str, bytes]:
+    """Every byte kept: the SQLite file, WAL and SHM; or every file of the PostgreSQL cluster (heap,
+    indexes, WAL, after a CHECKPOINT) and its server log; the collector's log; the metrics."""
+    if server is None:
+        assert isinstance(db, Path)
+        blobs = {p.name: p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file()}
+    else:
+        server.execute("CHECKPOINT")
+        files = [p for p in server.data.rglob("*") if p.is_file()]
+        blobs = {f"pg:{p.relative_to(server.data)}": p.read_bytes() for p in files}
+        blobs["pg:server.log"] = server.log.read_bytes()
+        assert any(name.startswith("pg:pg_wal/") for name in blobs) and any("base/" in n for n in blobs)
     blobs["log"] = log.read_bytes()
     blobs["metrics"] = metrics
     return blobs
 
 
-def by_column(db: Path) -> dict[str, bytes]:
+def in_store(hits: list[str]) -> bool:
+    """Whether a canary was found in the store's own files (SQLite's, or PostgreSQL's heap and WAL)."""
+    return any(h in ("canary.db", "canary.db-wal") or h.startswith(("pg:base/", "pg:pg_wal/")) for h in hits)
+
+
+def by_column(db: Path | str) -> dict[str, bytes]:
     """Every column of every table as one blob (bad rows' payloads by reason): where in the store a hit is."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     blobs: dict[str, bytes] = {}
-    try:
-        tables = [n for (n,) in conn.execute("select name from sqlite_master where type = 'table'")]
-        for table in tables:
-            cur = conn.execute(f'select * from "{table}"')
-            names = [d[0] for d in cur.description]
-            for row in cur:
-                for name, value in zip(names, row, strict=True):
-                    key = f"{table}.{name}"
-                    if table == "bad_rows" and name == "payload":
-                        key += f"[{row[names.index('reason')]}]"
-                    blobs[key] = blobs.get(key, b"") + b"\x1f" + str(value).encode()
-    finally:
-        conn.close()
+    for table in tables(db):
+        if table.startswith(("events_", "bad_rows_")):  # PostgreSQL's partitions: their parent shows them
+            continue
+        for row in rows(db, f'select * from "{table}"'):
+            for name in row.keys():  # noqa: SIM118 - a row is not a mapping
+                key = f"{table}.{name}"
+                if table == "bad_rows" and name == "payload":
+                    key += f"[{row['reason']}]"
+                blobs[key] = blobs.get(key, b"") + b"\x1f" + str(row[name]).encode()
     return blobs
 
 
 Found = dict[str, list[str]]
 
 
-async def run(tmp_path: Path, anonymous: bool, log_format: str) -> tuple[Found, Found, Found]:
-    """The canaries found in every file while running and after stop, and in which columns after stop."""
-    db = tmp_path / "canary.db"
-    proc = Collector(db, env={**ENV, "COLLECTOR_LOG_FORMAT": log_format}).start()
+@contextlib.contextmanager
+def a_store(tmp_path: Path, store: str) -> Iterator[tuple[Path | str, PgServer | None]]:
+    """A new store; on PostgreSQL a cluster of its own, so that no other test's rows are in its files."""
+    if store == "sqlite":
+        yield tmp_path / "canary.db", None
+        return
+    if (why := pg.available()) is not None:
+        pytest.fail(why) if os.environ.get("CI") == "true" else pytest.skip(why)
+    server = PgServer(Path(tempfile.mkdtemp(prefix="collector-pg-canary-"))).start()
     try:
-        await send_everything(proc.url, anonymous, "run")
-        async with aiohttp.ClientSession() as s, s.get(proc.url + "/metrics") as r:
-            metrics = await r.read()
-        assert b"collector_events_stored_total" in metrics
-        await asyncio.sleep(1.0)  # log lines are flushed every half second
-        while_running = occurrences(read_all(db, proc.log, metrics), IDS, IPS)
+        yield server.url(server.new_database()), server
     finally:
-        assert proc.stop() == 0
-    log = proc.log.read_bytes()
-    # the logs were written, one line per request: searching them is not searching an empty file
-    assert log.count(b"collector.access") >= 15 and (b" i 200 " in log or b'"route":"i","status":200' in log)
-    after_stop = occurrences(read_all(db, proc.log, metrics), IDS, IPS)
-    return while_running, after_stop, occurrences(by_column(db), IDS, IPS)
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+async def run(tmp_path: Path, anonymous: bool, log_format: str, store: str) -> tuple[Found, Found, Found]:
+    """The canaries found in every file while running and after stop, and in which columns after stop."""
+    with a_store(tmp_path, store) as (db, server):
+        proc = Collector(db, env={**ENV, "COLLECTOR_LOG_FORMAT": log_format}, log=tmp_path / "collector.log")
+        proc.start()
+        try:
+            await send_everything(proc.url, anonymous, "run")
+            async with aiohttp.ClientSession() as s, s.get(proc.url + "/metrics") as r:
+                metrics = await r.read()
+            assert b"collector_events_stored_total" in metrics
+            await asyncio.sleep(1.0)  # log lines are flushed every half second
+            while_running = occurrences(read_all(db, proc.log, metrics, server), IDS, IPS)
+        finally:
+            assert proc.stop() == 0
+        log = proc.log.read_bytes()
+        # the logs were written, one line per request: searching them is not searching an empty file
+        assert log.count(b"collector.access") >= 15 and (
+            b" i 200 " in log or b'"route":"i","status":200' in log
+        )
+        after_stop = occurrences(read_all(db, proc.log, metrics, server), IDS, IPS)
+        return while_running, after_stop, occurrences(by_column(db), IDS, IPS)
 
 
 def labelled(found: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -366,19 +401,23 @@ def test_search_finds_base64_forms_at_every_alignment() -> None:
     assert set(occurrences({"cx": CX.encode()}, IDS, [])) == set(ENTITY_IDS.values())
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
 @pytest.mark.parametrize("log_format", ["text", "json"])
-async def test_anonymous_requests_leave_no_canary_anywhere(tmp_path: Path, log_format: str) -> None:
-    while_running, after_stop, columns = await run(tmp_path, anonymous=True, log_format=log_format)
+async def test_anonymous_requests_leave_no_canary_anywhere(
+    tmp_path: Path, log_format: str, store: str
+) -> None:
+    while_running, after_stop, columns = await run(tmp_path, True, log_format, store)
     assert labelled(while_running) == {}, report(columns)
     assert labelled(after_stop) == {}, report(columns)
 
 
-async def test_without_the_header_the_canaries_are_where_they_belong(tmp_path: Path) -> None:
-    while_running, after_stop, columns = await run(tmp_path, anonymous=False, log_format="json")
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_without_the_header_the_canaries_are_where_they_belong(tmp_path: Path, store: str) -> None:
+    while_running, after_stop, columns = await run(tmp_path, False, "json", store)
     for found in (while_running, after_stop):
         # the stored values: the device from the cookie, the user ids, and the trusted `ip` param
         for value in (COOKIE_DEVICE, UID, DUID, PARAM_IP, *ENTITY_IDS.values()):
-            assert "canary.db" in found.get(value, []) or "canary.db-wal" in found.get(value, []), value
+            assert in_store(found.get(value, [])), (value, found.get(value))
     # the entities are stored as sent, and the refused events' contexts kept in their bad rows
     for value in ENTITY_IDS.values():
         assert {

@@ -37,8 +37,8 @@ def nginx_available() -> bool:
     return Path(NGINX).exists()
 
 
-def shipped_upstream_block(ports: Sequence[int]) -> str:
-    """deploy/nginx.conf's `upstream collectors {...}`, its server line repeated for each loopback port.
+def shipped_upstream_block(upstreams: Sequence[str]) -> str:
+    """deploy/nginx.conf's `upstream collectors {...}`, its server line repeated for each `host:port`.
 
     `resolve` is dropped: loopback addresses need no DNS, and Debian's nginx predates it in open source.
     """
@@ -48,11 +48,11 @@ def shipped_upstream_block(ports: Sequence[int]) -> str:
     server = re.search(r"^(\s*)server collector:\d+((?: [^;]+)?);", block.group(0), re.M)
     assert server, "deploy/nginx.conf's upstream has no `server collector:PORT ...;` line"
     indent, params = server.group(1), server.group(2).replace(" resolve", "")
-    lines = "\n".join(f"{indent}server {PROXY_ADDR}:{p}{params};" for p in ports)
+    lines = "\n".join(f"{indent}server {u}{params};" for u in upstreams)
     return block.group(0).replace(server.group(0), lines)
 
 
-def render_test_conf(prefix: Path, port: int, upstream_ports: Sequence[int]) -> Path:
+def render_test_conf(prefix: Path, port: int, upstreams: Sequence[str], bind: str = PROXY_ADDR) -> Path:
     """A complete nginx.conf for loopback: foreground, every path in prefix, deploy's proxy settings."""
     for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / d).mkdir(parents=True, exist_ok=True)
@@ -76,14 +76,14 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
 
-{shipped_upstream_block(upstream_ports)}
+{shipped_upstream_block(upstreams)}
 
     server {{
         listen {PROXY_ADDR}:{port};
         # Test only: which replica answered (all of them if nginx failed over).
         add_header X-Upstream $upstream_addr always;
         # Test only: make the collectors see nginx at exactly the trusted address.
-        proxy_bind {PROXY_ADDR};
+        proxy_bind {bind};
         include {DEPLOY / "nginx-proxy.conf"};
     }}
 }}
@@ -96,10 +96,12 @@ http {{
 class Nginx:
     """A foreground nginx master (`daemon off`) with its own prefix, config, logs and pid."""
 
-    def __init__(self, prefix: Path, upstream_ports: Sequence[int], port: int | None = None) -> None:
+    def __init__(
+        self, prefix: Path, upstreams: Sequence[str], port: int | None = None, bind: str = PROXY_ADDR
+    ) -> None:
         self.prefix = prefix
         self.port = port or free_port()
-        self.conf = render_test_conf(prefix, self.port, upstream_ports)
+        self.conf = render_test_conf(prefix, self.port, upstreams, bind)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

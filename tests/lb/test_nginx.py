@@ -1,11 +1,15 @@
-"""Real nginx (deploy/nginx-proxy.conf, deploy's upstream block) in front of two collector processes
-sharing one SQLite file: client addresses, SP-Anonymous, sessions across replicas, rolling restarts."""
+"""Real nginx (deploy/nginx-proxy.conf, deploy's upstream block) in front of two collector processes:
+client addresses, SP-Anonymous, sessions across replicas, rolling restarts. Every test runs on two
+topologies: one host (two processes on one SQLite file, on loopback), and several hosts (each
+collector in a network namespace of its own, PostgreSQL in a third, nginx on the host in front)."""
 
 from __future__ import annotations
 
 import functools
+import os
+import shutil
 import signal
-import sqlite3
+import tempfile
 import threading
 import time
 import uuid
@@ -17,7 +21,12 @@ from typing import Any
 
 import pytest
 
+from tests import pg
+from tests.conftest import rows as store_rows
+from tests.lb import hosts
 from tests.lb.harness import CLIENT_ADDR, PROXY_ADDR, TP2, Answer, Client, Nginx, event, nginx_available
+from tests.lb.hosts import Host
+from tests.pg import PgServer
 from tests.procs import Collector, wait_http
 
 pytestmark = [
@@ -41,12 +50,18 @@ FORGED = {
 
 @dataclass
 class Stack:
-    db: Path
+    db: Path | str
     replicas: list[Collector]
     nginx: Nginx
+    proxy: str  # the address nginx reaches the collectors from (the one they trust)
+    outsider: str  # an address a client reaching a collector directly, past nginx, comes from
 
     def client(self) -> Client:
         return Client(self.nginx.port)
+
+    def direct(self, replica: Collector, source: str) -> Client:
+        """A connection straight to a replica, from source."""
+        return Client(replica.port, host=replica.host, source=source)
 
     def diagnostics(self) -> str:
         parts = [f"--- nginx error.log (tail)\n{self.nginx.log_tail()}"]
@@ -56,37 +71,85 @@ class Stack:
         return "\n".join(parts)
 
 
-def rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-        con.row_factory = sqlite3.Row
-        return [dict(r) for r in con.execute(sql, params)]
+def rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    return [dict(zip(r.keys(), r, strict=True)) for r in store_rows(db, sql, params)]
 
 
-def by_eid(db: Path, *eids: str) -> dict[str, dict[str, Any]]:
+def by_eid(db: Path | str, *eids: str) -> dict[str, dict[str, Any]]:
     marks = ",".join("?" * len(eids))
     found = rows(db, f"SELECT * FROM events WHERE event_id IN ({marks})", eids)
     return {r["event_id"]: r for r in found}
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    db = tmp_path / "events.db"
+@pytest.fixture(scope="module")
+def several_hosts() -> Iterator[dict[str, Host]]:
+    """Two collector hosts and a database host, as network namespaces (made once for the module)."""
+    if (why := hosts.why_not()) is not None:
+        pytest.fail(why) if os.environ.get("CI") == "true" else pytest.skip(why)
+    with hosts.hosts(["a", "b", "db"]) as made:
+        yield made
+
+
+@pytest.fixture(scope="module")
+def db_host(several_hosts: dict[str, Host]) -> Iterator[PgServer]:
+    """PostgreSQL on the database host, listening on its bridge address only."""
+    if (why := pg.available()) is not None:
+        pytest.fail(why) if os.environ.get("CI") == "true" else pytest.skip(why)
+    db = several_hosts["db"]
+    server = PgServer(
+        Path(tempfile.mkdtemp(prefix="collector-pg-hosts-")), host=db.addr, port=5432, netns=db.netns
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(server.root, ignore_errors=True)
+
+
+@pytest.fixture(params=["one-host-sqlite", "several-hosts-postgres"])
+def stack(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
     env = {
-        "COLLECTOR_TRUSTED_PROXIES": f"{PROXY_ADDR}/32",
         "COLLECTOR_FORWARDED_HEADER": "x-forwarded-for",  # as deploy/compose.yaml
         "COLLECTOR_COOKIE_SECRET": COOKIE_SECRET,
         "COLLECTOR_DRAIN_SECONDS": DRAIN_SECONDS,
     }
-    replicas = [Collector(db, env=env, log=tmp_path / f"collector-{i}.log") for i in range(2)]
-    nginx = Nginx(tmp_path / "nginx", [r.port for r in replicas])
+    if request.param == "one-host-sqlite":
+        db: Path | str = tmp_path / "events.db"
+        bind = PROXY_ADDR
+        replicas = [
+            Collector(
+                db,
+                env={**env, "COLLECTOR_TRUSTED_PROXIES": f"{bind}/32"},
+                log=tmp_path / f"collector-{i}.log",
+            )
+            for i in range(2)
+        ]
+    else:
+        several: dict[str, Host] = request.getfixturevalue("several_hosts")
+        server: PgServer = request.getfixturevalue("db_host")
+        db = server.url(server.new_database())
+        bind = hosts.BRIDGE_ADDR  # nginx reaches the collectors' hosts from its address on the bridge
+        replicas = [
+            Collector(
+                db,
+                host=several[name].addr,
+                port=8080,
+                env={**env, "COLLECTOR_TRUSTED_PROXIES": f"{bind}/32"},
+                log=tmp_path / f"collector-{name}.log",
+                prefix=several[name].prefix(),
+            )
+            for name in ("a", "b")
+        ]
+    nginx = Nginx(tmp_path / "nginx", [r.address for r in replicas], bind=bind)
     try:
-        # Started together on an empty file, as `docker compose up --scale collector=2` does.
+        # Started together on an empty store, as `docker compose up --scale collector=2` does.
         for r in replicas:
             r.start(wait=False)
         for r in replicas:
             wait_http(r.url + "/ready")
         nginx.start()
-        yield Stack(db, replicas, nginx)
+        yield Stack(db, replicas, nginx, bind, CLIENT_ADDR if bind == PROXY_ADDR else hosts.OUTSIDER_ADDR)
     finally:
         if nginx.proc is not None:
             nginx.stop()
@@ -116,15 +179,15 @@ def test_stored_address_is_the_one_nginx_saw_and_cannot_be_forged(stack: Stack) 
     # kept out only because nginx appended the real peer after it, as deploy/nginx-proxy.conf says.
     direct_trusted, direct_untrusted = str(uuid.uuid4()), str(uuid.uuid4())
     replica = stack.replicas[0]
-    for eid, source in ((direct_trusted, PROXY_ADDR), (direct_untrusted, CLIENT_ADDR)):
-        d = Client(replica.port, source=source)
+    for eid, source in ((direct_trusted, stack.proxy), (direct_untrusted, stack.outsider)):
+        d = stack.direct(replica, source)
         try:
             assert d.post([event(eid)], headers={"X-Forwarded-For": "6.6.6.6"}).status == 200
         finally:
             d.close()
     stored = by_eid(stack.db, direct_trusted, direct_untrusted)
     assert stored[direct_trusted]["user_ipaddress"] == "6.6.6.6"
-    assert stored[direct_untrusted]["user_ipaddress"] == CLIENT_ADDR
+    assert stored[direct_untrusted]["user_ipaddress"] == stack.outsider
 
 
 def test_sp_anonymous_passes_through_nginx(stack: Stack) -> None:
@@ -173,7 +236,7 @@ def test_one_device_over_both_replicas_is_one_session(stack: Stack) -> None:
         c.close()
     assert [a.status for a in answers] == [200] * len(eids)
     served = Counter(a.upstream for a in answers)
-    assert set(served) == {f"{PROXY_ADDR}:{r.port}" for r in stack.replicas}, served
+    assert set(served) == {r.address for r in stack.replicas}, served
     # Both replicas sign with the one secret: each refreshes the very same cookie value.
     assert {a.cookie() for a in answers} == {cookie}
 
@@ -233,7 +296,7 @@ def test_rolling_restart_loses_nothing(stack: Stack) -> None:
     def answers_from(replica: Collector, since: int) -> int:
         with lock:
             tail = sent[since:]
-        me = f"{PROXY_ADDR}:{replica.port}"
+        me = replica.address
         return sum(1 for s in tail if s.status == 200 and s.upstream.split(",")[-1].strip() == me)
 
     def serving_again(replica: Collector, since: int) -> bool:
@@ -280,7 +343,7 @@ def test_rolling_restart_loses_nothing(stack: Stack) -> None:
     assert [e for e, n in counts.items() if n > 1] == []
     # Both replicas took traffic before and after their restart.
     served = Counter(s.upstream.split(",")[-1].strip() for s in sent)
-    assert set(served) == {f"{PROXY_ADDR}:{r.port}" for r in stack.replicas}, served
+    assert set(served) == {r.address for r in stack.replicas}, served
 
 
 def test_preflight_passes_and_metrics_stay_internal(stack: Stack) -> None:
@@ -304,7 +367,7 @@ def test_preflight_passes_and_metrics_stay_internal(stack: Stack) -> None:
     assert "sp-anonymous" in (pre.header("Access-Control-Allow-Headers") or "").lower()
     # deploy/nginx-proxy.conf hides /metrics from the public side; the replica itself serves it.
     assert via_nginx.status == 404
-    d = Client(stack.replicas[0].port, source=PROXY_ADDR)
+    d = stack.direct(stack.replicas[0], stack.proxy)
     try:
         direct = d.request("GET", "/metrics")
     finally:
