@@ -98,6 +98,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise BadInput("body_too_large", f"body is over the {limit}-byte limit", status=413) from None
     except web.RequestPayloadError:  # a body that is not its Content-Encoding, or bad chunking
         raise BadInput("bad_encoding", "the body could not be decoded (Content-Encoding)") from None
+    except ConnectionError:  # the client went away mid-upload: its mistake, never ours (nor a 500)
+        raise BadInput("incomplete_body", "the connection closed before the body was complete") from None
 
 
 async def track(request: web.Request) -> web.StreamResponse:

@@ -40,6 +40,7 @@ TRACKER_ID_MAX = 128
 # The tracker ids one event may bring to a lookup or a retirement: a tracker sends a handful; an event
 # stuffed with session entities must not retire hundreds of values.
 TRACKER_IDS_PER_EVENT = 16
+MAX_DEPTH = 64  # nesting the anonymous scrub walks into; orjson re-encodes at most 254 levels anyway
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,16 +122,18 @@ def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
     return True, _generic(data)
 
 
-def _generic(value: Any) -> Any:
-    """A custom entity's data without fields named like identifiers, at any depth."""
+def _generic(value: Any, depth: int = 0) -> Any:
+    """A custom entity's data without fields named like identifiers, at any depth (up to MAX_DEPTH)."""
+    if depth > MAX_DEPTH:  # deeper than anything a tracker sends: refused rather than half scrubbed
+        raise BadInput("nested_too_deep", "a JSON value is nested too deeply")
     if isinstance(value, dict):
         return {
-            k: _generic(v)
+            k: _generic(v, depth + 1)
             for k, v in value.items()
             if not (isinstance(k, str) and _norm(k) in GENERIC_FIELDS)
         }
     if isinstance(value, list):
-        return [_generic(v) for v in value]
+        return [_generic(v, depth + 1) for v in value]
     return value
 
 
