@@ -300,6 +300,8 @@ async def ingest(
         st.metrics.rotations.labels("rotated").inc(result.rotated)
     if result.ignored:
         st.metrics.rotations.labels("ignored").inc(result.ignored)
+    if result.deviceless:
+        st.metrics.deviceless.inc(result.deviceless)
     if redirect_to is not None:
         resp = web.Response(status=302, headers={"Location": redirect_to})
     elif request.method == "POST":

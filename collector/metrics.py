@@ -45,6 +45,11 @@ class Metrics:
         self.duplicates = Counter(
             "collector_events_duplicate", "Events skipped as retries of stored ones", registry=reg
         )
+        self.deviceless = Counter(
+            "collector_events_deviceless",
+            "Events kept without a device: their cookie belonged to a device that rotated away or opted out",
+            registry=reg,
+        )
         self.bad_rows = Counter("collector_bad_rows", "Refused inputs, by reason", ["reason"], registry=reg)
         self.rotations = Counter(
             "collector_rotations",

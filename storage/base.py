@@ -108,7 +108,8 @@ class AppendResult:
     device_id: str | None = None  # the request's device after any rotation: the cookie to set
     retired_device: bool = False  # the request's device had rotated away or opted out: expire its cookie
     rotated: int = 0
-    ignored: int = 0  # anonymize events that did not rotate: a second one for the same device and request
+    ignored: int = 0  # anonymize events that did not rotate: a repeat with no event of the device between
+    deviceless: int = 0  # events stored without a device: their cookie's device was retired
 
 
 class Store(Protocol):

@@ -110,6 +110,7 @@ def decide(
             out.events.append(row)
             res.stored += 1
             if device is None:
+                res.deviceless += original[NETWORK_USERID] is not None
                 continue
             state = assign(
                 states.get(device), sub.now_ms, row[DOMAIN_SESSIONID], row[USER_ID], rules, row[DOMAIN_USERID]

@@ -63,7 +63,12 @@ SMOKE = Plan(
     seconds=0.6,
     drain=0.4,
     warmup=0.0,
-    matrix={"get": ALL, "post1": ("collector",), "post10": ("collector",), "mix": ("collector",)},
+    matrix={
+        "get": ALL,
+        "post1": ("collector",),
+        "post10": ("collector", "collector-pg"),
+        "mix": ("collector",),
+    },
     half_seconds=1.0,
     half_targets=("collector",),
     flat_seconds=0.0,
@@ -74,7 +79,12 @@ FULL = Plan(
     seconds=4.0,
     drain=1.0,
     warmup=0.5,
-    matrix={"get": ALL, "post1": ALL, "post10": (*ALL, "collector-w2"), "mix": ALL},
+    matrix={
+        "get": (*ALL, "collector-pg"),
+        "post1": (*ALL, "collector-pg"),
+        "post10": (*ALL, "collector-w2", "collector-pg"),
+        "mix": (*ALL, "collector-pg"),
+    },
     half_seconds=5.0,
     half_targets=("collector", "baseline", "nginx"),
     flat_seconds=20.0,
@@ -101,6 +111,8 @@ class Bench:
             "collector-normal": lambda: CollectorTarget(
                 "collector-normal", self.tmp / "collector-normal.db", env={"COLLECTOR_SYNCHRONOUS": "NORMAL"}
             ),
+            # PostgreSQL on this machine: it shares the two cores with the collector and wrk
+            "collector-pg": lambda: CollectorTarget("collector-pg", "", postgres=True),
             "baseline": lambda: BaselineTarget("baseline", log=self.tmp / "baseline.log"),
             "nginx": lambda: NginxTarget("nginx", tmp=self.tmp / "nginx"),
         }
@@ -195,7 +207,8 @@ class Bench:
         for name, t in self.targets.items():
             if isinstance(t, CollectorTarget):
                 rounds = [r for r in (*self.warmups, *self.rounds, *self.extra) if r.target == name]
-                out.append(check_store(name, t.db, rounds))
+                out.append(check_store(name, t.db, rounds, t.deviceless))
+                t.stop_server()
         return out
 
 

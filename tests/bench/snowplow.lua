@@ -93,11 +93,20 @@ local POOL = 256
 local cookies, ncookies, next_slot = {}, 0, 1
 cookies_sent = 0
 
--- a cookie header for a returning device (80%), or "" for a first visit / an empty pool
-local function cookie_header(returning_share)
+-- a cookie header for a returning device (80%), or "" for a first visit / an empty pool. A request
+-- that retires its device (anonymous with the cookie: an opt-out; or with an anonymize event) takes
+-- the cookie out of the pool, as a browser drops it for the one the answer sets (or expires).
+local function cookie_header(returning_share, retiring)
   if ncookies == 0 or math.random() >= returning_share then return "" end
   cookies_sent = cookies_sent + 1
-  return "Cookie: sp=" .. cookies[math.random(1, ncookies)] .. "\r\n"
+  local i = math.random(1, ncookies)
+  local value = cookies[i]
+  if retiring then
+    cookies[i] = cookies[ncookies]
+    cookies[ncookies] = nil
+    ncookies = ncookies - 1
+  end
+  return "Cookie: sp=" .. value .. "\r\n"
 end
 
 local function uuid()
@@ -142,11 +151,13 @@ end
 local function post(nevents, anonymous)
   local stm = epoch_ms()
   local evs = {}
+  local retiring = anonymous
   for i = 1, nevents do
     local tail
     if workload == "mix" and math.random() < 0.01 then
       tail = ANONYMIZE
       anonymize_events = anonymize_events + 1
+      retiring = true
     else
       tail = KINDS[(counter % #KINDS) + 1]
     end
@@ -161,7 +172,7 @@ local function post(nevents, anonymous)
   return "POST /com.snowplowanalytics.snowplow/tp2 HTTP/1.1\r\nHost: " .. wrk.headers["Host"] .. "\r\n"
     .. "Content-Type: application/json; charset=UTF-8\r\nOrigin: https://shop.example.com\r\n"
     .. "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36\r\n"
-    .. (anonymous and anon_header or "") .. cookie_header(anonymous and 0.25 or 0.8)
+    .. (anonymous and anon_header or "") .. cookie_header(anonymous and 0.25 or 0.8, retiring)
     .. "Content-Length: " .. #body .. "\r\n\r\n" .. body
 end
 
@@ -170,7 +181,7 @@ local function build()
   sent = sent + 1
   if workload == "get" then
     events_sent = events_sent + 1
-    return get_prefix .. uuid() .. "&stm=" .. epoch_ms() .. get_suffix .. cookie_header(0.8) .. "\r\n"
+    return get_prefix .. uuid() .. "&stm=" .. epoch_ms() .. get_suffix .. cookie_header(0.8, false) .. "\r\n"
   elseif workload == "post1" then
     return post(1, false)
   elseif workload == "post10" then
@@ -202,9 +213,13 @@ function response(status, headers, body)
   if set and not set:find("Max%-Age=0") then
     local value = set:match("^sp=([^;]+)")
     if value and value ~= '""' then
-      cookies[next_slot] = value
-      next_slot = next_slot % POOL + 1
-      if ncookies < POOL then ncookies = ncookies + 1 end
+      if ncookies < POOL then
+        ncookies = ncookies + 1
+        cookies[ncookies] = value
+      else
+        cookies[next_slot] = value
+        next_slot = next_slot % POOL + 1
+      end
     end
   end
 end

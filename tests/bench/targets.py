@@ -7,10 +7,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tests.pg import PgServer
 from tests.procs import ROOT, Collector, free_port, wait_http  # PROCS_IMPORT
 
 BENCH = Path(__file__).resolve().parent
@@ -69,13 +72,16 @@ def tree_kib(pid: int, key: str) -> int:
 
 @dataclass
 class CollectorTarget:
-    """`python -m collector serve` via tests.procs.Collector, default settings, its own DB file."""
+    """`python -m collector serve` via tests.procs.Collector, default settings, its own store: a DB
+    file, or (postgres=True) a PostgreSQL cluster of its own in that directory, on this machine."""
 
     name: str
-    db: Path
+    db: Path | str
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: Collector | None = None
+    postgres: bool = False
+    server: PgServer | None = None
 
     @property
     def url(self) -> str:
@@ -83,11 +89,36 @@ class CollectorTarget:
         return self.proc.url
 
     def start(self) -> None:
-        self.proc = Collector(self.db, args=self.args, env=self.env).start()
+        env = dict(self.env)
+        if self.postgres:
+            root = Path(tempfile.mkdtemp(prefix="collector-pg-bench-"))  # readable by the postgres user
+            self.server = PgServer(root).start()
+            self.db = self.server.url(self.server.new_database())
+            env.setdefault("COLLECTOR_COOKIE_SECRET", "bench-secret")
+        log = Path(tempfile.gettempdir()) / f"{self.name}.log" if self.postgres else None
+        self.proc = Collector(self.db, args=self.args, env=env, log=log).start()
+
+    deviceless: int = 0  # from /metrics just before the stop: events whose cookie was retired
 
     def stop(self) -> int:
         assert self.proc is not None
+        try:
+            with urllib.request.urlopen(self.proc.url + "/metrics", timeout=10) as r:
+                text = r.read().decode()
+            line = next(
+                (ln for ln in text.splitlines() if ln.startswith("collector_events_deviceless_total")), ""
+            )
+            self.deviceless = int(float(line.split()[-1])) if line else 0
+        except OSError:
+            self.deviceless = -1  # unknown: the check then reports every deviceless row
         return self.proc.stop(signal.SIGTERM, timeout=60)
+
+    def stop_server(self) -> None:
+        """After the store check: stop this target's PostgreSQL and remove its files."""
+        if self.server is not None:
+            self.server.stop("immediate")
+            shutil.rmtree(self.server.root, ignore_errors=True)
+            self.server = None
 
     def root_pid(self) -> int:
         assert self.proc is not None and self.proc.proc is not None
