@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
-import orjson
 from asyncpg.pool import PoolConnectionProxy
 
 from storage.base import COLUMNS, Submission
 from storage.group import Found, Wanted, Writes
-from storage.sessions import DeviceState
-from storage.sqlite_io import state_row
+from storage.sessions import STATE_COLUMNS, DeviceState, state_of, state_row
 
 # PostgreSQL types of the event columns; the rest are text. Timestamps and JSON arrive as text and are
 # cast by the server (the session's TimeZone is UTC).
@@ -55,17 +53,6 @@ INSERT_EVENTS = _insert_from_arrays("events", COLUMNS, TYPES)
 BAD_COLUMNS = ("received_at", "reason", "detail", "payload", "size", "anonymous")
 INSERT_BAD = _insert_from_arrays(
     "bad_rows", BAD_COLUMNS, {"received_at": "timestamptz", "size": "bigint", "anonymous": "smallint"}
-)
-STATE_COLUMNS = (
-    "device_id",
-    "session_id",
-    "session_index",
-    "last_ms",
-    "tracker_sid",
-    "user_id",
-    "closed",
-    "tracker_duid",
-    "tracker_ids",
 )
 STATE_TYPES = {"session_index": "bigint", "last_ms": "bigint", "closed": "smallint"}
 UPSERT_STATE = (
@@ -111,16 +98,8 @@ async def look_up(conn: Conn, want: Wanted, opted_out: set[str]) -> tuple[Found,
             if r["session_index"] == 0:
                 placeholders.add(r["device_id"])
                 continue
-            states[r["device_id"]] = DeviceState(
-                r["session_id"],
-                r["session_index"],
-                r["last_ms"],
-                r["tracker_sid"],
-                r["user_id"],
-                bool(r["closed"]),
-                r["tracker_duid"],
-                tuple(orjson.loads(r["tracker_ids"])),
-            )
+            device, state = state_of(tuple(r))
+            states[device] = state
     # Claiming the ids here is the dedupe across replicas: a concurrent claim of the same id waits for
     # this transaction, then finds it taken.
     fresh = {r[0] for r in await conn.fetch(CLAIM_IDS, sorted(want.event_ids))} if want.event_ids else set()

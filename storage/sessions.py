@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import orjson
 
 from storage.ids import UuidPool
 
@@ -28,6 +32,44 @@ class DeviceState:
     # with the device even when the retiring request carries none (an opt-out, a mobile tracker that
     # keeps its installation id only in the session entity).
     tracker_ids: tuple[str, ...] = ()
+
+
+# device_state's columns, named in every statement (never `SELECT *`): a later migration may add one
+# while older replicas still run.
+STATE_COLUMNS = (
+    "device_id",
+    "session_id",
+    "session_index",
+    "last_ms",
+    "tracker_sid",
+    "user_id",
+    "closed",
+    "tracker_duid",
+    "tracker_ids",
+)
+
+
+def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
+    """A device_state row, in STATE_COLUMNS order (tracker_ids as a JSON array)."""
+    ids = orjson.dumps(st.tracker_ids).decode()
+    closed = int(st.closed)
+    return (
+        device,
+        st.session_id,
+        st.session_index,
+        st.last_ms,
+        st.tracker_sid,
+        st.user_id,
+        closed,
+        st.tracker_duid,
+        ids,
+    )
+
+
+def state_of(row: Sequence[Any]) -> tuple[str, DeviceState]:
+    """(device id, state) from a device_state row in STATE_COLUMNS order."""
+    dev, sess, idx, last, sid, uid, closed, duid, ids = row
+    return dev, DeviceState(sess, idx, last, sid, uid, bool(closed), duid, tuple(orjson.loads(ids)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,27 +6,13 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import orjson
-
 from storage.base import COLUMNS, Submission
 from storage.group import Found, Wanted, Writes
-from storage.sessions import DeviceState
+from storage.sessions import STATE_COLUMNS, state_of, state_row
 
 INSERT_EVENT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 INSERT_BAD = (
     "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) VALUES (?, ?, ?, ?, ?, ?)"
-)
-# Columns are named, never taken by position: a later migration may add one while older replicas run.
-STATE_COLUMNS = (
-    "device_id",
-    "session_id",
-    "session_index",
-    "last_ms",
-    "tracker_sid",
-    "user_id",
-    "closed",
-    "tracker_duid",
-    "tracker_ids",
 )
 SELECT_STATE = f"SELECT {', '.join(STATE_COLUMNS)} FROM device_state WHERE device_id IN ({{}})"
 UPSERT_STATE = (
@@ -57,10 +43,7 @@ def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
     retired = {
         r[0] for r in select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", want.tracker_ids)
     }
-    states = {
-        dev: DeviceState(sess, idx, last, sid, uid, bool(closed), duid, tuple(orjson.loads(ids)))
-        for dev, sess, idx, last, sid, uid, closed, duid, ids in select_in(conn, SELECT_STATE, want.devices)
-    }
+    states = dict(state_of(r) for r in select_in(conn, SELECT_STATE, want.devices))
     return Found(seen, retired, states)
 
 
@@ -77,23 +60,6 @@ def write(conn: sqlite3.Connection, w: Writes) -> None:
         conn.executemany(UPSERT_STATE, [state_row(d, st) for d, st in w.states.items()])
     if w.retired:
         conn.executemany(INSERT_RETIRED, [(v,) for v in w.retired])
-
-
-def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
-    """A device_state row, in STATE_COLUMNS order."""
-    ids = orjson.dumps(st.tracker_ids).decode()
-    closed = int(st.closed)
-    return (
-        device,
-        st.session_id,
-        st.session_index,
-        st.last_ms,
-        st.tracker_sid,
-        st.user_id,
-        closed,
-        st.tracker_duid,
-        ids,
-    )
 
 
 def unstorable(conn: sqlite3.Connection, subs: Sequence[Submission]) -> set[int]:

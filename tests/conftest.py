@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestClient
 
 from collector.app import create_app
 from collector.config import Config, DatabaseUrl, Secret
+from storage.base import COL, COLUMNS
 from tests import pg
 
 SCHEMA = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
@@ -68,6 +69,17 @@ def columns(db: Path | str, table: str) -> list[str]:
         sql = sql.replace("order by 1", "order by ordinal_position")
         return [r[0] for r in rows(db, sql, (table,))]
     return [r[1] for r in rows(db, f"pragma table_info({table})")]
+
+
+def event_row(eid: str, **values: Any) -> list[Any]:
+    """A minimal store row (for tests of a store itself, below the HTTP edge)."""
+    r: list[Any] = [None] * len(COLUMNS)
+    r[COL["event_id"]], r[COL["event"]], r[COL["platform"]] = eid, "pv", "web"
+    r[COL["v_tracker"]], r[COL["v_collector"]] = "t", "c"
+    r[COL["collector_tstamp"]], r[COL["anonymous"]] = "2026-12-01 10:00:00.000", 0
+    for k, v in values.items():
+        r[COL[k]] = v
+    return r
 
 
 def batch(*events: dict[str, str]) -> dict[str, Any]:

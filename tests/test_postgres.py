@@ -19,10 +19,10 @@ import asyncpg
 import pytest
 
 from collector.config import Config
-from storage.base import COL, COLUMNS, RejectedData, Submission
+from storage.base import RejectedData, Submission
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
-from tests.conftest import TP2, batch, ev, rows
+from tests.conftest import TP2, batch, ev, event_row, rows
 from tests.pg import PgServer, run_sync
 from tests.procs import ROOT, Collector
 
@@ -139,18 +139,11 @@ async def test_text_postgresql_refuses_costs_only_its_own_request(cfg: Config) -
     store = PostgresStore(str(cfg.db), SessionRules(1_800_000))
     await store.start()
 
-    def row(eid: str, title: str) -> list[Any]:
-        r: list[Any] = [None] * len(COLUMNS)
-        r[COL["event_id"]], r[COL["event"]], r[COL["platform"]], r[COL["v_tracker"]] = eid, "pv", "web", "t"
-        r[COL["v_collector"]], r[COL["anonymous"]], r[COL["page_title"]] = "c", 0, title
-        r[COL["collector_tstamp"]] = "2026-12-01 10:00:00.000"
-        return r
-
     try:
         results = await asyncio.gather(
-            store.append(Submission(0, None, [row("good-1", "fine")])),
-            store.append(Submission(0, None, [row("nul", "a\x00b")])),
-            store.append(Submission(0, None, [row("good-2", "fine")])),
+            store.append(Submission(0, None, [event_row("good-1", page_title="fine")])),
+            store.append(Submission(0, None, [event_row("nul", page_title="a\x00b")])),
+            store.append(Submission(0, None, [event_row("good-2", page_title="fine")])),
             return_exceptions=True,
         )
     finally:
@@ -239,17 +232,14 @@ async def test_four_writers_on_overlapping_devices_lose_no_update(cfg: Config) -
         await store.start()
     devices = [str(uuid.uuid4()) for _ in range(20)]
 
-    def row(eid: str, device: str) -> list[Any]:
-        r: list[Any] = [None] * len(COLUMNS)
-        r[COL["event_id"]], r[COL["event"]], r[COL["platform"]], r[COL["v_tracker"]] = eid, "pv", "web", "t"
-        r[COL["v_collector"]], r[COL["anonymous"]], r[COL["network_userid"]] = "c", 0, device
-        r[COL["collector_tstamp"]] = "2026-12-01 10:00:00.000"
-        return r
-
     async def writer(store: PostgresStore, n: int) -> None:
         for i in range(60):
             picks = [devices[(n * 7 + i * 3 + k) % 20] for k in range(5)]  # overlapping, in varied order
-            sub = Submission(1_000 + i, picks[0], [row(f"{n}-{i}-{k}", d) for k, d in enumerate(picks)])
+            sub = Submission(
+                1_000 + i,
+                picks[0],
+                [event_row(f"{n}-{i}-{k}", network_userid=d) for k, d in enumerate(picks)],
+            )
             await store.append(sub)
 
     try:

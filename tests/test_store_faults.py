@@ -16,23 +16,16 @@ import pytest
 
 from collector.config import Config
 from collector.handlers import STATE
-from storage.base import COL, COLUMNS, Overloaded, RejectedData, Submission
+from storage.base import Overloaded, RejectedData, Submission
 from storage.sessions import SessionRules
 from storage.sqlite import SqliteStore
-from tests.conftest import TP2, batch, ev, rows
+from tests.conftest import TP2, batch, ev, event_row, rows
 from tests.procs import Collector, wait_http
 
 RULES = SessionRules(timeout_ms=1_800_000)
 
 
-def row(eid: str, **values: Any) -> list[Any]:
-    r: list[Any] = [None] * len(COLUMNS)
-    r[COL["event_id"]], r[COL["event"]], r[COL["platform"]] = eid, "pv", "web"
-    r[COL["v_tracker"]], r[COL["v_collector"]] = "t", "c"
-    r[COL["collector_tstamp"]], r[COL["anonymous"]] = "2026-01-01 00:00:00.000", 0
-    for k, v in values.items():
-        r[COL[k]] = v
-    return r
+row = event_row
 
 
 async def test_one_unstorable_request_fails_alone_and_the_group_commits_once(tmp_path: Path) -> None:
