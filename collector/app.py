@@ -108,9 +108,7 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     # our own max_query the handler answers 414 instead (collector.server has the parser's limits).
     app = web.Application(middlewares=[edge], client_max_size=cfg.max_body, handler_args=server.HANDLER_ARGS)
     signer = identity.Signer(identity.load_keys(cfg.cookie_secret, cfg.db))
-    jar = identity.CookieJar(
-        cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_domain, cfg.cookie_secure, signer
-    )
+    jar = identity.CookieJar(cfg.cookie_name, cfg.cookie_max_age, cfg.cookie_secure, signer)
     metrics = Metrics()
     state = State(cfg, signer, jar, metrics, clock)
     app[STATE] = state

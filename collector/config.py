@@ -17,6 +17,7 @@ from collector.identifiers import PERSON_PARAMS
 ENV_PREFIX = "COLLECTOR_"
 CANONICAL_PATHS = ("/com.snowplowanalytics.snowplow/tp2", "/i", "/ice.png", "/r/tp2")
 IP_MODES = ("full", "truncate", "drop")
+CONSENT_MODES = ("ignore", "anonymous", "drop")
 SYNCHRONOUS_LEVELS = ("FULL", "NORMAL")
 LOG_FORMATS = ("text", "json")
 FORWARDED_HEADERS = (
@@ -132,6 +133,21 @@ def _hosts(raw: str) -> tuple[str, ...]:
     return hosts
 
 
+def _regex(raw: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(raw) if raw else None
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+
+
+def _domains(raw: str) -> tuple[str, ...]:
+    domains = tuple(d.lstrip(".") for d in _lower_list(raw))
+    for d in domains:
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)*", d):
+            raise ValueError(f"not a domain (no scheme, port or path): {d!r}")
+    return domains
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = _list(raw)
     for o in origins:
@@ -194,7 +210,24 @@ SETTINGS: tuple[Setting, ...] = (
         "Hosts /r/tp2 may redirect to (`*.example.com` for subdomains); empty turns redirects off.",
     ),
     Setting("cookie_name", str, "sp", "Name of the device (network_userid) cookie."),
-    Setting("cookie_domain", str, "", "Domain attribute of the device cookie; empty for host-only."),
+    Setting(
+        "cookie_domain",
+        str,
+        "",
+        "Domain attribute of the device cookie (when COLLECTOR_COOKIE_DOMAINS is empty); empty: host-only.",
+    ),
+    Setting(
+        "cookie_domains",
+        _domains,
+        "",
+        "Cookie domains chosen by Origin: the first that equals or is a parent of the Origin's host wins.",
+    ),
+    Setting(
+        "cookie_fallback_domain",
+        lambda raw: _domains(raw)[0] if raw.strip() else "",
+        "",
+        "With COLLECTOR_COOKIE_DOMAINS: the domain for an Origin none matches; empty: host-only.",
+    ),
     Setting("cookie_secure", _bool, "true", "Mark the device cookie Secure (required by SameSite=None)."),
     Setting(
         "cookie_max_age",
@@ -268,6 +301,30 @@ SETTINGS: tuple[Setting, ...] = (
         "Params dropped from SP-Anonymous requests besides ip, nuid and tnuid (always dropped).",
     ),
     Setting(
+        "gpc",
+        _choice(CONSENT_MODES),
+        "anonymous",
+        "Global Privacy Control (`Sec-GPC: 1`): ignore, anonymous (as SP-Anonymous) or drop (keep nothing).",
+    ),
+    Setting(
+        "dnt_header",
+        _choice(CONSENT_MODES),
+        "anonymous",
+        "`DNT: 1`: ignore, anonymous (as SP-Anonymous) or drop (keep nothing).",
+    ),
+    Setting(
+        "dnt_cookie_name",
+        str,
+        "",
+        "A do-not-track cookie (Snowplow's): a request carrying it is answered but nothing is kept.",
+    ),
+    Setting(
+        "dnt_cookie_value",
+        _regex,
+        "",
+        "Regex the do-not-track cookie's whole value must match; empty: any value.",
+    ),
+    Setting(
         "session_timeout",
         _int_range(1, 7 * 86400),
         "1800",
@@ -313,6 +370,8 @@ class Config:
     redirect_domains: tuple[str, ...] = ()
     cookie_name: str = "sp"
     cookie_domain: str = ""
+    cookie_domains: tuple[str, ...] = ()
+    cookie_fallback_domain: str = ""
     cookie_secure: bool = True
     cookie_max_age: int = 31536000
     cookie_secret: tuple[Secret, ...] = ()
@@ -331,6 +390,10 @@ class Config:
     ipv4_prefix: int = 24
     ipv6_prefix: int = 48
     anonymous_drop: tuple[str, ...] = PERSON_PARAMS
+    gpc: str = "anonymous"
+    dnt_header: str = "anonymous"
+    dnt_cookie_name: str = ""
+    dnt_cookie_value: re.Pattern[str] | None = None
     session_timeout: int = 1800
     anonymize_events: tuple[str, ...] = ("anonymize",)
     drain_seconds: float = 0.0

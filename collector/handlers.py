@@ -65,7 +65,7 @@ def refuse(st: State, exc: BadInput, decision: policy.Decision, payload: str | N
     """Record a refused request as a bad row (without waiting: it acknowledges nothing); return exc."""
     now = format_ms(int(st.clock() * 1000))
     st.metrics.bad_rows.labels(exc.reason).inc()
-    if st.store is not None:
+    if st.store is not None and decision.store:
         row = BadRow(
             now, exc.reason, exc.message, None if decision.anonymous else payload, size, decision.anonymous
         )
@@ -102,12 +102,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise BadInput("incomplete_body", "the connection closed before the body was complete") from None
 
 
+def decide(st: State, request: web.Request) -> policy.Decision:
+    """The policy's decision for a request, counted when a privacy signal made it."""
+    decision = policy.decide(st.cfg, request.remote, request.headers, request.cookies)
+    if decision.signal is not None:
+        st.metrics.consent(decision.signal, "drop" if not decision.store else "anonymous")
+    return decision
+
+
 async def track(request: web.Request) -> web.StreamResponse:
     """GET pixel or POST batch on any tracking path."""
     st = request.app[STATE]
     cfg = st.cfg
     cookie = request.cookies.get(cfg.cookie_name)
-    decision = policy.decide(cfg, request.remote, request.headers, cookie is not None)
+    decision = decide(st, request)
     if len(request.query_string) > cfg.max_query:
         raise refuse(
             st,
@@ -164,7 +172,7 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     """GET /r/tp2?u=<target>: store the event, answer 302 to an allowed target; never an open redirect."""
     st = request.app[STATE]
     cookie = request.cookies.get(st.cfg.cookie_name)
-    decision = policy.decide(st.cfg, request.remote, request.headers, cookie is not None)
+    decision = decide(st, request)
     params = dict(request.query)
     target = redirect_target(st.cfg, params.pop("u", None))
     if target is None:
@@ -243,7 +251,7 @@ async def ingest(
         rows.append(row)
         ids.append(tracker_ids)
     if not rows:
-        if st.store is not None:
+        if st.store is not None and decision.store:
             st.store.append_nowait(Submission(now_ms, None, bad_rows=bad, nbytes=nbytes))
         first = bad[0]
         raise BadInput(
@@ -257,6 +265,8 @@ async def ingest(
         request_device = devices.pop() if len(devices) == 1 else None  # one forwarded browser: its cookie
     if forged:
         st.metrics.cookie("invalid")
+    if not decision.store:  # a do-not-track signal: answered as if stored, so trackers do not retry
+        return answer(request, st, redirect_to, len(rows), bad)
     assert st.store is not None
     try:
         if decision.expire_cookie:
@@ -302,32 +312,37 @@ async def ingest(
         st.metrics.rotations.labels("ignored").inc(result.ignored)
     if result.deviceless:
         st.metrics.deviceless.inc(result.deviceless)
-    if redirect_to is not None:
-        resp = web.Response(status=302, headers={"Location": redirect_to})
-    elif request.method == "POST":
-        resp = (
-            web.Response(text="ok")
-            if not bad
-            else web.json_response(
-                {
-                    "ok": True,
-                    "stored": len(rows),
-                    "rejected": len(bad),
-                    "reasons": sorted({b.reason for b in bad}),
-                },
-                dumps=lambda o: orjson.dumps(o).decode(),
-            )
-        )
-    else:
-        resp = web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
+    resp = answer(request, st, redirect_to, len(rows), bad)
+    domain = identity.cookie_domain(
+        cfg.cookie_domains, cfg.cookie_fallback_domain, cfg.cookie_domain, request.headers.get("Origin")
+    )
     if decision.use_cookie and result.device_id is not None:
         if minted or result.rotated:
             st.metrics.cookie("minted")
-        resp.headers.add("Set-Cookie", st.jar.issue(result.device_id, now))
+        resp.headers.add("Set-Cookie", st.jar.issue(result.device_id, now, domain))
     elif decision.expire_cookie or result.retired_device:
         # an opted-out or rotated-away device's cookie is never refreshed: the browser drops it
-        resp.headers.add("Set-Cookie", st.jar.expired)
+        resp.headers.add("Set-Cookie", st.jar.expired(domain))
     return resp
+
+
+def answer(
+    request: web.Request, st: State, redirect_to: str | None, stored: int, bad: list[BadRow]
+) -> web.Response:
+    """The success answer a tracker expects: a redirect, `ok` (or the partial-batch JSON), or the pixel."""
+    if redirect_to is not None:
+        return web.Response(status=302, headers={"Location": redirect_to})
+    if request.method == "POST":
+        if not bad:
+            return web.Response(text="ok")
+        body = {
+            "ok": True,
+            "stored": stored,
+            "rejected": len(bad),
+            "reasons": sorted({b.reason for b in bad}),
+        }
+        return web.json_response(body, dumps=lambda o: orjson.dumps(o).decode())
+    return web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
 
 
 async def expect(request: web.Request) -> None:

@@ -114,22 +114,33 @@ class Signer:
             return value
 
 
-class CookieJar:
-    """Builds the Set-Cookie values for one configuration (attributes computed once)."""
+def cookie_domain(domains: Sequence[str], fallback: str, fixed: str, origin: str | None) -> str:
+    """The device cookie's Domain for a request: by its Origin's host when domains are configured
+    (the first equal to it or a parent of it, else the fallback), else the fixed one; "" is host-only."""
+    if not domains:
+        return fixed
+    host = (origin or "").partition("://")[2].partition("/")[0].rpartition("@")[2]
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host  # drop a port (not in [v6])
+    host = host.lower()
+    for d in domains:
+        if host == d or host.endswith("." + d):
+            return d
+    return fallback
 
-    def __init__(self, name: str, max_age: int, domain: str, secure: bool, signer: Signer) -> None:
-        attrs = "; Path=/; HttpOnly; SameSite=None"
-        if secure:
-            attrs += "; Secure"
-        if domain:
-            attrs += f"; Domain={domain}"
+
+class CookieJar:
+    """Builds the Set-Cookie values for one configuration (attributes computed once per domain)."""
+
+    def __init__(self, name: str, max_age: int, secure: bool, signer: Signer) -> None:
+        self._base = "; Path=/; HttpOnly; SameSite=None" + ("; Secure" if secure else "")
         self.name = name
         self._signer = signer
         self._max_age = max_age
-        self._attrs = attrs
         self._expires_at = 0
         self._expires = ""
-        self.expired = f"{name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{attrs}"
+
+    def _attrs(self, domain: str) -> str:
+        return f"{self._base}; Domain={domain}" if domain else self._base
 
     def _expiry(self, now: float) -> str:
         second = int(now)
@@ -138,12 +149,16 @@ class CookieJar:
             self._expires = formatdate(second + self._max_age, usegmt=True)
         return self._expires
 
-    def issue(self, device_id: str, now: float) -> str:
+    def issue(self, device_id: str, now: float, domain: str = "") -> str:
         """Set-Cookie value carrying a signed device id, expiry refreshed."""
         return (
             f"{self.name}={self._signer.sign(device_id)}; Max-Age={self._max_age}; "
-            f"Expires={self._expiry(now)}{self._attrs}"
+            f"Expires={self._expiry(now)}{self._attrs(domain)}"
         )
+
+    def expired(self, domain: str = "") -> str:
+        """Set-Cookie value that deletes the cookie (the same Domain it was set with)."""
+        return f"{self.name}=; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT{self._attrs(domain)}"
 
 
 def load_keys(configured: Sequence[str], db: Path | str) -> list[bytes]:

@@ -50,6 +50,12 @@ class Metrics:
             "Events kept without a device: their cookie belonged to a device that rotated away or opted out",
             registry=reg,
         )
+        self.consents = Counter(
+            "collector_consent_signals",
+            "Requests a privacy signal decided (sp_anonymous, gpc, dnt, dnt_cookie), by mode",
+            ["signal", "mode"],
+            registry=reg,
+        )
         self.bad_rows = Counter("collector_bad_rows", "Refused inputs, by reason", ["reason"], registry=reg)
         self.rotations = Counter(
             "collector_rotations",
@@ -109,6 +115,10 @@ class Metrics:
         if child is None:
             child = self._cookies[outcome] = self.cookies.labels(outcome)
         child.inc()
+
+    def consent(self, signal: str, mode: str) -> None:
+        """Count a request a privacy signal decided."""
+        self.consents.labels(signal, mode).inc()
 
     def stored(self, anonymous: bool, count: int) -> None:
         """Count committed events."""

@@ -3,6 +3,8 @@
 Everything the collector persists or reports about a request passes through `decide` (request level:
 IP, cookie, which params go) and `scrub_event` (event level). Read this file to audit the promise:
 
+* Consent signals first (`consent`): a do-not-track cookie, or `Sec-GPC: 1` / `DNT: 1` in `drop` mode,
+  means nothing of the request is kept (answered as usual); in `anonymous` mode they are SP-Anonymous.
 * With an `SP-Anonymous` header (any value, name case-insensitive): no IP from any source, no device
   cookie read, issued or stored (one that arrives is expired), the `ip`, `nuid` and `tnuid` params
   dropped, plus the person-level params of `COLLECTOR_ANONYMOUS_DROP` (default uid, duid, fp, mac,
@@ -40,6 +42,8 @@ class Decision:
     use_cookie: bool  # the device cookie may be read, and issued in the answer
     expire_cookie: bool  # a device cookie arrived but may not be used: the answer expires it
     drop: frozenset[str]  # params removed from every event
+    store: bool = True  # False: a do-not-track signal in `drop` mode: answered as usual, nothing kept
+    signal: str | None = None  # the signal that decided (sp_anonymous, gpc, dnt, dnt_cookie), for metrics
 
 
 def is_anonymous(headers: Mapping[str, str]) -> bool:
@@ -47,10 +51,38 @@ def is_anonymous(headers: Mapping[str, str]) -> bool:
     return ANON_HEADER in headers
 
 
-def decide(cfg: Config, peer: str | None, headers: Mapping[str, str], has_cookie: bool) -> Decision:
-    """The request-level decision: which IP, whether the cookie may be used, which params go."""
+def consent(cfg: Config, headers: Mapping[str, str], cookies: Mapping[str, str]) -> tuple[str, str] | None:
+    """The strongest privacy signal a request carries and what it asks: (signal, anonymous|drop), or None.
+
+    The do-not-track cookie always drops (Snowplow's semantics); Global Privacy Control (`Sec-GPC: 1`)
+    and `DNT: 1` do what COLLECTOR_GPC and COLLECTOR_DNT_HEADER say; SP-Anonymous anonymises. When
+    several apply, the strongest wins: drop over anonymous.
+    """
+    if cfg.dnt_cookie_name and cfg.dnt_cookie_name in cookies:
+        pattern = cfg.dnt_cookie_value
+        if pattern is None or pattern.fullmatch(cookies[cfg.dnt_cookie_name]):
+            return "dnt_cookie", "drop"
+    found: list[tuple[str, str]] = []
+    if cfg.gpc != "ignore" and headers.get("Sec-GPC", "").strip() == "1":
+        found.append(("gpc", cfg.gpc))
+    if cfg.dnt_header != "ignore" and headers.get("DNT", "").strip() == "1":
+        found.append(("dnt", cfg.dnt_header))
     if is_anonymous(headers):
-        return Decision(True, None, False, False, has_cookie, ALWAYS_DROP | frozenset(cfg.anonymous_drop))
+        found.append(("sp_anonymous", "anonymous"))
+    drops = [f for f in found if f[1] == "drop"]
+    return (drops or found)[0] if found else None
+
+
+def decide(cfg: Config, peer: str | None, headers: Mapping[str, str], cookies: Mapping[str, str]) -> Decision:
+    """The request-level decision: whether anything is kept, which IP, whether the cookie may be used,
+    which params go."""
+    has_cookie = cfg.cookie_name in cookies
+    signal = consent(cfg, headers, cookies)
+    if signal is not None:
+        drop = ALWAYS_DROP | frozenset(cfg.anonymous_drop)
+        if signal[1] == "drop":  # nothing is stored, so no cookie is touched either
+            return Decision(True, None, False, False, False, drop, store=False, signal=signal[0])
+        return Decision(True, None, False, False, has_cookie, drop, signal=signal[0])
     ip = keep_ip(cfg, client_ip(peer, headers, cfg.trusted_proxies, cfg.forwarded_header))
     return Decision(False, ip, cfg.trust_ip_param, True, False, ALWAYS_DROP)
 

@@ -121,22 +121,22 @@ def test_truncation_prefixes_are_configurable() -> None:
 def test_anonymous_keeps_no_ip_from_any_source() -> None:
     cfg = Config(trusted_proxies=NETS, trust_ip_param=True)
     headers = CIMultiDict({**ALL_IP_HEADERS, "sp-anonymous": "*"})
-    d = policy.decide(cfg, "10.0.0.1", headers, has_cookie=True)
+    d = policy.decide(cfg, "10.0.0.1", headers, {"sp": "x"})
     assert d.anonymous and d.ip is None and not d.ip_param and not d.use_cookie and d.expire_cookie
     assert policy.event_ip(cfg, d, "8.8.8.8") is None
     # the same request without the header keeps the proxied address and would trust the param
-    d2 = policy.decide(cfg, "10.0.0.1", CIMultiDict(ALL_IP_HEADERS), has_cookie=True)
+    d2 = policy.decide(cfg, "10.0.0.1", CIMultiDict(ALL_IP_HEADERS), {"sp": "x"})
     assert d2.ip == "1.1.1.1" and d2.use_cookie and not d2.expire_cookie
     assert policy.event_ip(cfg, d2, "8.8.8.8") == "8.8.8.8"
 
 
 @pytest.mark.parametrize("value", ["*", "", "0", "false"])
 def test_header_presence_counts_not_its_value(value: str) -> None:
-    assert policy.decide(Config(), "1.2.3.4", CIMultiDict({"SP-ANONYMOUS": value}), False).anonymous
+    assert policy.decide(Config(), "1.2.3.4", CIMultiDict({"SP-ANONYMOUS": value}), {}).anonymous
 
 
 def test_ip_param_is_ignored_unless_trusted() -> None:
-    d = policy.decide(Config(), "9.9.9.9", CIMultiDict(), False)
+    d = policy.decide(Config(), "9.9.9.9", CIMultiDict(), {})
     assert policy.event_ip(Config(), d, "8.8.8.8") == "9.9.9.9"
 
 
@@ -155,16 +155,16 @@ def test_scrub_event_drops_identifiers_under_anonymity() -> None:
         "ad_uid": "a",
         "url": "https://x",
     }
-    anon = policy.decide(Config(), None, CIMultiDict({"SP-Anonymous": "*"}), False)
+    anon = policy.decide(Config(), None, CIMultiDict({"SP-Anonymous": "*"}), {})
     assert policy.scrub_event(params, anon) == {"e": "pv", "sid": "s", "vid": "1", "url": "https://x"}
-    normal = policy.decide(Config(), None, CIMultiDict(), False)
+    normal = policy.decide(Config(), None, CIMultiDict(), {})
     kept = policy.scrub_event(params, normal)
     assert kept["uid"] == "u" and kept["duid"] == "d" and "ip" not in kept and "nuid" not in kept
 
 
 def test_anonymous_drop_list_is_configurable() -> None:
     cfg = Config(anonymous_drop=("uid", "sid", "vid"))
-    anon = policy.decide(cfg, None, CIMultiDict({"SP-Anonymous": "*"}), False)
+    anon = policy.decide(cfg, None, CIMultiDict({"SP-Anonymous": "*"}), {})
     assert policy.scrub_event(
         {"e": "pv", "uid": "u", "sid": "s", "vid": "1", "duid": "d", "ip": "x"}, anon
     ) == {"e": "pv", "duid": "d"}
