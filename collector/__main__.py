@@ -174,6 +174,47 @@ def pg_roles(url: str, database: str, names: Sequence[str]) -> int:
     return 0
 
 
+def lifecycle_now(cfg: Config, user_id: str | None, device_id: str | None) -> int:
+    """`retain` (with no selector) or `erase` now, on either store; print what was removed."""
+    import time as _time
+
+    from storage import lifecycle
+
+    now_ms = int(_time.time() * 1000)
+
+    async def on_postgres() -> object:
+        conn = await asyncpg.connect(str(cfg.db))
+        try:
+            if user_id is None and device_id is None:
+                return await lifecycle.pg_run(conn, now_ms, cfg.retention_days, cfg.cookie_max_age)
+            return await lifecycle.pg_erase(conn, now_ms, user_id, device_id)
+        finally:
+            await conn.close()
+
+    try:
+        if is_postgres(cfg.db):
+            done = asyncio.run(on_postgres())
+        else:
+            from storage.sqlite import connect
+
+            assert isinstance(cfg.db, Path)
+            if not cfg.db.exists():
+                raise FileNotFoundError(f"no database at {cfg.db}")
+            conn = connect(cfg.db, cfg.synchronous, cfg.busy_timeout)
+            try:
+                if user_id is None and device_id is None:
+                    done = lifecycle.sqlite_run(conn, now_ms, cfg.retention_days, cfg.cookie_max_age)
+                else:
+                    done = lifecycle.sqlite_erase(conn, now_ms, user_id, device_id)
+            finally:
+                conn.close()
+    except (sqlite3.Error, FileNotFoundError, OSError, asyncpg.PostgresError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"removed: {done}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m collector", description=__doc__)
@@ -194,6 +235,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     roles_p.add_argument(
         "--roles", nargs=3, default=("collector_owner", "collector_writer", "collector_reader")
     )
+    retain_p = sub.add_parser("retain", help="run retention and culling now (COLLECTOR_RETENTION_DAYS)")
+    retain_p.add_argument("--db", default=None, help="database file or postgresql:// URL [env COLLECTOR_DB]")
+    erase_p = sub.add_parser("erase", help="erase a person's or a device's events, recorded in the ledger")
+    erase_p.add_argument("--db", default=None, help="database file or the owner's postgresql:// URL")
+    who = erase_p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user-id")
+    who.add_argument("--device-id")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return migrate(args.db, args.writer_role or None, args.reader_role or None)
@@ -207,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "query":
         return query(cfg.db, args.sql, args.format)
+    if args.command in ("retain", "erase"):
+        return lifecycle_now(cfg, getattr(args, "user_id", None), getattr(args, "device_id", None))
     logs.setup(cfg.log_format, cfg.log_level)
     if cfg.workers > 1:
         return supervise(cfg, sys.argv[2:] if argv is None else list(argv)[1:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -78,9 +79,26 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
+async def lifecycle_loop(state: State) -> None:
+    """The lifecycle's published rules, run every COLLECTOR_LIFECYCLE_INTERVAL seconds (the first a
+    minute after start); each store lets one replica at a time do the work."""
+    cfg = state.cfg
+    await asyncio.sleep(min(60, cfg.lifecycle_interval))
+    while True:
+        assert state.store is not None
+        try:
+            removed = await state.store.lifecycle(
+                int(state.clock() * 1000), cfg.retention_days, cfg.cookie_max_age
+            )
+            state.metrics.lifecycle(removed)
+        except Exception as exc:  # noqa: BLE001 - a failed run is retried at the next interval
+            log.error("lifecycle run failed: %s: %s", type(exc).__name__, exc)
+        await asyncio.sleep(cfg.lifecycle_interval)
+
+
 def open_store(cfg: Config, on_commit: Callable[[int, float], None]) -> SqliteStore | PostgresStore:
     """The store COLLECTOR_DB names, not yet started."""
-    rules = SessionRules(cfg.session_timeout * 1000)
+    rules = SessionRules(cfg.session_timeout * 1000, cfg.retired_days)
     bounds = {"queue_max": cfg.queue_max, "queue_max_bytes": cfg.queue_max_bytes, "group_max": cfg.group_max}
     if is_postgres(cfg.db):
         return PostgresStore(
@@ -117,8 +135,11 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
         store = open_store(cfg, metrics.observe_commit)
         await store.start()
         state.store = store
+        task = asyncio.create_task(lifecycle_loop(state))
         yield
         state.draining = True
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await store.close()  # commits whatever is still queued before the process exits
 
     app.cleanup_ctx.append(store_ctx)

@@ -301,6 +301,24 @@ SETTINGS: tuple[Setting, ...] = (
         "Params dropped from SP-Anonymous requests besides ip, nuid and tnuid (always dropped).",
     ),
     Setting(
+        "retention_days",
+        _int_range(0, 100 * 365),
+        "0",
+        "Events and bad rows older than this many days are removed (oldest first); 0 keeps them forever.",
+    ),
+    Setting(
+        "retired_days",
+        _int_range(1, 100 * 365),
+        "730",
+        "Days a retired tracker id stays refused: as long as a tracker keeps its own cookie (2 years).",
+    ),
+    Setting(
+        "lifecycle_interval",
+        _int_range(1, 7 * 86400),
+        "3600",
+        "Seconds between lifecycle runs inside the collector (retention, culling); one replica at a time.",
+    ),
+    Setting(
         "gpc",
         _choice(CONSENT_MODES),
         "anonymous",
@@ -390,6 +408,9 @@ class Config:
     ipv4_prefix: int = 24
     ipv6_prefix: int = 48
     anonymous_drop: tuple[str, ...] = PERSON_PARAMS
+    retention_days: int = 0
+    retired_days: int = 730
+    lifecycle_interval: int = 3600
     gpc: str = "anonymous"
     dnt_header: str = "anonymous"
     dnt_cookie_name: str = ""

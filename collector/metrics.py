@@ -56,6 +56,12 @@ class Metrics:
             ["signal", "mode"],
             registry=reg,
         )
+        self.removed = Counter(
+            "collector_lifecycle_removed",
+            "Rows the lifecycle removed: retention (events, bad_rows), culled devices, expired retired ids",
+            ["kind"],
+            registry=reg,
+        )
         self.bad_rows = Counter("collector_bad_rows", "Refused inputs, by reason", ["reason"], registry=reg)
         self.rotations = Counter(
             "collector_rotations",
@@ -119,6 +125,11 @@ class Metrics:
     def consent(self, signal: str, mode: str) -> None:
         """Count a request a privacy signal decided."""
         self.consents.labels(signal, mode).inc()
+
+    def lifecycle(self, removed: Any) -> None:
+        """Count what one lifecycle run removed."""
+        for kind in ("events", "bad_rows", "devices", "retired"):
+            self.removed.labels(kind).inc(getattr(removed, kind))
 
     def stored(self, anonymous: bool, count: int) -> None:
         """Count committed events."""

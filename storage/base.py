@@ -127,6 +127,10 @@ class Store(Protocol):
         """Run a read-only query."""
         ...
 
+    async def lifecycle(self, now_ms: int, retention_days: int, cookie_max_age_s: int) -> Any:
+        """One run of the data lifecycle's rules (retention, culling): what it removed."""
+        ...
+
     @property
     def queue_depth(self) -> int:
         """Events waiting for the writer."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collector import identifiers
+from storage import lifecycle
 from storage.base import (
     DOMAIN_SESSIONID,
     DOMAIN_USERID,
@@ -52,7 +53,8 @@ class Writes:
     events: list[list[Any]] = field(default_factory=list)
     bad_rows: list[BadRow] = field(default_factory=list)
     states: dict[str, DeviceState] = field(default_factory=dict)  # upserted
-    retired: list[str] = field(default_factory=list)  # inserted, ignoring those already there
+    retired: list[str] = field(default_factory=list)  # inserted, or their expiry extended
+    retired_until: str = ""  # the month after which the newly retired ids may go (YYYY-MM)
 
 
 def wanted(subs: Sequence[Submission]) -> Wanted:
@@ -69,7 +71,8 @@ def decide(
 ) -> tuple[Writes, list[AppendResult]]:
     """The group's writes and one result per submission, in order; the input rows are not modified."""
     seen, retired, states = found.seen, found.retired, found.states
-    out = Writes()
+    now_ms = max((s.now_ms for s in subs), default=0)
+    out = Writes(retired_until=lifecycle.month_after(now_ms, rules.retired_days))
 
     def retire_values(values: Iterable[str | None]) -> None:
         for value in values:

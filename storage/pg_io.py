@@ -68,11 +68,16 @@ LOCK_STATES = (
     f"SELECT {', '.join(STATE_COLUMNS)} FROM device_state WHERE device_id = ANY($1::text[]) "
     "ORDER BY device_id FOR UPDATE"
 )
+# first_seen is the collector's time (as collector_tstamp), so retention forgets the ids with the events
 CLAIM_IDS = (
-    "INSERT INTO event_ids (event_id) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING RETURNING event_id"
+    "INSERT INTO event_ids (event_id, first_seen) SELECT unnest($1::text[]), to_timestamp($2::float8 / 1000) "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
 )
 RETIRED = "SELECT value FROM retired_ids WHERE value = ANY($1::text[])"
-INSERT_RETIRED = "INSERT INTO retired_ids (value) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING"
+INSERT_RETIRED = (
+    "INSERT INTO retired_ids (value, expires) SELECT unnest($1::text[]), $2 "
+    "ON CONFLICT (value) DO UPDATE SET expires = greatest(retired_ids.expires, excluded.expires)"
+)
 DROP_PLACEHOLDERS = "DELETE FROM device_state WHERE device_id = ANY($1::text[]) AND session_index = 0"
 # Data PostgreSQL refuses (SQLSTATE class 22: a NUL byte in text or jsonb, a number out of range):
 # the request's fault, answered 400 for that request alone.
@@ -84,7 +89,7 @@ def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[Any]:
     return [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in range(width)]
 
 
-async def look_up(conn: Conn, want: Wanted, opted_out: set[str]) -> tuple[Found, set[str]]:
+async def look_up(conn: Conn, want: Wanted, opted_out: set[str], now_ms: int) -> tuple[Found, set[str]]:
     """Lock the group's devices and answer its lookups; also the placeholder rows it inserted."""
     # An opted-out device is only looked up, never given a placeholder: a device the store has not
     # seen must leave no trace of an anonymous request.
@@ -102,7 +107,8 @@ async def look_up(conn: Conn, want: Wanted, opted_out: set[str]) -> tuple[Found,
             states[device] = state
     # Claiming the ids here is the dedupe across replicas: a concurrent claim of the same id waits for
     # this transaction, then finds it taken.
-    fresh = {r[0] for r in await conn.fetch(CLAIM_IDS, sorted(want.event_ids))} if want.event_ids else set()
+    claimed = await conn.fetch(CLAIM_IDS, sorted(want.event_ids), now_ms) if want.event_ids else []
+    fresh = {r[0] for r in claimed}
     retired = {r[0] for r in await conn.fetch(RETIRED, list(want.tracker_ids))} if want.tracker_ids else set()
     return Found(want.event_ids - fresh, retired, states), placeholders
 
@@ -117,7 +123,7 @@ async def write(conn: Conn, w: Writes, placeholders: set[str]) -> None:
         rows = [state_row(d, st) for d, st in sorted(w.states.items())]
         await conn.execute(UPSERT_STATE, *_columns(rows, len(STATE_COLUMNS)))
     if w.retired:
-        await conn.execute(INSERT_RETIRED, w.retired)
+        await conn.execute(INSERT_RETIRED, w.retired, w.retired_until)
     unused = sorted(placeholders - w.states.keys())
     if unused:
         await conn.execute(DROP_PLACEHOLDERS, unused)

@@ -24,6 +24,8 @@ WRITER_GRANTS = (
     "GRANT SELECT, INSERT, UPDATE, DELETE ON device_state TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON store_health TO {role}",
     "GRANT EXECUTE ON FUNCTION collector_ensure_partitions(integer) TO {role}",
+    "GRANT EXECUTE ON FUNCTION collector_lifecycle(timestamptz, bigint, text) TO {role}",
+    "GRANT SELECT ON lifecycle, erasures TO {role}",
 )
 READER_GRANTS = ("GRANT SELECT ON events, bad_rows, sessions, devices TO {role}",)
 

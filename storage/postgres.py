@@ -20,7 +20,7 @@ from typing import Any
 
 import asyncpg
 
-from storage import group, pg_io, pg_schema
+from storage import group, lifecycle, pg_io, pg_schema
 from storage.base import AppendResult, Overloaded, StoreFailed, Submission
 from storage.ids import UuidPool
 from storage.pg_io import Conn
@@ -161,7 +161,8 @@ class PostgresStore:
 
     async def _group(self, conn: Conn, subs: Sequence[Submission]) -> list[AppendResult]:
         opted = {s.opted_out for s in subs if s.opted_out}
-        found, placeholders = await pg_io.look_up(conn, group.wanted(subs), opted)
+        now_ms = max(s.now_ms for s in subs)
+        found, placeholders = await pg_io.look_up(conn, group.wanted(subs), opted, now_ms)
         writes, results = group.decide(subs, found, self._rules, self._new_device_id)
         await pg_io.write(conn, writes, placeholders)
         return results
@@ -198,6 +199,12 @@ class PostgresStore:
             return [StoreFailed("the events could not be committed")] * len(subs)
         rest = [s for i, s in enumerate(subs) if i not in bad]
         return with_rejected(len(subs), bad, await self._commit(rest, size_of(rest)) if rest else ())
+
+    async def lifecycle(self, now_ms: int, retention_days: int, cookie_max_age_s: int) -> lifecycle.Removed:
+        """One lifecycle run (retention, culling) through the schema's published function."""
+        assert self._pool is not None
+        async with self._pool.acquire() as conn:
+            return await lifecycle.pg_run(conn, now_ms, retention_days, cookie_max_age_s)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         assert self._pool is not None

@@ -74,9 +74,12 @@ def state_of(row: Sequence[Any]) -> tuple[str, DeviceState]:
 
 @dataclass(frozen=True, slots=True)
 class SessionRules:
-    """The settings sessions follow."""
+    """The settings sessions and retirement follow."""
 
     timeout_ms: int
+    # How long a tracker may keep sending an id it kept for itself (the browser tracker's own cookie
+    # lasts two years by default): a retired id is refused that long, then forgotten.
+    retired_days: int = 730
 
 
 def continues(state: DeviceState, now_ms: int, sid: str | None, uid: str | None, rules: SessionRules) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from storage import group, sqlite_io
+from storage import group, lifecycle, sqlite_io
 from storage.base import AppendResult, Overloaded, StoreFailed, Submission
 from storage.ids import UuidPool
 from storage.migrate import migrate
@@ -40,6 +40,10 @@ def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
+    # A new file frees the pages retention and erasure empty back to the file system (incremental
+    # vacuum); this can only be chosen before the first table exists.
+    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     # Switching a new file to WAL needs an exclusive lock, and SQLite answers "locked" at once rather
     # than through the busy handler: replicas starting together on a new volume retry here.
     deadline = time.monotonic() + busy_timeout / 1000
@@ -231,6 +235,18 @@ class SqliteStore:
             return [StoreFailed("the events could not be committed")] * len(subs)
         rest = [s for i, s in enumerate(subs) if i not in bad]
         return with_rejected(len(subs), bad, self._commit(rest, size_of(rest)) if rest else ())
+
+    async def lifecycle(self, now_ms: int, retention_days: int, cookie_max_age_s: int) -> lifecycle.Removed:
+        """One lifecycle run (retention, culling), on a connection of its own, in short transactions."""
+
+        def run() -> lifecycle.Removed:
+            conn = connect(self.path, self._synchronous, self._busy_timeout)
+            try:
+                return lifecycle.sqlite_run(conn, now_ms, retention_days, cookie_max_age_s)
+            finally:
+                conn.close()
+
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
         async with aiosqlite.connect(f"file:{self.path}?mode=ro", uri=True) as db:

@@ -19,7 +19,10 @@ UPSERT_STATE = (
     f"INSERT INTO device_state ({', '.join(STATE_COLUMNS)}) VALUES ({', '.join('?' * len(STATE_COLUMNS))}) "
     "ON CONFLICT (device_id) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in STATE_COLUMNS[1:])
 )
-INSERT_RETIRED = "INSERT OR IGNORE INTO retired_ids (value) VALUES (?)"
+INSERT_RETIRED = (
+    "INSERT INTO retired_ids (value, expires) VALUES (?, ?) "
+    "ON CONFLICT (value) DO UPDATE SET expires = max(expires, excluded.expires)"
+)
 # Errors of the data a request carried (text that is not UTF-8, a number SQLite cannot hold, a value
 # over its length limit): that request's fault, answered 400. Anything else is the store's: 503.
 DATA_ERRORS = (UnicodeEncodeError, OverflowError, sqlite3.DataError)
@@ -59,7 +62,7 @@ def write(conn: sqlite3.Connection, w: Writes) -> None:
     if w.states:
         conn.executemany(UPSERT_STATE, [state_row(d, st) for d, st in w.states.items()])
     if w.retired:
-        conn.executemany(INSERT_RETIRED, [(v,) for v in w.retired])
+        conn.executemany(INSERT_RETIRED, [(v, w.retired_until) for v in w.retired])
 
 
 def unstorable(conn: sqlite3.Connection, subs: Sequence[Submission]) -> set[int]:

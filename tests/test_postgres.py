@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from collector.config import Config
+from collector.handlers import STATE
 from storage.base import RejectedData, Submission
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
@@ -253,3 +254,33 @@ async def test_four_writers_on_overlapping_devices_lose_no_update(cfg: Config) -
     indexes = {r[0] for r in rows(cfg.db, "select distinct session_index from events")}
     assert indexes == {1}
     assert rows(cfg.db, "select count(*) from device_state where session_index = 0")[0][0] == 0
+
+
+async def test_retention_drops_whole_partitions(client: Any, cfg: Config, clock: Any) -> None:
+    """A month wholly past the horizon leaves as a dropped partition (DDL: no row trigger involved)."""
+    old = time.gmtime(clock.t - 400 * 86400)
+    start = f"{old.tm_year:04d}-{old.tm_mon:02d}-01"
+    end = f"{old.tm_year + (old.tm_mon == 12):04d}-{old.tm_mon % 12 + 1:02d}-01"
+    name = f"events_{old.tm_year:04d}{old.tm_mon:02d}"
+    sql = f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ('{start}') TO ('{end}')"
+    run_sync(_execute(str(cfg.db), sql))
+    now = clock.t
+    clock.t = now - 400 * 86400
+    assert (await client.get("/i", params=ev(eid="old"))).status == 200
+    clock.t = now
+    assert (await client.get("/i", params=ev(eid="new"))).status == 200
+    assert rows(cfg.db, f"select count(*) from {name}")[0][0] == 1
+    st = client.app[STATE]
+    removed = await st.store.lifecycle(int(now * 1000), 365, st.cfg.cookie_max_age)
+    assert removed.events == 1
+    assert rows(cfg.db, "select to_regclass(?)::text", (name,))[0][0] is None  # the partition is gone
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["new"]
+    assert rows(cfg.db, "select count(*) from event_ids where event_id = 'old'")[0][0] == 0
+
+
+async def _execute(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

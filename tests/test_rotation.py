@@ -123,7 +123,8 @@ async def test_retired_ids_are_values_only(client: Any, cfg: Config) -> None:
     await b.send(ev(eid="x", duid="duid-R", sid="sid-R"))
     await b.send(ev("ue", eid="y", duid="duid-R", sid="sid-R", ue_pr=ANON_UE))
     cols = columns(cfg.db, "retired_ids")
-    assert cols == ["value"]
+    assert cols == ["value", "expires"]  # and a month after which the value may go: no device, no time
+    assert {len(e) for (e,) in rows(cfg.db, "select expires from retired_ids")} == {7}
     assert {v for (v,) in rows(cfg.db, "select value from retired_ids")} == {"duid-R", "sid-R"}
 
 

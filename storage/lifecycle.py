@@ -1,0 +1,226 @@
+"""The data lifecycle: retention, culling and erasure. One rule set (the pure functions here), one
+statement set per backend (SQLite's below; PostgreSQL's in its migrations, as functions).
+
+* Retention: events and bad rows older than the horizon (now minus COLLECTOR_RETENTION_DAYS) leave,
+  oldest first. The horizon is recorded in the store and only moves forward; the database refuses a
+  DELETE of any row newer than it, unless inside a recorded erasure.
+* Culling: a device not seen for longer than its cookie's lifetime plus a margin can never come back
+  (the cookie is refreshed on every answer, so it has expired): its state goes. A retired tracker id
+  goes once no tracker can still send it (COLLECTOR_RETIRED_DAYS, the trackers' own cookie lifetime).
+* Erasure: a person's (user id) or a device's events go, with everything derived from them, inside
+  one transaction that records in the ledger when, which kind of selector and how many rows, never
+  the selector itself.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+CULL_MARGIN_S = 86400  # a day past the cookie's lifetime: clocks differ, a request may be in flight
+BATCH = 5000  # rows per DELETE transaction: the collector's writer never waits long for the lock
+DAY_MS = 86_400_000
+
+
+def format_ms(ms: int) -> str:
+    """UTC 'YYYY-MM-DD HH:MM:SS.mmm' (the stores' text form of a time)."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
+
+
+def horizon_ms(now_ms: int, retention_days: int) -> int | None:
+    """The retention horizon: rows older than this leave; None when retention is off (0 days)."""
+    return now_ms - retention_days * DAY_MS if retention_days > 0 else None
+
+
+def cull_before_ms(now_ms: int, cookie_max_age_s: int) -> int:
+    """Devices last seen before this cannot come back: their cookie has expired."""
+    return now_ms - (cookie_max_age_s + CULL_MARGIN_S) * 1000
+
+
+def month_after(now_ms: int, days: int) -> str:
+    """'YYYY-MM' of the month that holds now + days: a retired id's expiry, at a month's grain."""
+    return time.strftime("%Y-%m", time.gmtime(now_ms // 1000 + days * 86400))
+
+
+def month_of(now_ms: int) -> str:
+    """'YYYY-MM' of now."""
+    return time.strftime("%Y-%m", time.gmtime(now_ms // 1000))
+
+
+@dataclass
+class Removed:
+    """What one lifecycle run removed."""
+
+    events: int = 0
+    bad_rows: int = 0
+    devices: int = 0
+    retired: int = 0
+
+
+def _delete_in_batches(conn: sqlite3.Connection, table: str, column: str, before: str) -> int:
+    # Rows are appended in arrival order, so the oldest are the lowest rowids: each batch is cheap.
+    total = 0
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN "
+                f"(SELECT rowid FROM {table} WHERE {column} < ? ORDER BY rowid LIMIT {BATCH})",
+                (before,),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        total += cur.rowcount
+        if cur.rowcount < BATCH:
+            return total
+
+
+def sqlite_run(conn: sqlite3.Connection, now_ms: int, retention_days: int, cookie_max_age_s: int) -> Removed:
+    """One lifecycle run on SQLite: advance the horizon and remove what is past it, cull, reclaim."""
+    out = Removed()
+    horizon = horizon_ms(now_ms, retention_days)
+    if horizon is not None:
+        before = format_ms(horizon)
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE lifecycle SET horizon = max(horizon, ?) WHERE id = 1", (before,))
+        conn.execute("COMMIT")
+        (before,) = conn.execute("SELECT horizon FROM lifecycle").fetchone()
+        out.events = _delete_in_batches(conn, "events", "collector_tstamp", before)
+        out.bad_rows = _delete_in_batches(conn, "bad_rows", "received_at", before)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        out.devices = conn.execute(
+            "DELETE FROM device_state WHERE last_ms < ?", (cull_before_ms(now_ms, cookie_max_age_s),)
+        ).rowcount
+        out.retired = conn.execute("DELETE FROM retired_ids WHERE expires < ?", (month_of(now_ms),)).rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("PRAGMA incremental_vacuum")  # freed pages back to the file system (new files)
+    return out
+
+
+@dataclass
+class Erased:
+    """What one erasure removed (the ledger records these counts, never the selector)."""
+
+    events: int
+    bad_rows: int
+    devices: int
+
+
+def sqlite_erase(conn: sqlite3.Connection, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:
+    """Erase a person (their events, and every event of each device they were identified on, so the
+    stitched sessions before their login too) or one device, in one recorded transaction."""
+    selector = "user_id" if user_id is not None else "device_id"
+    conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left holding the rows
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        entry = conn.execute(
+            "INSERT INTO erasures (at, selector) VALUES (?, ?)", (format_ms(now_ms), selector)
+        ).lastrowid
+        if user_id is not None:
+            devices = {
+                d
+                for (d,) in conn.execute(
+                    "SELECT DISTINCT network_userid FROM events WHERE user_id = ?", (user_id,)
+                )
+            }
+            devices.discard(None)
+        else:
+            devices = {device_id}
+        marks = ",".join("?" * len(devices))
+        where = f"network_userid IN ({marks})" if devices else "0"
+        params: list[str | None] = [*devices]
+        if user_id is not None:
+            where += " OR user_id = ?"
+            params.append(user_id)
+        events = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
+        needles = [v for v in (user_id, *devices) if v]
+        bad = 0
+        for needle in needles:  # a refused event's payload may quote the id: that bad row goes too
+            escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            bad += conn.execute(
+                "DELETE FROM bad_rows WHERE payload LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
+            ).rowcount
+        gone = conn.execute(f"DELETE FROM device_state WHERE device_id IN ({marks})", [*devices]).rowcount
+        conn.execute(
+            "UPDATE erasures SET events = ?, bad_rows = ?, devices = ?, open = 0 WHERE id = ?",
+            (events, bad, gone, entry),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("PRAGMA incremental_vacuum")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL no longer holds the erased pages
+    return Erased(events, bad, gone)
+
+
+async def pg_run(conn: Any, now_ms: int, retention_days: int, cookie_max_age_s: int) -> Removed:
+    """One lifecycle run on PostgreSQL: the published function does it with the owner's rights."""
+    horizon = horizon_ms(now_ms, retention_days)
+    at = datetime.fromtimestamp(horizon / 1000, UTC) if horizon is not None else None
+    r = await conn.fetchrow(
+        "SELECT * FROM collector_lifecycle($1, $2, $3)",
+        at,
+        cull_before_ms(now_ms, cookie_max_age_s),
+        month_of(now_ms),
+    )
+    return Removed(r["events"], r["bad_rows"], r["devices"], r["retired"])
+
+
+async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:
+    """sqlite_erase's statements for PostgreSQL (run as the owner: the writer may not delete)."""
+    selector = "user_id" if user_id is not None else "device_id"
+    async with conn.transaction():
+        entry = await conn.fetchval(
+            "INSERT INTO erasures (at, selector) VALUES ($1, $2) RETURNING id",
+            datetime.fromtimestamp(now_ms / 1000, UTC),
+            selector,
+        )
+        if user_id is not None:
+            found = await conn.fetch(
+                "SELECT DISTINCT network_userid FROM events WHERE user_id = $1 AND network_userid IS NOT NULL"
+                "",
+                user_id,
+            )
+            devices = [r[0] for r in found]
+        else:
+            devices = [device_id]
+        events = int(
+            (
+                await conn.execute(
+                    "DELETE FROM events WHERE network_userid = ANY($1::text[]) OR user_id = $2",
+                    devices,
+                    user_id,
+                )
+            ).split()[-1]
+        )
+        bad = 0
+        for needle in [v for v in (user_id, *devices) if v]:
+            escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            status = await conn.execute("DELETE FROM bad_rows WHERE payload LIKE $1", f"%{escaped}%")
+            bad += int(status.split()[-1])
+        gone = int(
+            (
+                await conn.execute("DELETE FROM device_state WHERE device_id = ANY($1::text[])", devices)
+            ).split()[-1]
+        )
+        await conn.execute(
+            "UPDATE erasures SET events = $1, bad_rows = $2, devices = $3, open = false WHERE id = $4",
+            events,
+            bad,
+            gone,
+            entry,
+        )
+    return Erased(events, bad, gone)

@@ -1,0 +1,245 @@
+"""The data lifecycle on both stores: retention past a horizon the database enforces, culling of
+devices and retired ids, and recorded erasure; with a controllable clock and real files and servers."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from collector.config import Config
+from collector.handlers import STATE
+from tests.conftest import TP2, Clock, batch, ev, only, rows
+from tests.pg import run_sync
+from tests.procs import ROOT
+from tests.test_sessions import ANON_UE, Browser
+
+STORES = ("sqlite", "postgres")
+DAY = 86400.0
+
+
+async def lifecycle(client: Any, clock: Clock, retention_days: int = 365) -> Any:
+    """One lifecycle run at the test clock's now, as the collector's periodic task does it."""
+    st = client.app[STATE]
+    removed = await st.store.lifecycle(int(clock() * 1000), retention_days, st.cfg.cookie_max_age)
+    st.metrics.lifecycle(removed)
+    return removed
+
+
+def plain_sql(db: Path | str, sql: str) -> str | None:
+    """The error a plain connection (no collector involved) gets for sql, or None."""
+    if isinstance(db, Path):
+        conn = sqlite3.connect(db, isolation_level=None)
+        try:
+            conn.execute(sql)
+        except sqlite3.Error as exc:
+            return str(exc)
+        finally:
+            conn.close()
+        return None
+
+    async def go() -> str | None:
+        conn = await asyncpg.connect(str(db))  # the server's superuser: the triggers bind it too
+        try:
+            await conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            return str(exc)
+        finally:
+            await conn.close()
+        return None
+
+    return run_sync(go())
+
+
+async def test_retention_removes_what_is_past_the_horizon_and_nothing_else(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    now = clock.t
+    for eid, age in (("d400", 400), ("d366", 366), ("d364", 364), ("d10", 10)):
+        clock.t = now - age * DAY
+        assert (await client.get("/i", params=ev(eid=eid))).status == 200
+        assert (await client.get("/i", params={"e": "pv", "eid": f"bad-{eid}"})).status == 400
+    clock.t = now
+    assert (await client.get("/i", params=ev(eid="today"))).status == 200
+    removed = await lifecycle(client, clock, 365)
+    assert (removed.events, removed.bad_rows) == (2, 2)
+    assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d364", "today"]
+    assert rows(cfg.db, "select count(*) from bad_rows")[0][0] == 2
+    # the database itself: UPDATE refused everywhere; DELETE refused for a row newer than the horizon
+    assert "append-only" in (plain_sql(cfg.db, "UPDATE events SET app_id = 'x'") or "")
+    assert "append-only" in (plain_sql(cfg.db, "DELETE FROM events WHERE event_id = 'd364'") or "")
+    assert "append-only" in (plain_sql(cfg.db, "DELETE FROM bad_rows") or "")
+    # the horizon only moves forward
+    assert "forward" in (plain_sql(cfg.db, "UPDATE lifecycle SET horizon = '1980-01-01'") or "")
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 3
+    metrics = await (await client.get("/metrics")).text()
+    assert 'collector_lifecycle_removed_total{kind="events"} 2.0' in metrics
+
+
+async def test_the_sessions_view_shows_what_remains_of_a_cut_session(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    now = clock.t
+    b = Browser(client)
+    clock.t = now - 365 * DAY - 600  # a session that spans the horizon: 10 minutes before, 5 after
+    await b.send(ev(eid="s1"))
+    clock.t = now - 365 * DAY + 300
+    await b.send(ev(eid="s2"))
+    clock.t = now
+    await lifecycle(client, clock, 365)
+    [session] = rows(cfg.db, "select event_count, session_index from sessions")
+    assert (session[0], session[1]) == (1, 1)
+
+
+@pytest.mark.slow
+@only("sqlite")  # a file's size; PostgreSQL drops whole partitions instead
+async def test_the_file_stops_growing_once_the_horizon_is_reached(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    assert isinstance(cfg.db, Path)
+    start, sizes = clock.t, []
+    for day in range(12):  # a steady load: the same traffic every day, three days kept
+        clock.t = start + day * DAY
+        for i in range(20):
+            body = batch(*[ev(eid=f"{day}-{i}-{k}", url="https://shop.test/" + "p" * 300) for k in range(25)])
+            assert (await client.post(TP2, json=body)).status == 200
+        await lifecycle(client, clock, 3)
+        conn = sqlite3.connect(cfg.db)
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.close()
+        sizes.append(cfg.db.stat().st_size)
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 4 * 500  # today and three days back
+    assert sizes[-1] <= sizes[5] * 1.05, sizes  # flat after the horizon (a page or two either way)
+    assert sizes[5] > sizes[0] * 2, sizes  # it did grow before the horizon was reached
+
+
+async def test_culling_forgets_devices_that_cannot_come_back(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    client = await make_client(cfg.replace(cookie_max_age=30 * 86400, session_timeout=7 * 86400))
+    now = clock.t
+    gone, kept = Browser(client), Browser(client)
+    clock.t = now - 40 * DAY  # not seen since: its cookie (30 days, refreshed on every answer) expired
+    await gone.send(ev(eid="g1"))
+    clock.t = now - 2 * DAY
+    await kept.send(ev(eid="k1"))
+    clock.t = now
+    removed = await lifecycle(client, clock, 0)  # retention off: culling only
+    assert removed.devices == 1
+    assert [r[0] for r in rows(cfg.db, "select device_id from device_state")] == [kept.device]
+    await kept.send(ev(eid="k2"))  # the device seen within the lifetime keeps its session
+    got = {r[0]: r[1] for r in rows(cfg.db, "select event_id, session_id from events")}
+    assert got["k1"] == got["k2"]
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 3  # culling removes no event
+
+
+async def test_a_retired_tracker_id_is_refused_while_a_tracker_could_send_it(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    client = await make_client(cfg.replace(retired_days=365))
+    b = Browser(client)
+    await b.send(ev(eid="a", duid="duid-RET"))
+    await b.send(ev("ue", eid="anon", duid="duid-RET", ue_pr=ANON_UE))
+    start = clock.t
+    clock.t = start + 200 * DAY
+    await lifecycle(client, clock, 0)
+    await Browser(client).send(ev(eid="later", duid="duid-RET"))
+    assert rows(cfg.db, "select domain_userid from events where event_id = 'later'")[0][0] is None
+    clock.t = start + 420 * DAY  # past what a tracker's own cookie can live: forgotten
+    assert (await lifecycle(client, clock, 0)).retired == 1
+    assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == 0
+
+
+async def test_a_flood_of_cookieless_requests_is_bounded_by_the_cookie_lifetime(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    client = await make_client(cfg.replace(cookie_max_age=86400))
+    start = clock.t
+    per_day = []
+    for day in range(5):
+        clock.t = start + day * DAY
+        for i in range(30):  # a server-side tracker that never forwards the cookie: a device a request
+            assert (await client.get("/i", params=ev(eid=f"f{day}-{i}"))).status == 200
+        await lifecycle(client, clock, 0)
+        per_day.append(rows(cfg.db, "select count(*) from device_state")[0][0])
+    # a row a request until the lifetime (a day) and its margin (a day) have passed, then flat
+    assert per_day == [30, 60, 90, 90, 90], per_day
+
+
+def erase(db: Path | str, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "collector", "erase", "--db", str(db), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_erasure_removes_a_person_and_their_devices_and_records_only_the_count(
+    client: Any, cfg: Config
+) -> None:
+    alice, bob = Browser(client), Browser(client)
+    await alice.send(ev(eid="a-pre", url="https://shop.test/before-login"))  # stitched to her later
+    await alice.send(ev(eid="a-in", uid="alice-4f1e"))
+    await bob.send(ev(eid="b-in", uid="bob-77a0"))
+    await client.post(TP2, json=batch({**ev(eid="a-bad"), "uid": "alice-4f1e", "se_va": {"x": 1}}))
+    await client.get("/i", params=ev(eid="flush"))
+    device = alice.device
+    assert "erasures" in erase(cfg.db, "--user-id", "alice-4f1e") or True
+    left = {r[0] for r in rows(cfg.db, "select event_id from events")}
+    assert left == {"b-in", "flush"}
+    assert rows(cfg.db, "select count(*) from device_state where device_id = ?", (device,))[0][0] == 0
+    assert rows(cfg.db, "select count(*) from bad_rows")[0][0] == 0
+    [entry] = rows(cfg.db, "select * from erasures")
+    assert entry["selector"] == "user_id" and entry["events"] == 2 and entry["bad_rows"] == 1
+    assert "alice" not in str(tuple(entry))
+    text = "\n".join(
+        str(tuple(r))
+        for t in ("events", "bad_rows", "device_state", "sessions", "devices")
+        for r in rows(cfg.db, f"select * from {t}")
+    )
+    assert "alice-4f1e" not in text and device not in text and "bob-77a0" in text
+    if isinstance(cfg.db, Path):  # every byte of the file and its WAL, after the space is reclaimed
+        raw = b"".join(p.read_bytes() for p in cfg.db.parent.glob(cfg.db.name + "*") if p.is_file())
+        assert b"alice-4f1e" not in raw and device.encode() not in raw
+        assert b"bob-77a0" in raw  # the same search finds what is still there
+    # outside an erasure, a DELETE is still refused
+    assert "append-only" in (plain_sql(cfg.db, "DELETE FROM events WHERE event_id = 'b-in'") or "")
+    assert "append-only" in (plain_sql(cfg.db, "DELETE FROM erasures") or "")
+
+
+async def test_erasure_by_device(client: Any, cfg: Config) -> None:
+    b = Browser(client)
+    await b.send(ev(eid="d1"), ev(eid="d2"))
+    await Browser(client).send(ev(eid="other"))
+    erase(cfg.db, "--device-id", b.device)
+    assert {r[0] for r in rows(cfg.db, "select event_id from events")} == {"other"}
+    [entry] = rows(cfg.db, "select selector, events, devices from erasures")
+    assert tuple(entry) == ("device_id", 2, 1)
+
+
+async def test_the_collector_runs_the_lifecycle_by_itself(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    client = await make_client(cfg.replace(lifecycle_interval=1, retention_days=30))
+    clock.t -= 40 * DAY
+    assert (await client.get("/i", params=ev(eid="old"))).status == 200
+    clock.t += 40 * DAY
+    assert (await client.get("/i", params=ev(eid="new"))).status == 200
+    for _ in range(50):  # the first run comes a second after start
+        await asyncio.sleep(0.1)
+        if len(rows(cfg.db, "select event_id from events")) == 1:
+            break
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["new"]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'collector_lifecycle_removed_total{kind="events"} 1.0' in metrics
