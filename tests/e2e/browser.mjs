@@ -3,8 +3,10 @@
 //   node browser.mjs '{"collector": "http://127.0.0.1:8080", "scenario": "normal", "appId": "t1",
 //                      "method": "post"}'
 //
+// With "gpc": true every request the browser makes carries `Sec-GPC: 1` (Global Privacy Control);
+// "headers": {name: value} adds other headers to every request the same way.
 // Prints one JSON object on stdout: what the browser saw (tracker requests with their Cookie,
-// SP-Anonymous and Set-Cookie headers, the cookie jar at named marks, console errors, tracker
+// SP-Anonymous, Sec-GPC and Set-Cookie headers, the cookie jar at named marks, console errors, tracker
 // failure callbacks). The pytest side asserts on it and on the rows in the store.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -77,6 +79,11 @@ class Scenario {
     }
   }
 
+  /** From now on every request of the page carries `Sec-GPC: 1`, as a browser with GPC on sends it. */
+  async sendGpc() {
+    await this.context.setExtraHTTPHeaders({ ...EXTRA_HEADERS, ...GPC_HEADERS });
+  }
+
   /** Record the browser's cookie jar for the collector's origin under a label. */
   async mark(label) {
     // The whole jar, filtered here: some playwright-core versions drop Secure cookies from
@@ -86,6 +93,14 @@ class Scenario {
     result.marks[label] = { sp: jar.find((c) => c.name === 'sp' && c.domain === host) ?? null };
   }
 }
+
+// Global Privacy Control (https://privacycg.github.io/gpc-spec/): the header a browser with GPC on
+// adds to every request. Chromium has no GPC setting, so playwright adds it at the network layer.
+const GPC_HEADERS = { 'Sec-GPC': '1' };
+// Headers every request carries from the start: Sec-GPC with "gpc": true, and any in "headers".
+const EXTRA_HEADERS = { ...(opts.gpc ? GPC_HEADERS : {}), ...(opts.headers ?? {}) };
+// The user the gpc scenarios log in, so two runs on one store can be told apart.
+const GPC_USER = opts.userId ?? 'user-gpc';
 
 const pageView = (title) => ['trackPageView', { title }];
 const structEvent = (action, label) => ['trackStructEvent', {
@@ -155,6 +170,33 @@ const SCENARIOS = {
     await s.call('setUserId', 'bob');
     await s.track(...pageView('bob-home'));
     await s.track(...structEvent('add-to-basket', 'sku-3'));
+    await s.mark('end');
+  },
+
+  // An identified tracker (no anonymous tracking of its own) in a browser that sends Sec-GPC: 1 on
+  // every request when opts.gpc is set: whatever the collector does, it must do it on its own.
+  async gpc(s) {
+    await s.open('/page.html', {});
+    await s.mark('start');
+    await s.call('setUserId', GPC_USER);
+    await s.track(...pageView('home'));
+    await s.mark('after_first');
+    await s.track(...structEvent('add-to-basket', 'sku-gpc'));
+    await s.open('/page2.html', {}); // a second page load, as in normal
+    await s.call('setUserId', GPC_USER);
+    await s.track(...pageView('checkout'));
+    await s.mark('end');
+  },
+
+  // The visitor turns GPC on after the collector set its cookie: the old cookie goes out with Sec-GPC.
+  async gpc_later(s) {
+    await s.open('/page.html', {});
+    await s.call('setUserId', GPC_USER);
+    await s.track(...pageView('before-gpc'));
+    await s.mark('identified');
+    await s.sendGpc();
+    await s.track(...pageView('gpc-1'));
+    await s.track(...structEvent('browse', 'gpc-2'));
     await s.mark('end');
   },
 
@@ -248,9 +290,11 @@ async function collectRequest(request) {
     method: request.method(),
     path: url.pathname,
     spAnonymous: headers['sp-anonymous'] ?? null,
+    gpc: headers['sec-gpc'] ?? null, // what went out on the wire (Chromium reports the sent headers)
     cookie: headers.cookie ?? null,
     status: response ? response.status() : null,
     allowOrigin: response ? await response.headerValue('access-control-allow-origin') : null,
+    contentType: response ? await response.headerValue('content-type') : null,
     setCookie: setCookies,
   });
 }
@@ -269,6 +313,7 @@ async function main() {
   });
   const pending = [];
   try {
+    if (Object.keys(EXTRA_HEADERS).length > 0) await context.setExtraHTTPHeaders(EXTRA_HEADERS);
     context.on('requestfinished', (r) => pending.push(collectRequest(r)));
     context.on('requestfailed', (r) => {
       if (r.url().startsWith(collector + '/')) {

@@ -6,12 +6,15 @@ Every request goes to the real collector unchanged; on the way back the proxy re
 headers the way a misconfigured collector would:
 
 - `star`: `Access-Control-Allow-Origin: *`, which a browser refuses for `credentials: 'include'`;
-- `no-credentials`: drops `Access-Control-Allow-Credentials`, which the browser equally refuses.
+- `no-credentials`: drops `Access-Control-Allow-Credentials`, which the browser equally refuses;
+- `record`: changes nothing; with `--record FILE` every mode appends one JSON line per request, the
+  method, path and headers as they arrived (names lowercased), to see what reaches the collector.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from aiohttp import ClientSession, web
 from multidict import CIMultiDict
@@ -31,7 +34,7 @@ HOP_HEADERS = frozenset(
         "proxy-connection",
     }
 )
-MODES = ("star", "no-credentials")
+MODES = ("star", "no-credentials", "record")
 
 
 def rewrite(headers: CIMultiDict[str], mode: str) -> None:
@@ -42,7 +45,7 @@ def rewrite(headers: CIMultiDict[str], mode: str) -> None:
         headers.popall("Access-Control-Allow-Credentials", None)
 
 
-def make_app(upstream: str, mode: str) -> web.Application:
+def make_app(upstream: str, mode: str, record: str | None = None) -> web.Application:
     async def on_startup(app: web.Application) -> None:
         # No cookie jar of its own and no decompression: the browser's cookies and bodies pass as-is.
         app["client"] = ClientSession(auto_decompress=False, cookie_jar=None)
@@ -53,6 +56,11 @@ def make_app(upstream: str, mode: str) -> web.Application:
     async def forward(request: web.Request) -> web.StreamResponse:
         out = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_HEADERS)
         body = await request.read()
+        if record:
+            seen = {k.lower(): v for k, v in request.headers.items()}
+            line = json.dumps({"method": request.method, "path": request.path, "headers": seen})
+            with open(record, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
         async with request.app["client"].request(
             request.method,
             upstream + request.path_qs,
@@ -78,9 +86,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the collector, e.g. http://127.0.0.1:8080")
     parser.add_argument("--mode", choices=MODES, default="star")
+    parser.add_argument("--record", help="append each request (method, path, headers) as a JSON line")
     args = parser.parse_args()
     web.run_app(
-        make_app(args.upstream.rstrip("/"), args.mode),
+        make_app(args.upstream.rstrip("/"), args.mode, args.record),
         host=args.host,
         port=args.port,
         print=None,

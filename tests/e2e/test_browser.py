@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ METHODS = ["post", "get"]
 LOOPBACK = "127.0.0.1"
 
 
-def browse(collector_url: str, scenario: str, method: str, **extra: Any) -> dict[str, Any]:
-    app_id = f"br-{scenario}-{method}"
+def browse(collector_url: str, scenario: str, method: str, tag: str = "", **extra: Any) -> dict[str, Any]:
+    """Run a scenario of browser.mjs; tag tells apart runs of one scenario on one store."""
+    app_id = f"br-{scenario}-{tag}-{method}" if tag else f"br-{scenario}-{method}"
     result = run_node(
         "browser.mjs",
         {
@@ -266,22 +268,16 @@ def test_logout_rotates_the_device_and_never_links_alice_to_bob(
     assert {s["user_id"] for s in sessions if s["device_id"] == a} <= {None, "alice"}
 
 
-@pytest.fixture
-def broken_cors(collector: Collector, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A reverse proxy in front of the real collector that rewrites its CORS answers (param: mode)."""
+@contextmanager
+def cors_proxy(collector: Collector, mode: str, record: Path | None = None) -> Iterator[str]:
+    """cors_proxy.py in front of the real collector (mode: see there); yields the proxy's URL."""
     port = free_port()
-    log = open(collector.db.parent / f"cors-proxy-{port}.log", "wb")  # noqa: SIM115 - closed below
+    log = open(Path(collector.db).parent / f"cors-proxy-{port}.log", "wb")  # noqa: SIM115 - closed below
+    args = ["--port", str(port), "--upstream", collector.url, "--mode", mode]
+    if record is not None:
+        args += ["--record", str(record)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(E2E_DIR / "cors_proxy.py"),
-            "--port",
-            str(port),
-            "--upstream",
-            collector.url,
-            "--mode",
-            request.param,
-        ],
+        [sys.executable, str(E2E_DIR / "cors_proxy.py"), *args],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -293,6 +289,13 @@ def broken_cors(collector: Collector, request: pytest.FixtureRequest) -> Iterato
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+@pytest.fixture
+def broken_cors(collector: Collector, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A reverse proxy in front of the real collector that rewrites its CORS answers (param: mode)."""
+    with cors_proxy(collector, request.param) as url:
+        yield url
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -545,3 +548,226 @@ def test_logout_with_the_session_entity_never_links_alice_to_bob(
     # The promise: the new device's rows, logged out and Bob's, hold none of the old device's ids.
     leaks = find_identifiers(ids, counts, rows[4:], first=4)
     assert leaks == [], "the old device's identifiers in later rows:\n" + describe(leaks, rows)
+
+
+# Global Privacy Control. The tracker is an ordinary identified one (setUserId, no anonymous tracking
+# of its own) in a browser whose requests carry `Sec-GPC: 1`; what COLLECTOR_GPC says is up to the
+# collector alone: `anonymous` (the default) stores the events under the SP-Anonymous policy, `drop`
+# answers as usual and stores nothing, `ignore` treats the request as if the header were absent.
+
+GPC_EVENTS = ["pv", "se", "pv"]  # the gpc scenario: page view, struct event, page view on a second page
+# What SP-Anonymous keeps out of a row; the tracker sends uid and duid all the same.
+ANONYMOUS_NONE = ("user_ipaddress", "network_userid", "user_id", "domain_userid", "session_id")
+
+
+@pytest.fixture
+def gpc_collector(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Collector]:
+    """A collector of its own on a fresh store, with COLLECTOR_GPC set to the param (None: unset)."""
+    monkeypatch.delenv("COLLECTOR_GPC", raising=False)
+    env = {} if request.param is None else {"COLLECTOR_GPC": request.param}
+    proc = Collector(tmp_path / "events.db", env=env).start()
+    try:
+        yield proc
+    finally:
+        if proc.proc is not None and proc.proc.poll() is None:
+            stop_cleanly(proc)
+
+
+def stop_cleanly(collector: Collector) -> None:
+    """Stop the collector (SIGTERM drains its write queue) and insist it exits 0."""
+    code = collector.stop()
+    tail = collector.log.read_text(errors="replace")[-4000:] if collector.log.exists() else ""
+    assert code == 0, f"collector exited {code}; log tail:\n{tail}"
+
+
+def sent_ids(result: dict[str, Any], key: str) -> list[Any]:
+    """The values of one tracker-side id (duid, sid, uid) the events of a run carried, in order."""
+    return [e[key] for r in result["requests"] for e in r["sent"]]
+
+
+def assert_gpc_went_out(result: dict[str, Any], expected: list[str | None]) -> None:
+    """What the browser really sent: Sec-GPC per request, and never the tracker's own SP-Anonymous."""
+    requests = result["requests"]
+    assert [r["gpc"] for r in requests] == expected, [(r["method"], r["gpc"]) for r in requests]
+    assert [r["spAnonymous"] for r in requests] == [None] * len(requests)
+
+
+def assert_tracker_identified(result: dict[str, Any], user: str) -> None:
+    """The tracker sent its ids with every event: whatever the rows lack, the collector dropped."""
+    duids, sids = sent_ids(result, "duid"), sent_ids(result, "sid")
+    assert all(duids) and len(set(duids)) == 1 and all(sids), result["requests"]
+    assert sent_ids(result, "uid") == [user] * len(duids)
+
+
+def assert_identified_rows(store: Store, result: dict[str, Any], user: str) -> list[Row]:
+    """A run of the gpc scenario stored as identified: the IP, the collector's device, the user id."""
+    assert_clean(result)
+    requests = result["requests"]
+    cookie = jar_sp(result, "end")
+    assert cookie is not None, result["marks"]
+    assert jar_sp(result, "start") is None and sp_set(requests[0]) == cookie["value"]
+    assert [sp_sent(r) for r in requests[1:]] == [cookie["value"]] * (len(requests) - 1)
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "event") == GPC_EVENTS
+    assert column(rows, "anonymous") == [0] * 3
+    assert column(rows, "user_ipaddress") == [LOOPBACK] * 3
+    assert column(rows, "network_userid") == [device(cookie["value"])] * 3
+    assert column(rows, "user_id") == [user] * 3
+    assert column(rows, "domain_userid") == sent_ids(result, "duid")
+    assert all(column(rows, "session_id"))
+    assert rows[1]["se_label"] == "sku-gpc"
+    return rows
+
+
+def store_dump(store: Store) -> str:
+    """Every row of every table and view of the store, as one text to search."""
+    names = [r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")]
+    return json.dumps({name: store.query(f'SELECT * FROM "{name}"') for name in names}, default=str)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sec_gpc_reaches_the_collector(collector: Collector, tmp_path: Path, method: str) -> None:
+    """The scenario's premise, independent of what the collector does with the header: every tracker
+    request reaches the collector with Sec-GPC: 1, on the wire, and needs no CORS allowance."""
+    record = tmp_path / "requests.jsonl"
+    with cors_proxy(collector, "record", record) as url:
+        result = browse(url, "gpc", method, tag="wire", gpc=True)
+    assert_clean(result)
+    assert_gpc_went_out(result, ["1"] * 3)
+    seen = [json.loads(line) for line in record.read_text().splitlines()]
+    seen = [r for r in seen if r["path"] != "/health"]  # the readiness probe of cors_proxy()
+    tracked = [r for r in seen if r["method"] != "OPTIONS"]
+    sent = [(r["method"], r["path"]) for r in result["requests"]]
+    assert [(r["method"], r["path"]) for r in tracked] == sent, seen
+    assert [r["headers"].get("sec-gpc") for r in tracked] == ["1"] * 3, tracked
+    # A browser with GPC on adds the header itself: it is not in a preflight's requested headers,
+    # so the collector needs no Access-Control-Allow-Headers for it (POST has one preflight, GET none).
+    preflights = [r for r in seen if r["method"] == "OPTIONS"]
+    assert len(preflights) == (1 if method == "post" else 0), seen
+    for p in preflights:
+        assert "sec-gpc" not in p["headers"].get("access-control-request-headers", "").lower(), p
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gpc_collector", [None], indirect=True, ids=["default"])
+def test_gpc_by_default_stores_the_events_without_any_identifier(
+    gpc_collector: Collector, method: str
+) -> None:
+    store = Store(Path(gpc_collector.db))
+    result = browse(gpc_collector.url, "gpc", method, gpc=True)
+    assert_clean(result)
+    assert_gpc_went_out(result, ["1"] * 3)
+    assert_tracker_identified(result, "user-gpc")
+    requests = result["requests"]
+    # No device cookie issued: the answers set none and the browser ends without one.
+    assert [sp_set(r) for r in requests] == [None] * 3, [r["setCookie"] for r in requests]
+    assert [sp_sent(r) for r in requests] == [None] * 3
+    assert jar_sp(result, "end") is None
+
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "event") == GPC_EVENTS
+    assert column(rows, "anonymous") == [1] * 3
+    for name in ANONYMOUS_NONE:
+        assert column(rows, name) == [None] * 3, name
+    # The events themselves are kept: only identifiers go.
+    assert rows[1]["se_label"] == "sku-gpc"
+    assert rows[2]["page_url"] == result["pageOrigin"] + "/page2.html"
+    text = json.dumps(rows)
+    assert f'"{LOOPBACK}"' not in text and "user-gpc" not in text
+    assert sent_ids(result, "duid")[0] not in text
+
+    # The twin: the same scenario without the header, on the same collector, is stored identified.
+    control = browse(gpc_collector.url, "gpc", method, tag="control", userId="user-control")
+    assert_gpc_went_out(control, [None] * 3)
+    assert_identified_rows(store, control, "user-control")
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gpc_collector", [None], indirect=True, ids=["default"])
+def test_gpc_by_default_is_exactly_the_sp_anonymous_policy(gpc_collector: Collector, method: str) -> None:
+    """The same identified tracker once with Sec-GPC: 1, once with SP-Anonymous: the same columns kept."""
+    store = Store(Path(gpc_collector.db))
+    gpc = browse(gpc_collector.url, "gpc", method, gpc=True)
+    anon = browse(gpc_collector.url, "gpc", method, tag="sp-anonymous", headers={"SP-Anonymous": "*"})
+    assert_clean(gpc)
+    assert_clean(anon)
+    assert [r["spAnonymous"] for r in anon["requests"]] == ["*"] * 3  # the twin's premise
+    assert_tracker_identified(anon, "user-gpc")
+    assert [sp_set(r) for r in gpc["requests"]] == [sp_set(r) for r in anon["requests"]] == [None] * 3
+    gpc_rows = store.events(gpc["appId"], gpc["eids"])
+    anon_rows = store.events(anon["appId"], anon["eids"])
+    assert column(anon_rows, "anonymous") == [1] * 3  # SP-Anonymous did what it does
+    for g, a in zip(gpc_rows, anon_rows, strict=True):
+        kept = {k for k, v in a.items() if v is not None}
+        assert {k for k, v in g.items() if v is not None} == kept, (g, a)
+        assert g["anonymous"] == a["anonymous"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gpc_collector", [None], indirect=True, ids=["default"])
+def test_gpc_turned_on_later_expires_the_device_cookie(gpc_collector: Collector, method: str) -> None:
+    """One identified event, then GPC on: the old cookie goes out with Sec-GPC, the answer expires it."""
+    store = Store(Path(gpc_collector.db))
+    result = browse(gpc_collector.url, "gpc_later", method)
+    assert_clean(result)
+    assert_gpc_went_out(result, [None, "1", "1"])
+    first, gpc1, gpc2 = result["requests"]
+    old = jar_sp(result, "identified")
+    assert old is not None and sp_set(first) == old["value"]
+    assert sp_sent(gpc1) == old["value"]  # the case under test happened
+    assert sp_set(gpc1) == "", gpc1["setCookie"]  # ...and the collector expired the cookie
+    assert (sp_sent(gpc2), sp_set(gpc2)) == (None, None)
+    assert jar_sp(result, "end") is None
+    duids = sent_ids(result, "duid")
+    assert len(set(duids)) == 1  # the tracker kept sending its own device id
+
+    rows = store.events(result["appId"], result["eids"])
+    assert column(rows, "anonymous") == [0, 1, 1]
+    assert column(rows, "user_ipaddress") == [LOOPBACK, None, None]
+    assert column(rows, "network_userid") == [device(old["value"]), None, None]
+    assert column(rows, "user_id") == ["user-gpc", None, None]
+    assert column(rows, "domain_userid") == [duids[0], None, None]
+    later = json.dumps(rows[1:])
+    for value in (device(old["value"]), duids[0], "user-gpc", f'"{LOOPBACK}"'):
+        assert value not in later, value
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gpc_collector", ["drop"], indirect=True)
+def test_gpc_drop_answers_as_usual_and_stores_nothing(gpc_collector: Collector, method: str) -> None:
+    store = Store(Path(gpc_collector.db))
+    result = browse(gpc_collector.url, "gpc", method, gpc=True, userId="user-dropped")
+    # Answered 200 with CORS, acknowledged by the tracker, one request per event: no failure, no retry.
+    assert_clean(result)
+    assert_gpc_went_out(result, ["1"] * 3)
+    assert_tracker_identified(result, "user-dropped")
+    requests = result["requests"]
+    assert [sp_set(r) for r in requests] == [None] * 3, [r["setCookie"] for r in requests]
+    assert jar_sp(result, "end") is None
+
+    # The twin: without the header the same collector stores the events, identified.
+    control = browse(gpc_collector.url, "gpc", method, tag="control", userId="user-control")
+    assert_gpc_went_out(control, [None] * 3)
+    assert_identified_rows(store, control, "user-control")
+    # ...and the dropped requests got the answer a stored event gets (the pixel on GET, ok on POST).
+    assert [r["contentType"] for r in requests] == [r["contentType"] for r in control["requests"]]
+
+    stop_cleanly(gpc_collector)  # the write queue is drained: nothing of the GPC run can still arrive
+    assert store.count(result["appId"]) == 0
+    assert store.query("SELECT count(*) AS n FROM bad_rows")[0]["n"] == 0
+    dump = store_dump(store)
+    assert "user-control" in dump and sent_ids(control, "duid")[0] in dump  # where the twin's ids are
+    for value in (result["appId"], "user-dropped", sent_ids(result, "duid")[0], *result["eids"]):
+        assert value not in dump, value
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("gpc_collector", ["ignore"], indirect=True)
+def test_gpc_ignore_stores_identified_rows(gpc_collector: Collector, method: str) -> None:
+    store = Store(Path(gpc_collector.db))
+    result = browse(gpc_collector.url, "gpc", method, gpc=True)
+    assert_gpc_went_out(result, ["1"] * 3)
+    assert_tracker_identified(result, "user-gpc")
+    assert_identified_rows(store, result, "user-gpc")
