@@ -20,14 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from collector.events import format_ms  # the stores' text form of a time
+
 CULL_MARGIN_S = 86400  # a day past the cookie's lifetime: clocks differ, a request may be in flight
 BATCH = 5000  # rows per DELETE transaction: the collector's writer never waits long for the lock
 DAY_MS = 86_400_000
-
-
-def format_ms(ms: int) -> str:
-    """UTC 'YYYY-MM-DD HH:MM:SS.mmm' (the stores' text form of a time)."""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}"
 
 
 def horizon_ms(now_ms: int, retention_days: int) -> int | None:
