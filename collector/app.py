@@ -15,7 +15,7 @@ from collector.config import CANONICAL_PATHS, Config, is_postgres
 from collector.errors import CollectorError, error_response, from_exception
 from collector.handlers import EVENTS, STATE, State
 from collector.metrics import Metrics
-from storage.postgres import PostgresStore
+from storage.postgres import PostgresStore, describe
 from storage.sessions import SessionRules
 from storage.sqlite import SqliteStore
 
@@ -92,7 +92,7 @@ async def lifecycle_loop(state: State) -> None:
             )
             state.metrics.lifecycle(removed)
         except Exception as exc:  # noqa: BLE001 - a failed run is retried at the next interval
-            log.error("lifecycle run failed: %s: %s", type(exc).__name__, exc)
+            log.error("lifecycle run failed: %s", describe(exc))
         await asyncio.sleep(cfg.lifecycle_interval)
 
 

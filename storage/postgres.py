@@ -33,6 +33,14 @@ PROBE_SECONDS = 1.0
 CONNECT_SECONDS = 30.0  # how long start() waits for the server (replicas may start before it)
 
 
+def describe(exc: BaseException) -> str:
+    """An error for the log: a server error by its SQLSTATE only (its message may quote a row's
+    values), a connection error (host, port, reason) as it is."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return f"{type(exc).__name__} (SQLSTATE {exc.sqlstate})"
+    return f"{type(exc).__name__}: {exc}"
+
+
 class PostgresStore:
     """The store for replicas on several hosts."""
 
@@ -178,7 +186,7 @@ class PostgresStore:
             return await self._without_unstorable(subs)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # server down or restarting, connection lost (COMMIT's outcome unknown), timeout: 503
-            log.error("commit of %d events failed: %s: %s", size, type(exc).__name__, exc)
+            log.error("commit of %d events failed: %s", size, describe(exc))
             self._failing = True
             return [StoreFailed(str(exc))] * len(subs)
         self._failing = False
