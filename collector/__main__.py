@@ -1,5 +1,5 @@
-"""`python -m collector serve` runs the collector; `query "SQL"` reads the store; `migrate` and
-`pg-roles` set a PostgreSQL store up."""
+"""`python -m collector serve` runs the collector; `query "SQL"` reads the store; `browse` opens it
+read-only in Datasette; `migrate` and `pg-roles` set a PostgreSQL store up."""
 
 from __future__ import annotations
 
@@ -225,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     query_p.add_argument("sql")
     query_p.add_argument("--db", default=None, help="database file or postgresql:// URL [env COLLECTOR_DB]")
     query_p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    browse_p = sub.add_parser("browse", help="browse the SQLite store read-only in Datasette")
+    browse_p.add_argument("--db", default=None, help="database file [env COLLECTOR_DB]")
+    browse_p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
+    browse_p.add_argument("--port", type=int, default=8081)
     mig_p = sub.add_parser("migrate", help="PostgreSQL: apply migrations as the owner, grant the roles")
     mig_p.add_argument("--db", required=True, help="the owner's postgresql:// URL")
     mig_p.add_argument("--writer-role", default="collector_writer", help="role the collectors connect as")
@@ -255,6 +259,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "query":
         return query(cfg.db, args.sql, args.format)
+    if args.command == "browse":
+        from collector import browse
+
+        return browse.run(cfg.db, args.host, args.port, cfg.browse_password_hash)
     if args.command in ("retain", "erase"):
         return lifecycle_now(cfg, getattr(args, "user_id", None), getattr(args, "device_id", None))
     logs.setup(cfg.log_format, cfg.log_level)

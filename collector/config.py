@@ -156,6 +156,13 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _password_hash(raw: str) -> Secret:
+    value = raw.strip()
+    if value and not value.startswith("pbkdf2_sha256$"):
+        raise ValueError("expected a hash from `datasette hash-password` (pbkdf2_sha256$...)")
+    return Secret(value)
+
+
 @dataclass(frozen=True)
 class Setting:
     """One setting: its env name, parser, default and one line of help."""
@@ -370,6 +377,12 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         "When set, /metrics requires `Authorization: Bearer <token>`.",
     ),
+    Setting(
+        "browse_password_hash",
+        _password_hash,
+        "",
+        "`browse`: hash (`datasette hash-password`) of the analyst's password; required off loopback.",
+    ),
 )
 
 
@@ -423,6 +436,7 @@ class Config:
     log_level: str = "info"
     metrics: bool = True
     metrics_token: Secret = field(default_factory=lambda: Secret(""))
+    browse_password_hash: Secret = field(default_factory=lambda: Secret(""))
 
     def replace(self, **changes: Any) -> Config:
         """A copy with some settings changed (tests and the worker supervisor use it)."""
