@@ -28,16 +28,16 @@ ACTOR = "analyst"  # the one login: user `analyst`, the password whose hash PASS
 
 # Sized for stores of millions of rows on a small machine. Each query is bounded in time, which also
 # bounds how long it pins a WAL snapshot (see storage.sqlite.bound_wal).
-SETTINGS: dict[str, str] = {
-    "sql_time_limit_ms": "10000",  # a group-by over 2M events takes 2-5 s; the default 1 s refuses it
-    "max_returned_rows": "5000",
-    "max_csv_mb": "1000",  # `?_stream=on` exports in pages of short queries; cap one download at 1 GB
-    "allow_download": "off",  # the live file is never handed out (Datasette forbids it for mutable files too)
-    "suggest_facets": "off",  # suggesting runs a query per column on every table page: too dear on big tables
-    "facet_time_limit_ms": "1000",
-    "num_sql_threads": "3",
-    "default_page_size": "50",
-    "truncate_cells_html": "300",  # contexts and other_params are long JSON
+SETTINGS: dict[str, int | bool] = {
+    "sql_time_limit_ms": 10000,  # a group-by over 2M events takes 2-5 s; the default 1 s refuses it
+    "max_returned_rows": 5000,
+    "max_csv_mb": 1000,  # `?_stream=on` exports in pages of short queries; cap one download at 1 GB
+    "allow_download": False,  # never hand out the live file (Datasette forbids it for mutable files too)
+    "suggest_facets": False,  # a query per column on every table page: too dear on big tables
+    "facet_time_limit_ms": 1000,
+    "num_sql_threads": 3,
+    "default_page_size": 50,
+    "truncate_cells_html": 300,  # contexts and other_params are long JSON
 }
 
 
@@ -91,7 +91,8 @@ def command(db: Path, host: str, port: int, metadata_path: Path) -> list[str]:
     cmd = [sys.executable, "-m", "datasette", "serve", str(db)]
     cmd += ["--host", host, "--port", str(port), "--metadata", str(metadata_path)]
     for name, value in SETTINGS.items():
-        cmd += ["--setting", name, value]
+        text = ("on" if value else "off") if isinstance(value, bool) else str(value)
+        cmd += ["--setting", name, text]
     return cmd
 
 
