@@ -116,6 +116,7 @@ def open_store(cfg: Config, on_commit: Callable[[int, float], None]) -> SqliteSt
         synchronous=cfg.synchronous,
         busy_timeout=cfg.busy_timeout,
         on_commit=on_commit,
+        wal_limit=cfg.wal_size_limit,
         **bounds,
     )
 

@@ -283,6 +283,12 @@ SETTINGS: tuple[Setting, ...] = (
         "Milliseconds a writer waits for another process's transaction.",
     ),
     Setting(
+        "wal_size_limit",
+        _int_range(-1, 64 * 1024**3),
+        "67108864",
+        "SQLite: bytes the WAL file is truncated back to once long reads have let it grow; -1: never.",
+    ),
+    Setting(
         "trusted_proxies",
         _networks,
         "",
@@ -414,6 +420,7 @@ class Config:
     group_max: int = 5000
     synchronous: str = "FULL"
     busy_timeout: int = 10000
+    wal_size_limit: int = 67108864
     trusted_proxies: tuple[Network, ...] = ()
     forwarded_header: str = "x-forwarded-for"
     trust_ip_param: bool = False

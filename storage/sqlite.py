@@ -63,6 +63,25 @@ def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) ->
     return conn
 
 
+WAL_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, stated: the bound below depends on it
+
+
+def bound_wal(conn: sqlite3.Connection, limit_bytes: int) -> None:
+    """Keep the WAL file bounded although analysts' long reads run beside the writer.
+
+    A reader pins the snapshot it started from: no checkpoint can copy frames past it back into the
+    database, so while it reads the WAL only grows (by what is written meanwhile; Datasette's
+    sql_time_limit_ms bounds how long one query pins it). Once it is done the PASSIVE autocheckpoint
+    after a commit copies everything back and the next write starts the WAL from the beginning; but
+    SQLite reuses the file at its largest size, and journal_size_limit is what truncates it then, so
+    the disk held returns to about the limit (or the autocheckpoint size, whichever is larger). The
+    writer never runs a RESTART/TRUNCATE checkpoint itself: those wait for the readers, and every
+    request would wait with them. -1: no limit (SQLite's default).
+    """
+    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"PRAGMA journal_size_limit = {int(limit_bytes)}")
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """A connection that cannot write: read-only file mode and query_only, whatever the SQL says."""
     if not path.exists():
@@ -86,8 +105,10 @@ class SqliteStore:
         queue_max_bytes: int = 64 * 1024 * 1024,
         group_max: int = 5000,
         on_commit: CommitHook | None = None,
+        wal_limit: int = 64 * 1024 * 1024,
     ) -> None:
         self.path = path
+        self._wal_limit = wal_limit
         self._rules = rules
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
@@ -111,6 +132,7 @@ class SqliteStore:
 
     def _open(self) -> sqlite3.Connection:
         conn = connect(self.path, self._synchronous, self._busy_timeout)
+        bound_wal(conn, self._wal_limit)
         migrate(conn)
         return conn
 

@@ -55,8 +55,8 @@ def refusal(db: Path | str, host: str, password_hash: str) -> str | None:
     """Why browse must not start with these settings, or None."""
     if isinstance(db, str):
         return (
-            "browse serves SQLite stores only: Datasette does not read PostgreSQL. Query a "
-            "postgresql:// store with `python -m collector query` or any PostgreSQL client as the reader role."
+            "browse serves SQLite stores only: Datasette does not read PostgreSQL. Query a postgresql:// "
+            "store with `python -m collector query` or any PostgreSQL client, as the reader role."
         )
     if not db.is_file():
         return f"no database at {db} (start the collector once to create it)"
