@@ -146,6 +146,8 @@ def test_refusals(tmp_path: Path) -> None:
         assert "COLLECTOR_BROWSE_PASSWORD_HASH" in str(browse.refusal(db, host, ""))
         assert browse.refusal(db, host, "pbkdf2_sha256$480000$salt$hash") is None
     assert "PostgreSQL" in str(browse.refusal("postgresql://u@h/db", "127.0.0.1", ""))
+    assert "not a hash" in str(browse.refusal(db, "127.0.0.1", "hunter2"))
+    assert "hunter2" not in str(browse.refusal(db, "127.0.0.1", "hunter2"))
 
 
 def test_command_is_read_only_mode_and_loopback_host(tmp_path: Path) -> None:

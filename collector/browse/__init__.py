@@ -60,6 +60,9 @@ def refusal(db: Path | str, host: str, password_hash: str) -> str | None:
         )
     if not db.is_file():
         return f"no database at {db} (start the collector once to create it)"
+    if password_hash and not password_hash.startswith("pbkdf2_sha256$"):
+        # never quoted: someone may have put the password itself there
+        return f"{PASSWORD_ENV} is not a hash from `datasette hash-password` (pbkdf2_sha256$...)"
     if not is_loopback(host) and not password_hash:
         return (
             f"browse on {host} is reachable from other machines: set {PASSWORD_ENV} to a password hash "
