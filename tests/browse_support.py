@@ -59,7 +59,9 @@ class Browse:
             wait_http(self.url + "/-/versions.json", timeout=30, status=403 if protected else 200)
         except TimeoutError:
             self.stop()
-            raise AssertionError(f"browse did not start:\n{self.log.read_text(errors='replace')[-3000:]}")
+            raise AssertionError(
+                f"browse did not start:\n{self.log.read_text(errors='replace')[-3000:]}"
+            ) from None
         return self
 
     def stop(self) -> int:
