@@ -97,7 +97,8 @@ async def fill(
             refr = rnd.choice(REFERRERS)
             events = []
             for i in range(path_count):
-                path = ("/", "/pricing", "/signup")[i] if rnd.random() < 0.5 else rnd.choice(PATHS)
+                funnel = ("/", "/pricing", "/signup", "/docs")
+                path = funnel[i] if rnd.random() < 0.5 else rnd.choice(PATHS)
                 common = {"url": f"https://shop.test{path}", "page": path.strip("/") or "home", "sid": sid}
                 pv = ev("pv", eid=str(uuid.uuid4()), **common)
                 if i == 0 and refr:
