@@ -23,9 +23,13 @@ from tests.wal_growth import Writer
 
 
 def get_json(url: str, opener: urllib.request.OpenerDirector | None = None) -> Any:
-    with (opener or urllib.request.build_opener()).open(url, timeout=30) as resp:
-        assert resp.status == 200
-        return json.load(resp)
+    try:
+        with (opener or urllib.request.build_opener()).open(url, timeout=30) as resp:
+            assert resp.status == 200
+            return json.load(resp)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            raise AssertionError(f"{url}: {exc.code} {exc.read()[:500]!r}") from None
 
 
 def test_browse_reads_while_the_collector_writes(tmp_path: Path) -> None:
