@@ -40,21 +40,37 @@ TSTAMPS = {"dtm": COL["dvce_created_tstamp"], "stm": COL["dvce_sent_tstamp"], "t
 # Consumed elsewhere (identity, policy) or decoded below: never copied into other_params.
 HANDLED = frozenset({"eid", "vid", "se_va", "ue_pr", "ue_px", "co", "cx", *identifiers.NETWORK_PARAMS})
 DUID, SID = COL["domain_userid"], COL["domain_sessionid"]
+# Where each param goes, in one lookup per param on the hot path: a column index (>= 0), other_params,
+# consumed elsewhere, or a timestamp column (TSTAMP_BASE - column).
+OTHER, HANDLED_KEY, TSTAMP_BASE = -1, -2, -3
+PLACE: dict[str, int] = {
+    **{k: HANDLED_KEY for k in HANDLED},
+    **{k: TSTAMP_BASE - i for k, i in TSTAMPS.items()},
+    **SIMPLE,
+}
 MAX_EID = 128
 
 
 _SECONDS: dict[int, str] = {}
 
 
+_LAST: list[Any] = [None, ""]  # the last (ms, text): a batch's events share their send time (stm)
+
+
 def format_ms(ms: int) -> str:
     """UTC 'YYYY-MM-DD HH:MM:SS.mmm' for a millisecond epoch."""
+    last = _LAST
+    if last[0] == ms:
+        return last[1]  # type: ignore[no-any-return]
     sec = ms // 1000
     text = _SECONDS.get(sec)
     if text is None:  # strftime is the costliest step of a row; events of a batch share their seconds
         if len(_SECONDS) > 4096:
             _SECONDS.clear()
         text = _SECONDS[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
-    return f"{text}.{ms % 1000:03d}"
+    out = f"{text}.{ms % 1000:03d}"
+    last[0], last[1] = ms, out
+    return out
 
 
 def base_row(collector_tstamp: str, ip: str | None, useragent: str | None, anonymous: bool) -> list[Any]:
@@ -87,17 +103,17 @@ def build_row(
         if len(value) > MAX_VALUE or len(key) > MAX_KEY:
             what = f"value of {param_name(key)}" if len(key) <= MAX_KEY else "a param's name"
             raise BadInput("value_too_long", f"{what} is longer than the limit")
-        idx = SIMPLE.get(key)
-        if idx is not None:
+        idx = PLACE.get(key, OTHER)
+        if idx >= 0:
             row[idx] = value
-        elif key in TSTAMPS:
+        elif idx == OTHER:
+            other[key] = value
+        elif idx != HANDLED_KEY:  # a timestamp: its column is encoded in the place
             ms = _int(value)
             if ms is None:
                 other[key] = value
             else:
-                row[TSTAMPS[key]] = format_ms(ms)
-        elif key not in HANDLED:
-            other[key] = value
+                row[TSTAMP_BASE - idx] = format_ms(ms)
     duid, sid = row[DUID], row[SID]
     if (duid and len(duid) > identifiers.TRACKER_ID_MAX) or (sid and len(sid) > identifiers.TRACKER_ID_MAX):
         raise BadInput("bad_tracker_id", f"duid and sid are at most {identifiers.TRACKER_ID_MAX} characters")

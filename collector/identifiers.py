@@ -101,12 +101,27 @@ def _norm(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
 
+_RULES_SEEN: dict[str, EntityRule | None] = {}  # schema URI -> its rule: a tracker sends a few, often
+_RULES_SEEN_MAX = 1024  # bounded in number and length: a client can send any made-up schemas
+
+
 def rule_of(schema: Any) -> EntityRule | None:
     """The rule for an entity's schema URI (`iglu:vendor/name/format/version`), or None if unknown."""
-    if not isinstance(schema, str) or not schema.startswith("iglu:"):
+    if schema.__class__ is not str:
         return None
-    parts = schema[5:].split("/")
-    return ENTITY_RULES.get(f"{parts[0]}/{parts[1]}") if len(parts) == 4 else None
+    try:
+        return _RULES_SEEN[schema]
+    except KeyError:
+        pass
+    rule = None
+    if schema.startswith("iglu:"):
+        parts = schema[5:].split("/")
+        rule = ENTITY_RULES.get(f"{parts[0]}/{parts[1]}") if len(parts) == 4 else None
+    if len(schema) <= 256:  # real schema URIs are short; a long made-up one is not worth keeping
+        if len(_RULES_SEEN) >= _RULES_SEEN_MAX:
+            _RULES_SEEN.clear()
+        _RULES_SEEN[schema] = rule
+    return rule
 
 
 def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
