@@ -86,8 +86,8 @@ FULL = Plan(
         "mix": (*ALL, "collector-pg"),
     },
     half_seconds=5.0,
-    half_targets=("collector", "baseline", "nginx"),
-    flat_seconds=20.0,
+    half_targets=("collector", "collector-w2", "baseline", "nginx"),
+    flat_seconds=180.0,
 )
 
 
