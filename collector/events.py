@@ -63,7 +63,12 @@ INTS = {
     "ti_qu": COL["ti_quantity"],
     "tid": COL["txn_id"],
 }
-NUMBERS = {"tr_tt": COL["tr_total"], "tr_tx": COL["tr_tax"], "tr_sh": COL["tr_shipping"], "ti_pr": COL["ti_price"]}
+NUMBERS = {
+    "tr_tt": COL["tr_total"],
+    "tr_tx": COL["tr_tax"],
+    "tr_sh": COL["tr_shipping"],
+    "ti_pr": COL["ti_price"],
+}
 SIZES = {  # "WIDTHxHEIGHT"
     "vp": (COL["br_viewwidth"], COL["br_viewheight"]),
     "res": (COL["dvce_screenwidth"], COL["dvce_screenheight"]),

@@ -13,10 +13,10 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
   under another name keeps it, so name it here or do not send it.
 * **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, the fingerprint
   `fp`, the cross-domain `refr_domain_userid`, and the client_session entity's userId / sessionId /
-  previousSessionId). When a device rotates or opts out,
-  they are retired; a later row that still carries one loses every trace of the tracker's identity
-  (`forget`): its duid, sid, vid, fingerprint and refr_domain_userid columns and its client_session entity, so that nothing a tracker
-  kept from before the rotation ties the new device to the old.
+  previousSessionId). When a device rotates or opts out, they are retired; a later row that still
+  carries one loses every trace of the tracker's identity (`forget`): its duid, sid, vid, fingerprint
+  and refr_domain_userid columns and its client_session entity, so that nothing a tracker kept from
+  before the rotation ties the new device to the old.
 """
 
 from __future__ import annotations
