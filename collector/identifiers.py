@@ -21,6 +21,7 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,10 @@ PERSON_PARAMS = ("uid", "duid", "fp", "mac", "ad_uid")
 # page URL; collector.events never sets it under SP-Anonymous). Both are tracker ids (retired with the
 # device) and forgotten from a row that carries a retired id.
 ROW_IDS = ("user_fingerprint", "refr_domain_userid")
+# URL params that may carry the cross-domain link `_sp` (the linking site's duid, and in its extended
+# form its session and user ids): under SP-Anonymous the link is cut out of them, wherever it sits.
+LINK_URL_PARAMS = ("url", "refr")
+_LINK = re.compile(r"([?&#])_sp=[^&#]*&?")
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
@@ -179,6 +184,10 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     what cannot be read cannot be scrubbed.
     """
     out = {k: v for k, v in params.items() if k not in drop}
+    for name in LINK_URL_PARAMS:
+        value = out.get(name)
+        if isinstance(value, str) and "_sp=" in value:
+            out[name] = without_link(value)
     for plain, encoded, scrub in (("co", "cx", scrub_contexts), ("ue_pr", "ue_px", scrub_unstruct)):
         name = plain if plain in out else encoded if encoded in out else None
         if name is None:
@@ -195,6 +204,16 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
             if strict:
                 raise
     return out
+
+
+def without_link(url: str) -> str:
+    """A URL without its cross-domain link params (`_sp=...`), the rest as it was."""
+    while True:
+        cut = _LINK.sub(r"\1", url)
+        if cut == url:
+            break
+        url = cut
+    return re.sub(r"[?&]+(?=#|$)", "", url)
 
 
 def tracker_ids(

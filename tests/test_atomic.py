@@ -10,6 +10,7 @@ import orjson
 
 from collector.config import Config
 from collector.events import query_fields, url_parts
+from collector.identifiers import without_link
 from storage.base import COL, Submission
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
@@ -22,6 +23,13 @@ STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
 FP = "fp-canary-3141592653"
 REFR_DUID = "5f1d7e36-refr-4c3a-9b1e-6a2f9d8c7b11"
 URL = f"https://Shop.Test:8443/p/q?utm_source=news&utm_medium=email&_sp={REFR_DUID}.1732270000123#top"
+
+
+def test_without_link_cuts_only_the_cross_domain_param() -> None:
+    assert without_link("https://a.test/p?_sp=d.1") == "https://a.test/p"
+    assert without_link("https://a.test/p?x=1&_sp=d.1&_sp=e.2&y=2#f") == "https://a.test/p?x=1&y=2#f"
+    assert without_link("https://a.test/p?x=1&_sp=d.1#f") == "https://a.test/p?x=1#f"
+    assert without_link("https://a.test/p?a_sp=1&b=_sp=") == "https://a.test/p?a_sp=1&b=_sp="  # not the param
 
 
 def test_url_parts_and_query_fields_pure() -> None:
@@ -208,10 +216,12 @@ async def test_fingerprint_and_cross_domain_id_never_under_sp_anonymous(client: 
 
     assert where("named", FP) == ["user_fingerprint"]
     assert "refr_domain_userid" in where("named", REFR_DUID)
-    assert where("anon", FP) == []
+    assert {"page_url", "page_urlquery"} <= set(where("named", REFR_DUID))  # the URL as it was sent
+    assert where("anon", FP) == [] and where("anon", REFR_DUID) == []
     assert got["anon"]["refr_domain_userid"] is None and got["anon"]["refr_dvce_tstamp"] is None
-    # the `_sp` value stays inside the page URL itself (page_url, page_urlquery), as Snowplow keeps it
-    assert set(where("anon", REFR_DUID)) == {"page_url", "page_urlquery"}
+    # the link is cut out of the anonymous page URL; the rest of it stays
+    assert got["anon"]["page_url"] == "https://Shop.Test:8443/p/q?utm_source=news&utm_medium=email#top"
+    assert got["anon"]["mkt_source"] == "news"
 
 
 async def test_fingerprint_and_cross_domain_id_are_retired_with_the_device(client: Any, cfg: Config) -> None:
