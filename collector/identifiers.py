@@ -184,10 +184,10 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     what cannot be read cannot be scrubbed.
     """
     out = {k: v for k, v in params.items() if k not in drop}
-    for name in LINK_URL_PARAMS:
-        value = out.get(name)
-        if isinstance(value, str) and "_sp=" in value:
-            out[name] = without_link(value)
+    for key in LINK_URL_PARAMS:
+        link = out.get(key)
+        if isinstance(link, str) and "_sp=" in link:
+            out[key] = without_link(link)
     for plain, encoded, scrub in (("co", "cx", scrub_contexts), ("ue_pr", "ue_px", scrub_unstruct)):
         name = plain if plain in out else encoded if encoded in out else None
         if name is None:
