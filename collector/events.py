@@ -155,8 +155,22 @@ def _typed(row: list[Any], key: str, value: str) -> bool:
     return True
 
 
-@lru_cache(maxsize=4096)  # a page's pings and views repeat its URL: parse it once
+# A page's pings and views repeat its URL: parsed once. Only URLs up to this length are cached, so a
+# hostile stream of 64 KiB URLs cannot make the caches hold more than a few MiB.
+CACHED_URL = 2048
+
+
 def url_parts(url: str) -> tuple[Any, ...] | None:
+    """(scheme, host, port, path, query, fragment) of an absolute URL (see _url_parts)."""
+    return _cached_url_parts(url) if len(url) <= CACHED_URL else _url_parts(url)
+
+
+def query_fields(query: str) -> tuple[tuple[int, str], ...]:
+    """The mkt_* values (from utm_*) and the cross-domain `_sp` link value (index -1) of a query."""
+    return _cached_query_fields(query) if len(query) <= CACHED_URL else _query_fields(query)
+
+
+def _url_parts(url: str) -> tuple[Any, ...] | None:
     """(scheme, host, port, path, query, fragment) of an absolute URL, as Snowplow's page_url* and
     refr_url* columns hold them (port defaulted from the scheme); None if it is not one."""
     try:
@@ -172,9 +186,7 @@ def url_parts(url: str) -> tuple[Any, ...] | None:
     return scheme, u.hostname, port, u.path or None, u.query or None, u.fragment or None
 
 
-@lru_cache(maxsize=4096)
-def query_fields(query: str) -> tuple[tuple[int, str], ...]:
-    """The mkt_* values (from utm_*) and the cross-domain `_sp` link value of a page URL's query."""
+def _query_fields(query: str) -> tuple[tuple[int, str], ...]:
     if "utm_" not in query and "_sp=" not in query:
         return ()
     out: dict[int, str] = {}
@@ -185,6 +197,8 @@ def query_fields(query: str) -> tuple[tuple[int, str], ...]:
     return tuple(out.items())
 
 
+_cached_url_parts = lru_cache(maxsize=1024)(_url_parts)
+_cached_query_fields = lru_cache(maxsize=1024)(_query_fields)
 _COLLECTOR_MS: dict[str, int] = {}
 
 
@@ -207,7 +221,9 @@ def _derived(row: list[Any], times: dict[str, int]) -> str:
     collector: str = row[COL["collector_tstamp"]]
     if created is None or sent is None or created >= sent:
         return collector
-    return format_ms(_collector_ms(collector) - (sent - created))
+    ms = _collector_ms(collector) - (sent - created)
+    # device times decades apart would put it before 1970 (or BC, which PostgreSQL refuses): no estimate
+    return format_ms(ms) if ms >= 0 else collector
 
 
 def _from_urls(row: list[Any]) -> None:

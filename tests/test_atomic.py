@@ -180,6 +180,14 @@ async def test_values_that_do_not_convert_stay_in_other_params(client: Any, cfg:
     assert r["derived_tstamp"] == r["collector_tstamp"] and r["page_urlhost"] is None
 
 
+async def test_device_times_too_far_apart_give_no_derived_estimate(client: Any, cfg: Config) -> None:
+    # sent 31,000 years after it was created: collector time minus that is no time a store can hold
+    sent = ev("pv", eid="far", dtm="1", stm="999999999999999")
+    assert (await client.get("/i", params=sent)).status == 200
+    [r] = rows(cfg.db, "select derived_tstamp, collector_tstamp from events")
+    assert r["derived_tstamp"] == r["collector_tstamp"]
+
+
 async def test_a_store_keeps_the_new_columns_with_their_types(cfg: Config) -> None:
     values = {
         "br_cookies": False,
