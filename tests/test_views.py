@@ -199,3 +199,21 @@ async def test_users_count_sessions_page_views_and_devices(client: Any, cfg: Con
     assert (a["first_seen"], a["last_seen"]) == ("2027-01-15 08:00:00.000", "2027-01-15 08:03:00.000")
     assert (o["sessions"], o["page_views"], o["devices"]) == (1, 1, 1)
     assert o["first_seen"] == o["last_seen"] == "2027-01-15 08:03:00.000"
+
+
+async def test_entities_that_are_not_objects_do_not_break_the_views(client: Any, cfg: Config) -> None:
+    odd = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",
+        "data": [
+            "text",
+            5,
+            None,
+            [1],
+            {"schema": 7},
+            {"schema": "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0", "data": [1]},
+        ],
+    }
+    sent = batch(pv("odd", f"{SHOP}/o", 0, 0, co=orjson.dumps(odd).decode()), pp("odd-p", f"{SHOP}/o", 5, 5))
+    assert (await client.post(TP2, json=sent)).status == 200
+    [v] = rows(cfg.db, "select * from page_views")
+    assert (v["page_view_id"], v["page_pings"], v["engaged_time_in_s"]) == ("odd", 1, 5)

@@ -22,8 +22,10 @@ WITH ev AS (
            CASE WHEN e.anonymous = 1 THEN e.domain_sessionid ELSE e.session_id END AS session_key,
            CASE WHEN e.anonymous = 1 THEN 'a:' || COALESCE(e.domain_sessionid, '')
                 ELSE 'd:' || COALESCE(e.network_userid, '') END AS owner,
-           (SELECT json_extract(c.value, '$.data.id') FROM json_each(e.contexts, '$.data') c
-            WHERE json_extract(c.value, '$.schema') LIKE 'iglu:com.snowplowanalytics.snowplow/web_page/%'
+           -- paths into the row's own JSON: an entity that is not an object gives NULL, never an error
+           (SELECT json_extract(e.contexts, c.fullkey || '.data.id') FROM json_each(e.contexts, '$.data') c
+            WHERE json_extract(e.contexts, c.fullkey || '.schema')
+                  LIKE 'iglu:com.snowplowanalytics.snowplow/web_page/%'
             LIMIT 1) AS web_page_id,
            COALESCE(e.derived_tstamp, e.collector_tstamp) AS t,
            CAST(strftime('%s', COALESCE(e.dvce_created_tstamp, e.collector_tstamp)) AS INTEGER) / 10 AS bucket,
