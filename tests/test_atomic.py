@@ -4,18 +4,25 @@ SP-Anonymous and retired with the device."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
+import pytest
 
 from collector.config import Config
 from collector.events import query_fields, url_parts
 from collector.identifiers import without_link
+from storage import migrate as sqlite_migrate
+from storage import pg_schema
 from storage.base import COL, Submission
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
 from storage.sqlite import SqliteStore
-from tests.conftest import TP2, batch, columns, ev, event_row, rows
+from tests.conftest import TP2, batch, columns, ev, event_row, only, rows
 from tests.test_sessions import ANON_UE, Browser
 
 STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
@@ -254,3 +261,71 @@ async def test_fingerprint_and_cross_domain_id_are_retired_with_the_device(clien
 async def test_a_fingerprint_longer_than_a_tracker_id_is_refused(client: Any, cfg: Config) -> None:
     resp = await client.get("/i", params=ev("pv", eid="long", fp="f" * 129))
     assert resp.status == 400 and (await resp.json())["error"]["reason"] == "bad_tracker_id"
+
+
+OLD_ROW = (
+    "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp, anonymous, "
+    "network_userid, session_id, session_index, page_url, other_params) VALUES ('old', 'pv', 'web', 't', "
+    "'c', '2026-12-01 10:00:00.000', 0, 'dev-old', 'ses-old', 1, 'https://shop.test/old?utm_source=s', "
+    """'{"vp": "800x600", "pp_max": "5"}')"""
+)
+
+
+def _check_old_row(db: Path | str) -> None:
+    [r] = rows(db, "select * from events")
+    assert orjson.loads(r["other_params"]) == {"vp": "800x600", "pp_max": "5"}  # kept where it was
+    assert (r["br_viewwidth"], r["page_urlhost"], r["mkt_source"], r["derived_tstamp"]) == (None,) * 4
+    [v] = rows(db, "select * from page_views")  # the views read old rows: collector time as event time
+    assert (v["page_view_id"], v["start_tstamp"], v["engaged_time_in_s"]) == (
+        "old",
+        "2026-12-01 10:00:00.000",
+        0,
+    )
+    [s] = rows(db, "select * from sessions")
+    assert (s["session_id"], s["first_page_url"], s["page_views"], s["mkt_source"]) == (
+        "ses-old",
+        "https://shop.test/old?utm_source=s",
+        1,
+        None,
+    )
+
+
+@only("sqlite")
+async def test_rows_stored_before_the_new_columns_keep_theirs_in_other_params(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for path in sqlite_migrate.MIGRATIONS.glob("000[1-6]_*.sql"):
+        shutil.copy(path, old)
+    assert isinstance(cfg.db, Path)
+    conn = sqlite3.connect(cfg.db, isolation_level=None)
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(sqlite_migrate, "MIGRATIONS", old)
+            sqlite_migrate.migrate(conn)
+        conn.execute(OLD_ROW)
+        assert sqlite_migrate.migrate(conn) == ["0007_atomic_columns", "0008_views"]
+    finally:
+        conn.close()
+    _check_old_row(cfg.db)
+
+
+@only("postgres")
+async def test_postgres_rows_stored_before_the_new_columns_keep_theirs_in_other_params(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for path in pg_schema.MIGRATIONS.glob("000[1-2]_*.sql"):
+        shutil.copy(path, old)
+    conn = await asyncpg.connect(str(cfg.db))
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(pg_schema, "MIGRATIONS", old)
+            await pg_schema.migrate(conn)
+        await conn.execute(OLD_ROW)
+        assert await pg_schema.migrate(conn) == ["0003_atomic_columns", "0004_views"]
+    finally:
+        await conn.close()
+    _check_old_row(cfg.db)
