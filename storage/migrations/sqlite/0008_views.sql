@@ -19,7 +19,8 @@
 CREATE VIEW page_views AS
 WITH ev AS (
     SELECT e.event_id, e.event, e.app_id, e.anonymous, e.network_userid, e.user_id, e.domain_sessionid,
-           CASE WHEN e.anonymous = 1 THEN e.domain_sessionid ELSE e.session_id END AS session_key,
+           -- CAST: a CASE has no affinity, and a join of it to a TEXT column could use no index
+           CAST(CASE WHEN e.anonymous = 1 THEN e.domain_sessionid ELSE e.session_id END AS TEXT) AS session_key,
            CASE WHEN e.anonymous = 1 THEN 'a:' || COALESCE(e.domain_sessionid, '')
                 ELSE 'd:' || COALESCE(e.network_userid, '') END AS owner,
            -- paths into the row's own JSON: an entity that is not an object gives NULL, never an error
