@@ -11,15 +11,17 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
   An entity of a schema not listed here keeps its fields except those named in `GENERIC_FIELDS`
   (compared case-insensitively, without `_` and `-`): a custom entity that carries an identifier
   under another name keeps it, so name it here or do not send it.
-* **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, and the
-  client_session entity's userId / sessionId / previousSessionId). When a device rotates or opts out,
-  they are retired; a later row that still carries one loses every trace of the tracker's identity
-  (`forget`): its duid, sid and vid columns and its client_session entity, so that nothing a tracker
-  kept from before the rotation ties the new device to the old.
+* **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, the fingerprint
+  `fp`, the cross-domain `refr_domain_userid`, and the client_session entity's userId / sessionId /
+  previousSessionId). When a device rotates or opts out, they are retired; a later row that still
+  carries one loses every trace of the tracker's identity (`forget`): its duid, sid, vid, fingerprint
+  and refr_domain_userid columns and its client_session entity, so that nothing a tracker kept from
+  before the rotation ties the new device to the old.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +36,15 @@ from storage.base import COL
 NETWORK_PARAMS = frozenset({"ip", "nuid", "tnuid"})
 # The default of COLLECTOR_ANONYMOUS_DROP: user id, the tracker's device id, fingerprint, MAC, ad id.
 PERSON_PARAMS = ("uid", "duid", "fp", "mac", "ad_uid")
+# Columns holding a person/device identifier besides domain_userid and user_id: user_fingerprint (the
+# `fp` param, in PERSON_PARAMS) and refr_domain_userid (the linking site's duid, from the `_sp` of the
+# page URL; collector.events never sets it under SP-Anonymous). Both are tracker ids (retired with the
+# device) and forgotten from a row that carries a retired id.
+ROW_IDS = ("user_fingerprint", "refr_domain_userid")
+# URL params that may carry the cross-domain link `_sp` (the linking site's duid, and in its extended
+# form its session and user ids): under SP-Anonymous the link is cut out of them, wherever it sits.
+LINK_URL_PARAMS = ("url", "refr")
+_LINK = re.compile(r"([?&#])_sp=[^&#]*&?")
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
@@ -101,12 +112,27 @@ def _norm(key: str) -> str:
     return key.lower().replace("_", "").replace("-", "")
 
 
+_RULES_SEEN: dict[str, EntityRule | None] = {}  # schema URI -> its rule: a tracker sends a few, often
+_RULES_SEEN_MAX = 1024  # bounded in number and length: a client can send any made-up schemas
+
+
 def rule_of(schema: Any) -> EntityRule | None:
     """The rule for an entity's schema URI (`iglu:vendor/name/format/version`), or None if unknown."""
-    if not isinstance(schema, str) or not schema.startswith("iglu:"):
+    if schema.__class__ is not str:
         return None
-    parts = schema[5:].split("/")
-    return ENTITY_RULES.get(f"{parts[0]}/{parts[1]}") if len(parts) == 4 else None
+    try:
+        return _RULES_SEEN[schema]
+    except KeyError:
+        pass
+    rule = None
+    if schema.startswith("iglu:"):
+        parts = schema[5:].split("/")
+        rule = ENTITY_RULES.get(f"{parts[0]}/{parts[1]}") if len(parts) == 4 else None
+    if len(schema) <= 256:  # real schema URIs are short; a long made-up one is not worth keeping
+        if len(_RULES_SEEN) >= _RULES_SEEN_MAX:
+            _RULES_SEEN.clear()
+        _RULES_SEEN[schema] = rule
+    return rule
 
 
 def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
@@ -173,6 +199,10 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     what cannot be read cannot be scrubbed.
     """
     out = {k: v for k, v in params.items() if k not in drop}
+    for key in LINK_URL_PARAMS:
+        link = out.get(key)
+        if isinstance(link, str) and "_sp=" in link:
+            out[key] = without_link(link)
     for plain, encoded, scrub in (("co", "cx", scrub_contexts), ("ue_pr", "ue_px", scrub_unstruct)):
         name = plain if plain in out else encoded if encoded in out else None
         if name is None:
@@ -191,9 +221,25 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     return out
 
 
-def tracker_ids(duid: str | None, sid: str | None, contexts: Any) -> tuple[str, ...]:
-    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped)."""
-    ids = [v for v in (duid, sid) if v]
+def without_link(url: str) -> str:
+    """A URL without its cross-domain link params (`_sp=...`), the rest as it was."""
+    while True:
+        cut = _LINK.sub(r"\1", url)
+        if cut == url:
+            break
+        url = cut
+    return re.sub(r"[?&]+(?=#|$)", "", url)
+
+
+def tracker_ids(
+    duid: str | None, sid: str | None, contexts: Any, more: tuple[str | None, ...] = ()
+) -> tuple[str, ...]:
+    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped).
+
+    `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid), retired with
+    the device like duid, since either would tie the device's rows before a rotation to those after.
+    """
+    ids = [v for v in (duid, sid, *more) if v]
     if contexts is not None:
         for entity in contexts.get("data", ()):
             if not isinstance(entity, dict):
@@ -210,8 +256,12 @@ def tracker_ids(duid: str | None, sid: str | None, contexts: Any) -> tuple[str, 
 
 
 def forget(row: list[Any]) -> None:
-    """Drop the tracker's identity from a row carrying a retired id: duid, sid, vid, session entity."""
+    """Drop the tracker's identity from a row carrying a retired id: duid, sid, vid, the fingerprint and
+    cross-domain id (ROW_IDS), the session entity."""
     row[COL["domain_userid"]] = row[COL["domain_sessionid"]] = row[COL["domain_sessionidx"]] = None
+    for name in ROW_IDS:
+        row[COL[name]] = None
+    row[COL["refr_dvce_tstamp"]] = None  # half of the cross-domain link value
     text = row[COL["contexts"]]
     if text is None:
         return

@@ -84,6 +84,8 @@ KNOWN_PARAMS = frozenset(
         "ti_pr",
         "ti_qu",
         "ti_cu",
+        "ti_na",
+        "tid",
         "u",
     ]
 )
@@ -190,17 +192,17 @@ def check_self_describing(doc: Any, contexts: bool) -> None:
         raise BadInput("bad_self_describing", "ue must be {schema, data: {schema, data}}")
 
 
-def schema_parts(ue: Any) -> tuple[str | None, str | None, str | None]:
-    """(vendor, name, version) of a self-describing event's inner schema, or Nones."""
+def schema_parts(ue: Any) -> tuple[str | None, str | None, str | None, str | None]:
+    """(vendor, name, format, version) of a self-describing event's inner schema, or Nones."""
     if ue is None:
-        return None, None, None
+        return None, None, None, None
     schema = ue["data"].get("schema")
     if not isinstance(schema, str) or not schema.startswith("iglu:"):
         raise BadInput("bad_self_describing", "the event's schema must be an iglu: URI")
     parts = schema[5:].split("/")
     if len(parts) != 4 or not all(parts):
         raise BadInput("bad_self_describing", "the event's schema must be iglu:vendor/name/format/version")
-    return parts[0], parts[1], parts[3]
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def redirect_event(params: Event, target: str) -> Event:

@@ -32,8 +32,37 @@ TYPES = {
     "unstruct_event": "jsonb",
     "contexts": "jsonb",
     "other_params": "jsonb",
+    "br_cookies": "boolean",
+    "refr_dvce_tstamp": "timestamptz",
+    "derived_tstamp": "timestamptz",
+    **dict.fromkeys(("tr_total", "tr_tax", "tr_shipping", "ti_price"), "double precision"),
+    **dict.fromkeys(
+        (
+            "pp_xoffset_min",
+            "pp_xoffset_max",
+            "pp_yoffset_min",
+            "pp_yoffset_max",
+            "br_viewwidth",
+            "br_viewheight",
+            "dvce_screenwidth",
+            "dvce_screenheight",
+            "doc_width",
+            "doc_height",
+            "ti_quantity",
+            "txn_id",
+            "page_urlport",
+            "refr_urlport",
+        ),
+        "integer",
+    ),
 }
-_ARRAY = {"bigint": "bigint[]", "smallint": "smallint[]", "double precision": "float8[]"}
+_ARRAY = {
+    "bigint": "bigint[]",
+    "integer": "integer[]",
+    "smallint": "smallint[]",
+    "double precision": "float8[]",
+    "boolean": "boolean[]",
+}
 
 
 def _insert_from_arrays(table: str, columns: Sequence[str], types: dict[str, str]) -> str:

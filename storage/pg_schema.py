@@ -27,7 +27,7 @@ WRITER_GRANTS = (
     "GRANT EXECUTE ON FUNCTION collector_lifecycle(timestamptz, bigint, text) TO {role}",
     "GRANT SELECT ON lifecycle, erasures TO {role}",
 )
-READER_GRANTS = ("GRANT SELECT ON events, bad_rows, sessions, devices TO {role}",)
+READER_GRANTS = ("GRANT SELECT ON events, bad_rows, sessions, devices, page_views, users TO {role}",)
 
 
 def versions() -> list[tuple[int, Path]]:

@@ -49,7 +49,9 @@ PARAM_IP = "198.51.100.18"
 COOKIE_DEVICE = "c0ffee00-dead-4bee-8f00-00000000c001"
 NUID_DEVICE = "c0ffee00-dead-4bee-8f00-00000000c002"
 TNUID_DEVICE = "c0ffee00-dead-4bee-8f00-00000000c003"
-UID, DUID = "canary-uid-7c1e", "canary-duid-41fa"
+UID, DUID, FP = "canary-uid-7c1e", "canary-duid-41fa", "canary-fp-93d2"
+LINK_DUID = "canary-link-duid-5b07"  # the linking site's duid, in the page URL's cross-domain `_sp`
+PAGE_URL = f"https://site.test/landing?utm_source=x&_sp={LINK_DUID}.1732270000123"
 # Identifying fields of entities, each distinct from the others all along (the base64 search matches
 # the inner part of a value, so two canaries may not differ in their last characters only).
 ENTITY_IDS = {
@@ -74,7 +76,7 @@ ENTITY_IDS = {
 # The tracker's anonymous session: kept under SP-Anonymous by design, so deliberately not a canary.
 SESSION_ID = "871b3619-c779-4727-9bd0-af286e32e4ab"
 IPS = [SOURCE, PARAM_IP, *[v.removeprefix("for=") for v in HEADER_IPS.values()]]
-IDS = [COOKIE_DEVICE, NUID_DEVICE, TNUID_DEVICE, UID, DUID, *ENTITY_IDS.values()]
+IDS = [COOKIE_DEVICE, NUID_DEVICE, TNUID_DEVICE, UID, DUID, FP, LINK_DUID, *ENTITY_IDS.values()]
 LABELS = {
     **{v: k for k, v in ENTITY_IDS.items()},
     COOKIE_DEVICE: "cookie device",
@@ -82,6 +84,8 @@ LABELS = {
     TNUID_DEVICE: "tnuid device",
     UID: "uid",
     DUID: "duid",
+    FP: "fingerprint",
+    LINK_DUID: "cross-domain duid",
     **{ip: f"ip {ip}" for ip in IPS},
 }
 MAX_BODY = 32768  # room for a batch of three events that each carry both `co` and `cx`
@@ -177,6 +181,8 @@ def canary_event(eid: str, form: str = "co") -> dict[str, str]:
         eid=eid,
         uid=UID,
         duid=DUID,
+        fp=FP,
+        url=PAGE_URL,
         ip=PARAM_IP,
         nuid=sign(NUID_DEVICE, SECRET.encode()),
         tnuid=sign(TNUID_DEVICE, SECRET.encode()),
@@ -416,7 +422,7 @@ async def test_without_the_header_the_canaries_are_where_they_belong(tmp_path: P
     while_running, after_stop, columns = await run(tmp_path, False, "json", store)
     for found in (while_running, after_stop):
         # the stored values: the device from the cookie, the user ids, and the trusted `ip` param
-        for value in (COOKIE_DEVICE, UID, DUID, PARAM_IP, *ENTITY_IDS.values()):
+        for value in (COOKIE_DEVICE, UID, DUID, FP, LINK_DUID, PARAM_IP, *ENTITY_IDS.values()):
             assert in_store(found.get(value, [])), (value, found.get(value))
     # the entities are stored as sent, and the refused events' contexts kept in their bad rows
     for value in ENTITY_IDS.values():

@@ -106,7 +106,7 @@ async def test_timestamps_and_other_params(client: Any, cfg: Config) -> None:
     resp = await client.get(
         "/i",
         params=ev(
-            "pv", dtm="1732270000123", stm="1732270001000", res="1920x1080", lang="en-GB", tz="Europe/London"
+            "pv", dtm="1732270000123", stm="1732270001000", f_pdf="1", lang="en-GB", tz="Europe/London"
         ),
     )
     assert resp.status == 200
@@ -114,7 +114,7 @@ async def test_timestamps_and_other_params(client: Any, cfg: Config) -> None:
     assert row["dvce_created_tstamp"] == "2024-11-22 10:06:40.123"
     assert row["dvce_sent_tstamp"] == "2024-11-22 10:06:41.000"
     assert (row["br_lang"], row["os_timezone"]) == ("en-GB", "Europe/London")
-    assert orjson.loads(row["other_params"]) == {"res": "1920x1080"}
+    assert orjson.loads(row["other_params"]) == {"f_pdf": "1"}  # a param without a column of its own
     assert row["collector_tstamp"] == "2027-01-15 08:00:00.000"  # the test clock
 
 

@@ -284,3 +284,11 @@ async def _execute(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def test_the_reader_may_select_every_view_and_no_bookkeeping(pg_server: PgServer, roles_db: str) -> None:
+    for view in ("sessions", "devices", "page_views", "users"):
+        assert as_role(pg_server, roles_db, "collector_reader", f"SELECT * FROM {view}") is None, view
+    # the same check refuses what the reader was not granted
+    refused = as_role(pg_server, roles_db, "collector_reader", "SELECT * FROM device_state")
+    assert refused is not None and "InsufficientPrivilege" in refused

@@ -185,3 +185,46 @@ async def test_store_query_reads_and_cannot_write(client: Any, cfg: Config) -> N
         with pytest.raises(sqlite3.OperationalError):
             await store.query(sql)
     assert rows(cfg.db, "select count(*) from sqlite_master where name = 'sneaky'")[0][0] == 0
+
+
+async def test_writers_on_one_host_take_turns_on_the_lock_file(client: Any, cfg: Config) -> None:
+    """Another process holding the writers' flock (as a second --workers process does while it
+    commits) holds this writer's commit back, and its release lets it through at once: the turn is
+    handed over by the kernel, not found by SQLite's sleeping busy handler."""
+    import asyncio
+    import fcntl
+    import os
+
+    from storage.sqlite import turns_path
+
+    assert (await client.post(TP2, json=batch(ev(eid="t-0")))).status == 200  # the store is open
+    lock = turns_path(Path(cfg.db))
+    code = (
+        "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        pending = asyncio.ensure_future(client.post(TP2, json=batch(ev(eid="t-1"))))
+        await asyncio.sleep(1.0)
+        assert not pending.done()  # waiting for its turn
+        assert rows(cfg.db, "select count(*) from events where event_id = 't-1'")[0][0] == 0
+        assert holder.stdin is not None
+        holder.stdin.close()  # the holder exits: its lock goes with it
+        holder.wait(10)
+        resp = await asyncio.wait_for(pending, 10)
+        assert resp.status == 200
+        assert rows(cfg.db, "select count(*) from events where event_id = 't-1'")[0][0] == 1
+    finally:
+        holder.kill()
+        holder.wait(10)
+        assert holder.stdout is not None
+        holder.stdout.close()
+    fd = os.open(lock, os.O_RDWR)  # and the writer let go of it after its commit
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)

@@ -45,6 +45,8 @@ def summarise(rounds: list[Round]) -> list[dict[str, Any]]:
                 "server_cpu": median(r.server_cpu for r in rs),
                 "client_cpu": median(r.client_cpu for r in rs),
                 "other_cpu": median(r.other_cpu for r in rs),
+                # the figure that holds on a noisy machine: server CPU time per stored event
+                "cpu_us_per_event": median(r.server_cpu / r.eps * 1e6 if r.eps else 0.0 for r in rs),
                 "events_per_request": EVENTS_PER_REQUEST[workload],
             }
         )
@@ -59,10 +61,16 @@ def ratios(summary: list[dict[str, Any]], collector: str = "collector") -> list[
         if not c:
             continue
         row: dict[str, Any] = {"workload": workload}
-        for ref in ("baseline", "nginx", "collector-w2", "collector-normal"):
+        for ref in ("baseline", "nginx", "collector-normal"):
             r = by.get((workload, ref))
             if r and r["rps"]:
                 row[f"{collector}/{ref}"] = c["rps"] / r["rps"]
+        # the same collector, other conditions: how they compare to it (throughput and p99)
+        for other in ("collector-prefilled", "collector-w2"):
+            o = by.get((workload, other))
+            if o and c["rps"] and c["p99_ms"]:
+                row[f"{other}/{collector}"] = o["rps"] / c["rps"]
+                row[f"p99 {other}/{collector}"] = o["p99_ms"] / c["p99_ms"]
         out.append(row)
     return out
 
@@ -104,15 +112,15 @@ def markdown(data: dict[str, Any]) -> str:
         f"{data['rounds']} round(s), targets alternated; medians shown.",
         "",
         "| workload | target | req/s | events/s | p50 ms | p99 ms | p99.9 ms | non-2xx | server CPU "
-        "| wrk CPU | other CPU |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| wrk CPU | other CPU | server CPU µs/event |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in sorted(data["summary"], key=lambda s: (list(WORKLOAD_TITLES).index(s["workload"]), s["target"])):
         lines.append(
             f"| {WORKLOAD_TITLES[s['workload']]} | {s['target']} | {_fmt(s['rps'])} | "
             f"{_fmt(s['eps'])} | {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['p999_ms']:.2f} | "
             f"{s['non2xx']} | {s['server_cpu']:.0%} | {s['client_cpu']:.0%} | "
-            f"{s['other_cpu']:.0%} |"
+            f"{s['other_cpu']:.0%} | {s.get('cpu_us_per_event', 0.0):.0f} |"
         )
     if data["ratios"]:
         refs = sorted({k for r in data["ratios"] for k in r if k != "workload"})

@@ -86,8 +86,8 @@ FULL = Plan(
         "mix": (*ALL, "collector-pg"),
     },
     half_seconds=5.0,
-    half_targets=("collector", "baseline", "nginx"),
-    flat_seconds=20.0,
+    half_targets=("collector", "collector-w2", "baseline", "nginx"),
+    flat_seconds=180.0,
 )
 
 
@@ -101,12 +101,16 @@ class Bench:
     warmups: list[Round] = field(default_factory=list)
     extra: list[Round] = field(default_factory=list)  # half-load, flatness, profile: store-checked too
     notes: list[str] = field(default_factory=list)
+    prefill: int = 0
 
     def start(self, names: set[str]) -> None:
         makers: dict[str, Any] = {
             "collector": lambda: CollectorTarget("collector", self.tmp / "collector.db"),
             "collector-w2": lambda: CollectorTarget(
                 "collector-w2", self.tmp / "collector-w2.db", args=["--workers", "2"]
+            ),
+            "collector-prefilled": lambda: CollectorTarget(
+                "collector-prefilled", self.tmp / "collector-prefilled.db", prefill=self.prefill
             ),
             "collector-normal": lambda: CollectorTarget(
                 "collector-normal", self.tmp / "collector-normal.db", env={"COLLECTOR_SYNCHRONOUS": "NORMAL"}
@@ -207,7 +211,8 @@ class Bench:
         for name, t in self.targets.items():
             if isinstance(t, CollectorTarget):
                 rounds = [r for r in (*self.warmups, *self.rounds, *self.extra) if r.target == name]
-                out.append(check_store(name, t.db, rounds, t.deviceless))
+                after = t.prefilled.max_rowid if t.prefilled else 0
+                out.append(check_store(name, t.db, rounds, t.deviceless, after))
                 t.stop_server()
         return out
 
@@ -241,6 +246,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="also measure POST-10 on a collector with COLLECTOR_SYNCHRONOUS=NORMAL (the cost of "
         "fsync per commit)",
     )
+    ap.add_argument(
+        "--prefill",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure POST-10 and the mix on a collector whose store holds N events before the "
+        "run (collector-prefilled, SQLite; e.g. 8000000: about 9 GB and a few minutes to build)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (databases, logs)")
     return ap.parse_args(argv)
 
@@ -263,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         matrix = dict(overrides.get("matrix", plan.matrix))
         matrix["post10"] = (*matrix.get("post10", ()), "collector-normal")
         overrides["matrix"] = matrix
+    if ns.prefill:
+        matrix = dict(overrides.get("matrix", plan.matrix))
+        for w in ("post10", "mix"):
+            matrix[w] = (*matrix.get(w, ()), "collector-prefilled")
+        overrides["matrix"] = matrix
+        overrides["half_targets"] = (*overrides.get("half_targets", plan.half_targets), "collector-prefilled")
     if overrides:
         plan = Plan(**{**plan.__dict__, **overrides})
     if not wrk_available():
@@ -272,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if pinned:
         os.sched_setaffinity(0, {0})  # every server started from here inherits core 0
     tmp = Path(tempfile.mkdtemp(prefix="collector-bench-"))
-    bench = Bench(plan, tmp, pinned)
+    bench = Bench(plan, tmp, pinned, prefill=ns.prefill)
     t_start = time.monotonic()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_start = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -67,7 +67,7 @@ class StoreCheck:
 PER_TAG_SQL = """
 SELECT substr(event_id, 1, 8) AS tag, count(*), coalesce(sum(anonymous), 0),
        coalesce(sum(CASE WHEN event_name = 'anonymize' THEN 1 ELSE 0 END), 0)
-FROM events GROUP BY tag
+FROM events WHERE rowid > {after} GROUP BY tag
 """
 
 # "Nothing leaks" paired with "found where it belongs": anonymous rows carry no IP and no device id,
@@ -79,7 +79,7 @@ SELECT coalesce(sum(CASE WHEN anonymous = 1 AND user_ipaddress IS NOT NULL THEN 
        coalesce(sum(CASE WHEN anonymous = 0 AND network_userid IS NULL THEN 1 ELSE 0 END), 0),
        coalesce(sum(CASE WHEN anonymous = 1 THEN 1 ELSE 0 END), 0),
        coalesce(sum(CASE WHEN anonymous = 0 THEN 1 ELSE 0 END), 0)
-FROM events
+FROM events WHERE rowid > {after}
 """
 
 
@@ -137,14 +137,32 @@ def _fetch(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
         con.close()
 
 
-def check_store(target: str, db: Path | str, rounds: list[Round], deviceless: int = 0) -> StoreCheck:
+def check_store(
+    target: str, db: Path | str, rounds: list[Round], deviceless: int = 0, after_rowid: int = 0
+) -> StoreCheck:
     """Every round's acknowledged events stored, nothing else; privacy per row. `deviceless`: the
     events the collector counted as kept without a device (a cookie retired by a concurrent rotation
-    or opt-out of the same pooled cookie), which are the only named rows allowed no device."""
-    per_tag = {row[0]: row[1:] for row in _fetch(db, PER_TAG_SQL)}
-    total = int(_fetch(db, "SELECT count(*) FROM events")[0][0])
+    or opt-out of the same pooled cookie), which are the only named rows allowed no device.
+    `after_rowid`: rows up to it were prefilled before the run (SQLite only) and are not checked."""
+    if isinstance(db, str):  # PostgreSQL has no rowid, and is never prefilled
+        assert after_rowid == 0
+        per_tag_sql, privacy_sql = (
+            PER_TAG_SQL.replace(" WHERE rowid > {after}", ""),
+            PRIVACY_SQL.replace(" WHERE rowid > {after}", ""),
+        )
+    else:
+        per_tag_sql, privacy_sql = (
+            PER_TAG_SQL.format(after=after_rowid),
+            PRIVACY_SQL.format(after=after_rowid),
+        )
+    per_tag = {row[0]: row[1:] for row in _fetch(db, per_tag_sql)}
+    total = int(
+        _fetch(
+            db, f"SELECT count(*) FROM events WHERE {'rowid > ' + str(after_rowid) if after_rowid else '1'}"
+        )[0][0]
+    )
     bad = int(_fetch(db, "SELECT count(*) FROM bad_rows")[0][0])
-    priv = _fetch(db, PRIVACY_SQL)[0]
+    priv = _fetch(db, privacy_sql)[0]
     checks = []
     for rnd in rounds:
         stored, s_anon, s_anonymize = (int(x) for x in per_tag.get(rnd.runtag, (0, 0, 0)))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tests.bench.prefill import Prefilled, prefill
 from tests.pg import PgServer
 from tests.procs import ROOT, Collector, free_port, wait_http  # PROCS_IMPORT
 
@@ -82,6 +83,8 @@ class CollectorTarget:
     proc: Collector | None = None
     postgres: bool = False
     server: PgServer | None = None
+    prefill: int = 0  # grow the store to this many events before starting (tests/bench/prefill.py)
+    prefilled: Prefilled | None = None
 
     @property
     def url(self) -> str:
@@ -95,6 +98,14 @@ class CollectorTarget:
             self.server = PgServer(root).start()
             self.db = self.server.url(self.server.new_database())
             env.setdefault("COLLECTOR_COOKIE_SECRET", "bench-secret")
+        if self.prefill:
+            assert isinstance(self.db, Path), "only a SQLite store is prefilled"
+            self.prefilled = prefill(self.db, self.prefill)
+            p = self.prefilled
+            print(
+                f"prefilled {self.name}: {p.rows:,} events, {p.file_mib:,.0f} MiB, in {p.seconds:.0f} s",
+                flush=True,
+            )
         log = Path(tempfile.gettempdir()) / f"{self.name}.log" if self.postgres else None
         self.proc = Collector(self.db, args=self.args, env=env, log=log).start()
 
