@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -44,7 +43,8 @@ def upstream_block(upstreams: Sequence[str]) -> str:
     see tests/docker); the failover parameters here are the ones a static upstream would ship with.
     """
     servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
-    return f"    upstream collectors {{\n{servers}\n        keepalive 32;\n        keepalive_timeout 30s;\n    }}"
+    pool = "        keepalive 32;\n        keepalive_timeout 30s;"
+    return f"    upstream collectors {{\n{servers}\n{pool}\n    }}"
 
 
 def render_test_conf(prefix: Path, port: int, upstreams: Sequence[str], bind: str = PROXY_ADDR) -> Path:
