@@ -47,3 +47,20 @@ def compose(image: str) -> Iterator[stack.Compose]:
         yield c
     finally:
         c.down()
+
+
+@pytest.fixture(scope="module")
+def compose_pg(image: str) -> Iterator[stack.Compose]:
+    """The `postgres` profile: PostgreSQL in a container, 2 replicas storing into it through nginx."""
+    why = stack.unavailable("postgres:15")
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Docker is required under CI: {why}")
+        pytest.skip(why)
+    c = stack.Compose(postgres=True)
+    c.down()
+    try:
+        c.up(2)
+        yield c
+    finally:
+        c.down()

@@ -41,11 +41,11 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
     return run(DOCKER, *args, check=check, timeout=timeout)
 
 
-def unavailable() -> str | None:
+def unavailable(*images: str) -> str | None:
     """Why the docker tests cannot run here, or None."""
     if subprocess.run([DOCKER, "info"], capture_output=True, check=False).returncode != 0:
         return "no running Docker engine (make docker-deps starts one)"
-    for img in ("python:3.11-slim", "nginx:stable"):
+    for img in ("python:3.11-slim", "nginx:stable", *images):
         if subprocess.run([DOCKER, "image", "inspect", img], capture_output=True, check=False).returncode:
             return f"base image {img} missing (tests/docker/standins.sh builds a stand-in)"
     if subprocess.run([COMPOSE, "version"], capture_output=True, check=False).returncode != 0:
@@ -115,6 +115,16 @@ def container_sql(container: str, sql: str, params: Sequence[Any] = ()) -> list[
     return rows
 
 
+def pg_sql(container: str, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """A query with psql inside the postgres container; `?` placeholders become quoted literals."""
+    for value in params:
+        sql = sql.replace("?", "'" + str(value).replace("'", "''") + "'", 1)
+    wrapped = f"SELECT coalesce(json_agg(q), '[]') FROM ({sql}) q"
+    out = docker("exec", container, "psql", "-U", "collector", "-d", "events", "-At", "-c", wrapped)
+    rows: list[dict[str, Any]] = json.loads(out)
+    return rows
+
+
 def events_stored(container: str) -> float:
     """This replica's collector_events_stored_total (each replica counts what it committed)."""
     return float(docker("exec", container, "python", "-c", METRIC_SCRIPT).strip())
@@ -126,6 +136,9 @@ class Compose:
 
     port: int = field(default_factory=free_port)
     secret: str = field(default_factory=lambda: os.urandom(16).hex())
+    # The `postgres` profile: its PostgreSQL service, and the replicas pointed at it.
+    postgres: bool = False
+    pg_password: str = field(default_factory=lambda: os.urandom(12).hex())
 
     @property
     def env(self) -> dict[str, str]:
@@ -135,20 +148,52 @@ class Compose:
             COLLECTOR_HTTP_PORT=str(self.port),
             # Shorter than the shipped 5 s so the restarts take less time; the mechanism is the same.
             COLLECTOR_DRAIN_SECONDS="2",
-            # Not used (no postgres profile), but compose interpolates every service.
-            COLLECTOR_PG_PASSWORD="unused",
+            # Interpolated for every service, also when the postgres profile is off.
+            COLLECTOR_PG_PASSWORD=self.pg_password,
+            **(
+                {"COLLECTOR_DB": f"postgresql://collector:{self.pg_password}@postgres:5432/events"}
+                if self.postgres
+                else {}
+            ),
         )
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> str:
+        profile = ["--profile", "postgres"] if self.postgres else []
         return run(
-            COMPOSE, "-p", PROJECT, "-f", str(COMPOSE_FILE), *args, check=check, timeout=timeout, env=self.env
+            COMPOSE,
+            "-p",
+            PROJECT,
+            "-f",
+            str(COMPOSE_FILE),
+            *profile,
+            *args,
+            check=check,
+            timeout=timeout,
+            env=self.env,
         )
 
     def up(self, replicas: int) -> None:
         self("up", "-d", "--no-build", "--wait", "--scale", f"collector={replicas}")
 
     def down(self) -> None:
-        self("down", "-v", "--remove-orphans", "-t", "30", check=False)
+        # With every profile, so a postgres service left by an earlier run goes too.
+        run(
+            COMPOSE,
+            "-p",
+            PROJECT,
+            "-f",
+            str(COMPOSE_FILE),
+            "--profile",
+            "*",
+            "down",
+            "-v",
+            "--remove-orphans",
+            "-t",
+            "30",
+            check=False,
+            timeout=600,
+            env=self.env,
+        )
 
     def containers(self, service: str) -> list[str]:
         return sorted(self("ps", "-q", service).split())
@@ -170,6 +215,8 @@ class Compose:
         return f"{PROJECT}_events"
 
     def sql(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        if self.postgres:
+            return pg_sql(self.containers("postgres")[0], sql, params)
         return container_sql(self.replicas[0], sql, params)
 
     def by_eid(self, *eids: str) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Local stand-ins for the public base images deploy/ names (python:3.11-slim, nginx:stable), because no
+# Local stand-ins for the public images deploy/ names (python:3.11-slim, nginx:stable, postgres:15), as no
 # image registry is reachable here: debootstrap --variant=minbase bookworm, `docker import`, then
-# Debian's python3.11 / nginx-light on top. Tagged with the public names so deploy/Dockerfile and
+# Debian's python3.11 / nginx-light / postgresql-15 on top. Tagged with the public names so deploy/Dockerfile and
 # deploy/compose.yaml run unchanged. Built once; later runs find the labelled images and return.
 #
 # Containers on a bridge network have no way out here (dockerd runs with --iptables=false
@@ -17,8 +17,8 @@ LABEL=anon-collector.standin
 
 standin() { [ "$("$DOCKER" image inspect --format "{{index .Config.Labels \"$LABEL\"}}" "$1" 2>/dev/null)" = 1 ]; }
 
-if standin python:3.11-slim && standin nginx:stable; then
-    echo "stand-ins: cached (python:3.11-slim, nginx:stable)"
+if standin python:3.11-slim && standin nginx:stable && standin postgres:15; then
+    echo "stand-ins: cached (python:3.11-slim, nginx:stable, postgres:15)"
     exit 0
 fi
 
@@ -63,7 +63,47 @@ STOPSIGNAL SIGQUIT
 CMD ["nginx", "-g", "daemon off;"]
 DOCKERFILE
 
-for img in python:3.11-slim nginx:stable; do
+# What compose.yaml's postgres service uses of the official image: POSTGRES_DB/USER/PASSWORD create the
+# cluster on first start (password auth over the network), data in /var/lib/postgresql/data,
+# pg_isready for the healthcheck, the server run as the postgres user.
+cat >"$ctx/postgres-entrypoint.sh" <<'SH'
+#!/bin/sh
+set -eu
+PGDATA=/var/lib/postgresql/data
+BIN=/usr/lib/postgresql/15/bin
+as_pg() { setpriv --reuid=postgres --regid=postgres --init-groups "$@"; }
+mkdir -p "$PGDATA" /run/postgresql
+chown -R postgres:postgres "$PGDATA" /run/postgresql
+chmod 700 "$PGDATA"
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    pw="$(mktemp)"
+    printf '%s' "$POSTGRES_PASSWORD" >"$pw"
+    chown postgres "$pw"
+    as_pg "$BIN/initdb" -D "$PGDATA" -U "$POSTGRES_USER" --pwfile="$pw" \
+        --auth-local=trust --auth-host=scram-sha-256 >/dev/null
+    rm -f "$pw"
+    echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
+    echo "host all all all scram-sha-256" >>"$PGDATA/pg_hba.conf"
+    as_pg "$BIN/pg_ctl" -D "$PGDATA" -o "-c listen_addresses=''" -w start >/dev/null
+    [ "$POSTGRES_DB" = "$POSTGRES_USER" ] || as_pg "$BIN/createdb" -U "$POSTGRES_USER" "$POSTGRES_DB"
+    as_pg "$BIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
+fi
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$BIN/postgres" -D "$PGDATA"
+SH
+
+cat >"$ctx/postgres.Dockerfile" <<DOCKERFILE
+FROM $BASE
+RUN apt-get update -qq \\
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql-15 \\
+    && rm -rf /var/lib/apt/lists/*
+COPY postgres-entrypoint.sh /usr/local/bin/docker-entrypoint.sh
+RUN chmod 755 /usr/local/bin/docker-entrypoint.sh
+LABEL $LABEL=1
+STOPSIGNAL SIGINT
+ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]
+DOCKERFILE
+
+for img in python:3.11-slim nginx:stable postgres:15; do
     standin "$img" && continue
     echo "stand-ins: building $img from Debian packages"
     DOCKER_BUILDKIT=0 "$DOCKER" build -q --network host -t "$img" -f "$ctx/${img%%:*}.Dockerfile" "$ctx" >/dev/null
