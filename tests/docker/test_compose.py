@@ -257,6 +257,7 @@ def test_restart_of_each_replica_under_load_loses_nothing(compose: Compose) -> N
     try:
         for r in compose.replicas:
             started = inspect(r)["State"]["StartedAt"]
+            since = f"{time.time():.3f}"
             # SIGTERM to the container (docker-init forwards it to python), drain, exit 0, start again.
             docker("restart", "-t", "30", r, timeout=120)
             wait_until(
@@ -272,6 +273,21 @@ def test_restart_of_each_replica_under_load_loses_nothing(compose: Compose) -> N
             assert "stopped; everything acknowledged is committed" in stack.container_logs(
                 r, "--until", started_again(r)
             )
+            # ...and exited 0 (docker-init, PID 1 under `init: true`, passes on python's exit status).
+            exits = docker(
+                "events",
+                "--since",
+                str(since),
+                "--until",
+                f"{time.time():.3f}",
+                "--filter",
+                f"container={r}",
+                "--filter",
+                "event=die",
+                "--format",
+                "{{.Actor.Attributes.exitCode}}",
+            ).split()
+            assert exits == ["0"]
     finally:
         stop.set()
         for t in threads:
