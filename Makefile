@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast check check-deploy share-cost fmt bench bench-smoke e2e-deps clean
+.PHONY: install run test docker-test docker-deps test-fast check check-deploy share-cost fmt bench bench-smoke e2e-deps clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,8 +23,16 @@ run: $(STAMP)
 test: $(STAMP) e2e-deps
 	$(BIN)/python -m pytest
 
+# The image and deploy/compose.yaml in real containers (tests/docker): Debian's docker.io, a running
+# dockerd and the stand-in base images first (`make docker-deps`, installed/started only when missing).
+docker-test: $(STAMP) docker-deps
+	$(BIN)/python -m pytest -m docker tests/docker
+
+docker-deps:
+	bash tests/docker/engine.sh
+
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not e2e and not lb and not slow"
+	$(BIN)/python -m pytest -m "not e2e and not lb and not slow and not docker"
 
 check: $(STAMP)
 	$(BIN)/ruff format --check .

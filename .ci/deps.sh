@@ -22,3 +22,5 @@ fi
 if [ -f tests/e2e/package-lock.json ]; then
     (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 fi
+# Docker (tests/docker): docker.io, debootstrap, a running dockerd and the stand-in base images.
+bash tests/docker/engine.sh

@@ -1,8 +1,8 @@
 """Real nginx on loopback in front of collector processes, configured from the shipped deploy/ files.
 
-The test configuration is generated, but only its frame: the `upstream collectors` block is copied
-from deploy/nginx.conf (server addresses swapped for loopback ports) and the whole server body is
-deploy/nginx-proxy.conf, included by path. What the lb tests exercise is what the image ships.
+The test configuration is generated, but only its frame (an `upstream collectors` block over loopback
+ports); the whole server body is deploy/nginx-proxy.conf, included by path. What the lb tests exercise
+is what the image ships; deploy/nginx.conf itself runs verbatim in tests/docker.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -37,19 +36,15 @@ def nginx_available() -> bool:
     return Path(NGINX).exists()
 
 
-def shipped_upstream_block(upstreams: Sequence[str]) -> str:
-    """deploy/nginx.conf's `upstream collectors {...}`, its server line repeated for each `host:port`.
+def upstream_block(upstreams: Sequence[str]) -> str:
+    """The test's `upstream collectors {...}` over loopback `host:port`s (nginx-proxy.conf proxies to it).
 
-    `resolve` is dropped: loopback addresses need no DNS, and Debian's nginx predates it in open source.
+    deploy/nginx.conf has no upstream block (it resolves the compose service by name while running,
+    see tests/docker); the failover parameters here are the ones a static upstream would ship with.
     """
-    text = (DEPLOY / "nginx.conf").read_text()
-    block = re.search(r"^\s*upstream collectors \{.*?^\s*\}", text, re.M | re.S)
-    assert block, "deploy/nginx.conf has no `upstream collectors` block"
-    server = re.search(r"^(\s*)server collector:\d+((?: [^;]+)?);", block.group(0), re.M)
-    assert server, "deploy/nginx.conf's upstream has no `server collector:PORT ...;` line"
-    indent, params = server.group(1), server.group(2).replace(" resolve", "")
-    lines = "\n".join(f"{indent}server {u}{params};" for u in upstreams)
-    return block.group(0).replace(server.group(0), lines)
+    servers = "\n".join(f"        server {u} max_fails=1 fail_timeout=5s;" for u in upstreams)
+    pool = "        keepalive 32;\n        keepalive_timeout 30s;"
+    return f"    upstream collectors {{\n{servers}\n{pool}\n    }}"
 
 
 def render_test_conf(prefix: Path, port: int, upstreams: Sequence[str], bind: str = PROXY_ADDR) -> Path:
@@ -76,7 +71,7 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
 
-{shipped_upstream_block(upstreams)}
+{upstream_block(upstreams)}
 
     server {{
         listen {PROXY_ADDR}:{port};
@@ -84,6 +79,7 @@ http {{
         add_header X-Upstream $upstream_addr always;
         # Test only: make the collectors see nginx at exactly the trusted address.
         proxy_bind {bind};
+        set $collectors collectors;
         include {DEPLOY / "nginx-proxy.conf"};
     }}
 }}
