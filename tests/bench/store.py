@@ -156,11 +156,8 @@ def check_store(
             PRIVACY_SQL.format(after=after_rowid),
         )
     per_tag = {row[0]: row[1:] for row in _fetch(db, per_tag_sql)}
-    total = int(
-        _fetch(
-            db, f"SELECT count(*) FROM events WHERE {'rowid > ' + str(after_rowid) if after_rowid else '1'}"
-        )[0][0]
-    )
+    where = f" WHERE rowid > {int(after_rowid)}" if after_rowid else ""
+    total = int(_fetch(db, "SELECT count(*) FROM events" + where)[0][0])
     bad = int(_fetch(db, "SELECT count(*) FROM bad_rows")[0][0])
     priv = _fetch(db, privacy_sql)[0]
     checks = []
