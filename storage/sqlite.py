@@ -40,7 +40,8 @@ PROBE_SECONDS = 1.0  # while commits fail, how often the idle writer tries a sma
 def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) -> sqlite3.Connection:
     """A writing connection in WAL mode, checked, with the chosen durability."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    # room in sqlite3's statement cache for the INSERT of each row shape (sqlite_io.insert_events)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=512)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout)}")
     # A new file frees the pages retention and erasure empty back to the file system (incremental
     # vacuum); this can only be chosen before the first table exists.

@@ -50,10 +50,43 @@ def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
     return Found(seen, retired, states)
 
 
+# INSERTs naming only the columns a row fills, by the row's shape (which columns are not NULL).
+_SHAPED: dict[tuple[int, ...], str] = {}
+_SHAPED_MAX = 256  # a client can vary which params it sends: bounded, like sqlite3's statement cache
+
+
+def _insert_for(shape: tuple[int, ...]) -> str:
+    sql = _SHAPED.get(shape)
+    if sql is None:
+        if len(_SHAPED) >= _SHAPED_MAX:
+            _SHAPED.clear()
+        names = ", ".join(COLUMNS[i] for i in shape)
+        sql = _SHAPED[shape] = f"INSERT INTO events ({names}) VALUES ({', '.join('?' * len(shape))})"
+    return sql
+
+
+def insert_events(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert rows in order, each naming only the columns it fills; an omitted column is NULL all the
+    same. A row fills some 30 of the 110 columns, and sqlite3 binds a NULL at about the cost of a
+    value: binding only the filled ones cut the insert from about 60 to 13 us a row (measured, in
+    memory). Consecutive rows of one shape (a batch of page pings) share one executemany."""
+    run: list[list[Any]] = []
+    shape: tuple[int, ...] = ()
+    for row in rows:
+        this = tuple([i for i, v in enumerate(row) if v is not None])
+        if this != shape and run:
+            conn.executemany(_insert_for(shape), run)
+            run = []
+        shape = this
+        run.append([row[i] for i in this])
+    if run:
+        conn.executemany(_insert_for(shape), run)
+
+
 def write(conn: sqlite3.Connection, w: Writes) -> None:
     """Apply a group's writes."""
     if w.events:
-        conn.executemany(INSERT_EVENT, w.events)
+        insert_events(conn, w.events)
     if w.bad_rows:
         conn.executemany(
             INSERT_BAD,

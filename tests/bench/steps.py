@@ -126,7 +126,7 @@ def run(db: Path, requests: int, group_requests: int) -> dict[str, tuple[float, 
         )
         step(
             "store: insert events (+ event-id index)",
-            lambda writes=writes: conn.executemany(sqlite_io.INSERT_EVENT, writes.events),  # type: ignore[misc]
+            lambda writes=writes: sqlite_io.insert_events(conn, writes.events),  # type: ignore[misc]
         )
         writes.events.clear()
         step("store: upsert device state", lambda writes=writes: sqlite_io.write(conn, writes))  # type: ignore[misc]
