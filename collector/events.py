@@ -102,14 +102,16 @@ MAX_EID = 128
 _SECONDS: dict[int, str] = {}
 
 
-_LAST: list[Any] = [None, ""]  # the last (ms, text): a batch's events share their send time (stm)
+# The last (ms, text): a batch's events share their send time (stm). One tuple, swapped whole, since
+# the lifecycle formats times on another thread: a pair updated in two steps could be read half-new.
+_LAST: list[tuple[int, str]] = [(-1, "")]
 
 
 def format_ms(ms: int) -> str:
     """UTC 'YYYY-MM-DD HH:MM:SS.mmm' for a millisecond epoch."""
-    last = _LAST
+    last = _LAST[0]
     if last[0] == ms:
-        return last[1]  # type: ignore[no-any-return]
+        return last[1]
     sec = ms // 1000
     text = _SECONDS.get(sec)
     if text is None:  # strftime is the costliest step of a row; events of a batch share their seconds
@@ -117,7 +119,7 @@ def format_ms(ms: int) -> str:
             _SECONDS.clear()
         text = _SECONDS[sec] = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sec))
     out = f"{text}.{ms % 1000:03d}"
-    last[0], last[1] = ms, out
+    _LAST[0] = (ms, out)
     return out
 
 
