@@ -108,6 +108,7 @@ EVENT_ID, NETWORK_USERID, DOMAIN_USERID, DOMAIN_SESSIONID = (
     COL["domain_sessionid"],
 )
 USER_ID, SESSION_ID, SESSION_INDEX = COL["user_id"], COL["session_id"], COL["session_index"]
+DVCE_CREATED = COL["dvce_created_tstamp"]
 
 
 class Overloaded(Exception):

@@ -16,6 +16,7 @@ from storage import lifecycle
 from storage.base import (
     DOMAIN_SESSIONID,
     DOMAIN_USERID,
+    DVCE_CREATED,
     EVENT_ID,
     NETWORK_USERID,
     SESSION_ID,
@@ -27,21 +28,34 @@ from storage.base import (
 )
 from storage.sessions import DeviceState, SessionRules, assign, remember, retire
 
+# What makes two events one (dedupe): the event id and the time the device created the event.
+# A tracker's retry resends the event as it was (the same eid and dtm; only stm changes), so retries
+# are stored once. Two events that share an id but not a creation time are two events, as Snowplow
+# counts them (its "synthetic duplicates", from bots and broken id generators), and both are kept.
+# The time comes first in the stores' unique index: live traffic is created about now, so the index
+# takes its inserts at one end instead of at a random page per event (the event id is random).
+DedupeKey = tuple[str, str]  # (dvce_created_tstamp or "", event_id)
+
+
+def dedupe_key(row: Sequence[Any]) -> DedupeKey:
+    """An event row's dedupe key; an event without a device time has "" there."""
+    return (row[DVCE_CREATED] or "", row[EVENT_ID])
+
 
 @dataclass(slots=True)
 class Wanted:
-    """What a group needs looked up: event ids (dedupe), tracker ids (retired?) and device states."""
+    """What a group needs looked up: dedupe keys, tracker ids (retired?) and device states."""
 
-    event_ids: set[str]
+    events: set[DedupeKey]
     tracker_ids: set[str]
     devices: set[str]
 
 
 @dataclass(slots=True)
 class Found:
-    """The lookups' answers: the stored event ids, the retired values, the devices' states."""
+    """The lookups' answers: the stored dedupe keys, the retired values, the devices' states."""
 
-    seen: set[str]
+    seen: set[DedupeKey]
     retired: set[str]
     states: dict[str, DeviceState]
 
@@ -60,7 +74,7 @@ class Writes:
 def wanted(subs: Sequence[Submission]) -> Wanted:
     """The lookups a group needs."""
     return Wanted(
-        {r[EVENT_ID] for s in subs for r in s.rows},
+        {dedupe_key(r) for s in subs for r in s.rows},
         {v for s in subs for ids in s.tracker_ids for v in ids},
         {d for s in subs for d in (*(r[NETWORK_USERID] for r in s.rows), s.opted_out) if d},
     )
@@ -106,10 +120,11 @@ def decide(
                 if device not in moved and (st := states.get(device)) is not None and st.closed:
                     moved[device] = None
                 device = row[NETWORK_USERID] = moved.get(device, device)
-            if row[EVENT_ID] in seen:
+            key = dedupe_key(row)
+            if key in seen:
                 res.duplicates += 1
                 continue
-            seen.add(row[EVENT_ID])
+            seen.add(key)
             out.events.append(row)
             res.stored += 1
             if device is None:

@@ -99,8 +99,9 @@ LOCK_STATES = (
 )
 # first_seen is the collector's time (as collector_tstamp), so retention forgets the ids with the events
 CLAIM_IDS = (
-    "INSERT INTO event_ids (event_id, first_seen) SELECT unnest($1::text[]), to_timestamp($2::float8 / 1000) "
-    "ON CONFLICT DO NOTHING RETURNING event_id"
+    "INSERT INTO event_ids (created, event_id, first_seen) "
+    "SELECT c, i, to_timestamp($3::float8 / 1000) FROM unnest($1::text[], $2::text[]) AS k (c, i) "
+    "ON CONFLICT DO NOTHING RETURNING created, event_id"
 )
 RETIRED = "SELECT value FROM retired_ids WHERE value = ANY($1::text[])"
 INSERT_RETIRED = (
@@ -136,10 +137,11 @@ async def look_up(conn: Conn, want: Wanted, opted_out: set[str], now_ms: int) ->
             states[device] = state
     # Claiming the ids here is the dedupe across replicas: a concurrent claim of the same id waits for
     # this transaction, then finds it taken.
-    claimed = await conn.fetch(CLAIM_IDS, sorted(want.event_ids), now_ms) if want.event_ids else []
-    fresh = {r[0] for r in claimed}
+    keys = sorted(want.events)
+    claimed = await conn.fetch(CLAIM_IDS, [k[0] for k in keys], [k[1] for k in keys], now_ms) if keys else []
+    fresh = {(r[0], r[1]) for r in claimed}
     retired = {r[0] for r in await conn.fetch(RETIRED, list(want.tracker_ids))} if want.tracker_ids else set()
-    return Found(want.event_ids - fresh, retired, states), placeholders
+    return Found(want.events - fresh, retired, states), placeholders
 
 
 async def write(conn: Conn, w: Writes, placeholders: set[str]) -> None:

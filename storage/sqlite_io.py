@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.base import COLUMNS, Submission
-from storage.group import Found, Wanted, Writes
+from storage.group import DedupeKey, Found, Wanted, Writes
 from storage.sessions import STATE_COLUMNS, state_of, state_row
 
 INSERT_EVENT = f"INSERT INTO events ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
@@ -38,11 +38,28 @@ def select_in(conn: sqlite3.Connection, sql: str, values: Iterable[Any], chunk: 
     return out
 
 
+# The keys' list drives the join (CROSS JOIN keeps it outside), each key one probe of events_dedupe,
+# whose expression the ON clause repeats exactly (SQLite uses an expression index only then).
+SELECT_SEEN = (
+    "WITH k(created, id) AS (VALUES {}) SELECT k.created, k.id FROM k CROSS JOIN events e "
+    "ON coalesce(e.dvce_created_tstamp, '') = k.created AND e.event_id = k.id"
+)
+
+
+def seen_keys(conn: sqlite3.Connection, keys: Iterable[DedupeKey], chunk: int = 250) -> set[DedupeKey]:
+    """The dedupe keys already stored."""
+    keys = list(keys)
+    out: set[DedupeKey] = set()
+    for i in range(0, len(keys), chunk):
+        part = keys[i : i + chunk]
+        sql = SELECT_SEEN.format(",".join(["(?,?)"] * len(part)))
+        out.update(conn.execute(sql, [v for k in part for v in k]))
+    return out
+
+
 def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
     """Answer the group's lookups inside its transaction, so that every process agrees."""
-    seen = {
-        r[0] for r in select_in(conn, "SELECT event_id FROM events WHERE event_id IN ({})", want.event_ids)
-    }
+    seen = seen_keys(conn, want.events)
     retired = {
         r[0] for r in select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", want.tracker_ids)
     }

@@ -305,7 +305,7 @@ async def test_rows_stored_before_the_new_columns_keep_theirs_in_other_params(
             m.setattr(sqlite_migrate, "MIGRATIONS", old)
             sqlite_migrate.migrate(conn)
         conn.execute(OLD_ROW)
-        assert sqlite_migrate.migrate(conn) == ["0007_atomic_columns", "0008_views"]
+        assert sqlite_migrate.migrate(conn)[:2] == ["0007_atomic_columns", "0008_views"]
     finally:
         conn.close()
     _check_old_row(cfg.db)
@@ -325,7 +325,7 @@ async def test_postgres_rows_stored_before_the_new_columns_keep_theirs_in_other_
             m.setattr(pg_schema, "MIGRATIONS", old)
             await pg_schema.migrate(conn)
         await conn.execute(OLD_ROW)
-        assert await pg_schema.migrate(conn) == ["0003_atomic_columns", "0004_views"]
+        assert (await pg_schema.migrate(conn))[:2] == ["0003_atomic_columns", "0004_views"]
     finally:
         await conn.close()
     _check_old_row(cfg.db)

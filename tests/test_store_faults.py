@@ -53,11 +53,11 @@ async def test_a_corrupt_database_is_a_503_not_a_400(tmp_path: Path, cfg: Config
     for i in range(200):
         await client.get("/i", params=ev(eid=f"pre-{i}", url="https://x.test/" + "p" * 500))
     await client.close()
-    # overwrite the event-id index's pages with garbage, as a bad disk would: the schema still reads,
+    # overwrite the dedupe index's pages with garbage, as a bad disk would: the schema still reads,
     # so the collector starts, but the next insert meets a malformed page
     conn = sqlite3.connect(cfg.db)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    pages = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'events_event_id'")]
+    pages = [p for (p,) in conn.execute("SELECT pageno FROM dbstat WHERE name = 'events_dedupe'")]
     page_size = conn.execute("PRAGMA page_size").fetchone()[0]
     conn.close()
     assert pages

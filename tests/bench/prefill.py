@@ -2,11 +2,12 @@
 
 The rows are the collector's own: a real collector process stores a seed of realistic tracker
 traffic (the same bodies the load generator sends, named and SP-Anonymous), then SQL copies those
-rows until the table holds N, each copy with a fresh random event id (so the event-id index has the
-shape of a real store's: random keys over the whole key space), and its own device and session ids
-(so the device table grows with the events, about one device per 20 events). Building it without
-the index and creating the index once at the end is what makes 8 million rows take minutes instead
-of hours; the result is the same index a live store has.
+rows until the table holds N, each copy with a fresh random event id, its device creation time a
+minute further in the past per copy (so the dedupe index, keyed by creation time then event id, has
+the shape of a real store's: weeks of history behind the live traffic's end, random ids within each
+time), and its own device and session ids (so the device table grows with the events, about one
+device per 20 events). Building it without the index and creating the index once at the end is what
+makes 8 million rows take minutes instead of hours; the result is the same index a live store has.
 
 The store check skips the prefilled rows: it reads only rows above `Prefilled.max_rowid`.
 """
@@ -38,6 +39,8 @@ _UUID = (
 _OWN = "CASE WHEN {c} IS NULL THEN NULL ELSE substr({c}, 1, 27) || printf('-%08x', k) END"
 _RENAMED = {
     "event_id": _UUID,
+    # the same text format as the collector's (format_ms): %f is SS.SSS
+    "dvce_created_tstamp": "strftime('%Y-%m-%d %H:%M:%f', dvce_created_tstamp, printf('-%d minutes', k))",
     "network_userid": _OWN.format(c="network_userid"),
     "session_id": _OWN.format(c="session_id"),
 }
@@ -89,9 +92,9 @@ def prefill(db: Path, rows: int) -> Prefilled:
         conn.execute("PRAGMA cache_size = -262144")
         seed = conn.execute("SELECT count(*) FROM events").fetchone()[0]
         index = conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'events_event_id'"
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'events_dedupe'"
         ).fetchone()[0]
-        conn.execute("DROP INDEX events_event_id")
+        conn.execute("DROP INDEX events_dedupe")
         conn.execute("CREATE TEMP TABLE seed_state AS SELECT * FROM device_state")
         copies = max(0, -(-(rows - seed) // seed))
         per_chunk = max(1, CHUNK // seed)
