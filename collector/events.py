@@ -78,6 +78,11 @@ TYPED = frozenset({*INTS, *NUMBERS, *SIZES, "cookie"})
 INT_MAX = 2**31 - 1  # Snowplow's integer columns (and PostgreSQL's integer) hold 32 bits
 PAGE_PARTS = tuple(COL[f"page_url{p}"] for p in ("scheme", "host", "port", "path", "query", "fragment"))
 REFR_PARTS = tuple(COL[f"refr_url{p}"] for p in ("scheme", "host", "port", "path", "query", "fragment"))
+# Each URL's six part columns are adjacent: one slice assignment fills them.
+PAGE_SLICE = slice(PAGE_PARTS[0], PAGE_PARTS[-1] + 1)
+REFR_SLICE = slice(REFR_PARTS[0], REFR_PARTS[-1] + 1)
+assert tuple(range(PAGE_SLICE.start, PAGE_SLICE.stop)) == PAGE_PARTS
+assert tuple(range(REFR_SLICE.start, REFR_SLICE.stop)) == REFR_PARTS
 # Snowplow's campaign attribution: the utm_* params of the page URL's query.
 UTM = {f"utm_{k}": COL[f"mkt_{k}"] for k in ("medium", "source", "term", "content", "campaign")}
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -87,9 +92,10 @@ HANDLED = frozenset({"eid", "vid", "se_va", "ue_pr", "ue_px", "co", "cx", *ident
 DUID, SID = COL["domain_userid"], COL["domain_sessionid"]
 PAGE_URL, REFERRER, ANONYMOUS = COL["page_url"], COL["page_referrer"], COL["anonymous"]
 FP, REFR_DUID = COL["user_fingerprint"], COL["refr_domain_userid"]
-# Where each param goes, in one lookup per param on the hot path: a column index (>= 0), other_params,
-# consumed elsewhere, a typed column, or a timestamp column (TSTAMP_BASE - column).
-OTHER, HANDLED_KEY, TYPED_KEY, TSTAMP_BASE = -1, -2, -3, -4
+# Where each param goes, in one lookup per param on the hot path: a column index (>= 0), consumed
+# elsewhere, a typed column, or a timestamp column (TSTAMP_BASE - column); a key not here goes to
+# other_params.
+HANDLED_KEY, TYPED_KEY, TSTAMP_BASE = -2, -3, -4
 PLACE: dict[str, int] = {
     **{k: HANDLED_KEY for k in HANDLED},
     **{k: TYPED_KEY for k in TYPED},
@@ -146,31 +152,51 @@ def _signed(value: str) -> int | None:
     return -n if value[:1] == "-" else n
 
 
-def _typed(row: list[Any], key: str, value: str) -> bool:
-    """Convert one typed param into its column(s); False if the value does not convert."""
+Converted = tuple[tuple[int, Any], ...] | None  # (column, value) pairs; None: it does not convert
+
+
+def _convert(key: str, value: str) -> Converted:
+    """One typed param's column(s) and value(s), or None if the value does not convert."""
     if key in INTS:
         n = _signed(value)
-        if n is None:
-            return False
-        row[INTS[key]] = n
-    elif key in NUMBERS:
+        return None if n is None else ((INTS[key], n),)
+    if key in NUMBERS:
         try:
             number = float(value)
         except ValueError:
-            return False
-        if not math.isfinite(number):
-            return False
-        row[NUMBERS[key]] = number
-    elif key in SIZES:
+            return None
+        return ((NUMBERS[key], number),) if math.isfinite(number) else None
+    if key in SIZES:
         w, sep, h = value.partition("x")
         width, height = _int(w), _int(h)
         if not sep or width is None or height is None or width > INT_MAX or height > INT_MAX:
-            return False
-        row[SIZES[key][0]], row[SIZES[key][1]] = width, height
-    else:  # cookie: "1" or "0"
-        if value not in ("0", "1"):
-            return False
-        row[COL["br_cookies"]] = value == "1"
+            return None
+        return (SIZES[key][0], width), (SIZES[key][1], height)
+    # cookie: "1" or "0"
+    return ((COL["br_cookies"], value == "1"),) if value in ("0", "1") else None
+
+
+# A device sends the same screen, viewport and cookie values with each event: converted once. Short
+# values only, and bounded, so that a stream of made-up ones costs a few MiB at most.
+_CONVERTED: dict[tuple[str, str], Converted] = {}
+_CONVERTED_MAX, _CONVERTED_VALUE = 4096, 32
+
+
+def _typed(row: list[Any], key: str, value: str) -> bool:
+    """Convert one typed param into its column(s); False if the value does not convert."""
+    k = (key, value)
+    try:
+        conv = _CONVERTED[k]
+    except KeyError:
+        conv = _convert(key, value)
+        if len(value) <= _CONVERTED_VALUE:
+            if len(_CONVERTED) >= _CONVERTED_MAX:
+                _CONVERTED.clear()
+            _CONVERTED[k] = conv
+    if conv is None:
+        return False
+    for idx, v in conv:
+        row[idx] = v
     return True
 
 
@@ -250,8 +276,7 @@ def _from_urls(row: list[Any]) -> None:
     url = row[PAGE_URL]
     parts = url_parts(url) if url else None
     if parts is not None:
-        for idx, value in zip(PAGE_PARTS, parts, strict=True):
-            row[idx] = value
+        row[PAGE_SLICE] = parts
         if parts[4] is not None:
             for idx, value in query_fields(parts[4]):
                 if idx >= 0:
@@ -265,8 +290,15 @@ def _from_urls(row: list[Any]) -> None:
     refr = row[REFERRER]
     parts = url_parts(refr) if refr else None
     if parts is not None:
-        for idx, value in zip(REFR_PARTS, parts, strict=True):
-            row[idx] = value
+        row[REFR_SLICE] = parts
+
+
+def _refuse(key: str, value: object) -> None:
+    """Raise BadInput for a param whose value is not a string or is too long."""
+    if value.__class__ is not str:
+        raise BadInput("non_string_value", f"value of {param_name(key)} is not a string")
+    what = f"value of {param_name(key)}" if len(key) <= MAX_KEY else "a param's name"
+    raise BadInput("value_too_long", f"{what} is longer than the limit")
 
 
 def build_row(
@@ -278,17 +310,17 @@ def build_row(
     other: dict[str, str] = {}
     times: dict[str, int] = {}
     for key, value in params.items():
-        # one pass both checks and copies (a str subclass cannot come from JSON)
-        if value.__class__ is not str:
-            raise BadInput("non_string_value", f"value of {param_name(key)} is not a string")
-        if len(value) > MAX_VALUE or len(key) > MAX_KEY:
-            what = f"value of {param_name(key)}" if len(key) <= MAX_KEY else "a param's name"
-            raise BadInput("value_too_long", f"{what} is longer than the limit")
-        idx = PLACE.get(key, OTHER)
-        if idx >= 0:
-            row[idx] = value
-        elif idx == OTHER:
+        # one pass both checks and copies (a str subclass cannot come from JSON); the keys PLACE
+        # knows are short, so only an unknown key's length is checked
+        if value.__class__ is not str or len(value) > MAX_VALUE:
+            _refuse(key, value)
+        idx = PLACE.get(key)
+        if idx is None:
+            if len(key) > MAX_KEY:
+                raise BadInput("value_too_long", "a param's name is longer than the limit")
             other[key] = value
+        elif idx >= 0:
+            row[idx] = value
         elif idx == TYPED_KEY:
             if not _typed(row, key, value):
                 other[key] = value
