@@ -61,7 +61,8 @@ def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) ->
     if mode != "wal":
         raise RuntimeError(f"{path}: journal_mode is {mode!r}, WAL is required (is it on a network share?)")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
-    # 32 MiB of page cache: the event-id index takes random inserts, and its hot pages should stay put.
+    # 32 MiB of page cache: device states take upserts in random order (device ids are random), and
+    # their hot pages should stay put.
     conn.execute("PRAGMA cache_size = -32768")
     return conn
 

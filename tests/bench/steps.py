@@ -117,7 +117,7 @@ def run(db: Path, requests: int, group_requests: int) -> dict[str, tuple[float, 
         part = subs[g : g + group_requests]
         step("store: begin", lambda: conn.execute("BEGIN IMMEDIATE"))
         found = step(
-            "store: look up (event ids, retired ids, devices)",
+            "store: look up (dedupe keys, retired ids, devices)",
             lambda part=part: sqlite_io.look_up(conn, group.wanted(part)),  # type: ignore[misc]
         )
         writes, _ = step(
@@ -125,7 +125,7 @@ def run(db: Path, requests: int, group_requests: int) -> dict[str, tuple[float, 
             lambda part=part, found=found: group.decide(part, found, rules, pool),  # type: ignore[misc]
         )
         step(
-            "store: insert events (+ event-id index)",
+            "store: insert events (+ dedupe index)",
             lambda writes=writes: sqlite_io.insert_events(conn, writes.events),  # type: ignore[misc]
         )
         writes.events.clear()
