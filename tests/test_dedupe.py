@@ -114,6 +114,48 @@ async def test_postgres_ids_claimed_before_the_new_key_still_dedupe_their_retrie
     await _retry_old_events(make_client, cfg)
     claimed = rows(cfg.db, "select created, event_id from event_ids order by event_id")
     assert [tuple(r) for r in claimed] == [("", "new"), (format_ms(DTM), "old-timed"), ("", "old-untimed")]
+    # a replica still on the old code claims without `created`: refused (it answers 503 and the
+    # tracker retries elsewhere), where a default '' would let it store a retry a second time
+    conn = await asyncpg.connect(str(cfg.db))
+    try:
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await conn.execute("INSERT INTO event_ids (event_id) VALUES ('from-an-old-replica')")
+    finally:
+        await conn.close()
+
+
+@only("postgres")
+async def test_postgres_back_fill_outlasts_the_collectors_statement_timeout(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a collector migrates at start on a connection with a statement timeout (10 s by default); the
+    # back-fill of a big store takes longer, so the migration lifts the timeout for itself
+    old = tmp_path / "migrations"
+    old.mkdir()
+    for path in pg_schema.MIGRATIONS.glob("000[1-4]_*.sql"):
+        shutil.copy(path, old)
+    conn = await asyncpg.connect(str(cfg.db))
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(pg_schema, "MIGRATIONS", old)
+            await pg_schema.migrate(conn)
+        await conn.execute(
+            "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp, "
+            "anonymous, dvce_created_tstamp) SELECT 'id-' || g, 'pv', 'web', 't', 'c', now(), 0, "
+            "now() - g * interval '1 ms' FROM generate_series(1, 200000) g"
+        )
+        await conn.execute(
+            "INSERT INTO event_ids (event_id) SELECT 'id-' || g FROM generate_series(1, 200000) g"
+        )
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(str(cfg.db), server_settings={"statement_timeout": "300"})
+    try:
+        applied = await pg_schema.migrate(conn)
+    finally:
+        await conn.close()
+    assert "0005_dedupe_by_creation" in applied
+    assert rows(cfg.db, "select count(*) from event_ids where created <> ''")[0][0] == 200_000
 
 
 async def _retry_old_events(make_client: Any, cfg: Config) -> None:
@@ -124,3 +166,18 @@ async def _retry_old_events(make_client: Any, cfg: Config) -> None:
     assert resp.status == 200, await resp.text()
     got = rows(cfg.db, "select event_id, count(*) from events group by event_id order by event_id")
     assert [tuple(r) for r in got] == [("new", 1), ("old-timed", 1), ("old-untimed", 1)]
+
+
+async def test_two_events_sharing_an_id_are_two_page_views(client: Any, cfg: Config) -> None:
+    # the views named a row by its event id: each of the pair took the other's pings (found in review)
+    url = "https://shop.test/p"
+    body = batch(
+        ev("pv", eid="same", dtm=str(DTM), stm=str(DTM + 20_000), url=url),
+        ev("pv", eid="same", dtm=str(DTM + 1000), stm=str(DTM + 20_000), url=url),
+        ev("pp", eid="ping-1", dtm=str(DTM + 11_000), stm=str(DTM + 20_000), url=url),
+    )
+    assert (await client.post(TP2, json=body)).status == 200
+    views = rows(cfg.db, "select page_pings, engaged_time_in_s from page_views order by start_tstamp")
+    assert [tuple(r) for r in views] == [(0, 0), (1, 5)]  # the ping follows the later view only
+    [s] = rows(cfg.db, "select page_views, engaged_time_in_s, event_count from sessions")
+    assert tuple(s) == (2, 5, 3)

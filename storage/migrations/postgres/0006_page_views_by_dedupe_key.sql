@@ -1,0 +1,65 @@
+-- page_views again (as 0004 made it), now that an event id no longer names one row: two events that
+-- share an id but not a device creation time are both stored (0005). The view joined a page view to
+-- its pings and aggregates by the event id alone, so such a pair counted each other's pings. Each
+-- row is now named by its dedupe key, the event id and `ck` (its dvce_created_tstamp, -infinity when
+-- none), which the claims in event_ids keep unique. Its columns are unchanged, so the views that read
+-- it (sessions, users) and the reader's grant stay as they are.
+CREATE OR REPLACE VIEW page_views AS
+WITH ev AS (
+    SELECT e.event_id, COALESCE(e.dvce_created_tstamp, '-infinity'::timestamptz) AS ck,
+           e.event, e.app_id, e.anonymous, e.network_userid, e.user_id, e.domain_sessionid,
+           CASE WHEN e.anonymous = 1 THEN e.domain_sessionid ELSE e.session_id END AS session_key,
+           CASE WHEN e.anonymous = 1 THEN 'a:' || COALESCE(e.domain_sessionid, '')
+                ELSE 'd:' || COALESCE(e.network_userid, '') END AS owner,
+           (SELECT c -> 'data' ->> 'id' FROM jsonb_array_elements(
+                CASE WHEN jsonb_typeof(e.contexts -> 'data') = 'array' THEN e.contexts -> 'data' END) c
+            WHERE c ->> 'schema' LIKE 'iglu:com.snowplowanalytics.snowplow/web_page/%'
+            LIMIT 1) AS web_page_id,
+           COALESCE(e.derived_tstamp, e.collector_tstamp) AS t,
+           floor(extract(epoch FROM COALESCE(e.dvce_created_tstamp, e.collector_tstamp)) / 10)::bigint AS bucket,
+           e.page_url, e.page_title, e.page_urlscheme, e.page_urlhost, e.page_urlpath, e.page_urlquery,
+           e.page_referrer, e.refr_urlhost, e.refr_urlpath,
+           e.mkt_medium, e.mkt_source, e.mkt_term, e.mkt_content, e.mkt_campaign,
+           e.pp_xoffset_max, e.pp_yoffset_max, e.br_viewwidth, e.br_viewheight, e.doc_width, e.doc_height
+    FROM events e WHERE e.event IN ('pv', 'pp')
+), seq AS (  -- per session, the number of page views so far: a ping's is that of the view before it
+    SELECT event_id, ck, event, session_key, page_url,
+           SUM(CASE WHEN event = 'pv' THEN 1 ELSE 0 END) OVER (
+               PARTITION BY session_key ORDER BY t, CASE WHEN event = 'pv' THEN 0 ELSE 1 END, event_id
+               ROWS UNBOUNDED PRECEDING) AS n
+    FROM ev WHERE session_key IS NOT NULL AND (event = 'pv' OR web_page_id IS NULL)
+), pings AS (
+    SELECT v.event_id AS view_id, v.ck AS view_ck, p.* FROM ev v JOIN ev p
+        ON p.web_page_id = v.web_page_id AND p.owner = v.owner
+    WHERE v.event = 'pv' AND p.event = 'pp'
+    UNION ALL
+    SELECT v.event_id, v.ck, p.* FROM seq sv JOIN seq sp ON sp.session_key = sv.session_key AND sp.n = sv.n
+        JOIN ev v ON v.event_id = sv.event_id AND v.ck = sv.ck
+        JOIN ev p ON p.event_id = sp.event_id AND p.ck = sp.ck
+    WHERE sv.event = 'pv' AND sp.event = 'pp' AND sp.page_url IS NOT DISTINCT FROM sv.page_url
+), agg AS (
+    SELECT view_id, view_ck, COUNT(*) AS ping_count, COUNT(DISTINCT bucket) AS buckets, MAX(t) AS last_t,
+           MAX(pp_xoffset_max) AS x_max, MAX(pp_yoffset_max) AS y_max, MAX(br_viewwidth) AS view_w,
+           MAX(br_viewheight) AS view_h, MAX(doc_width) AS doc_w, MAX(doc_height) AS doc_h
+    FROM pings GROUP BY view_id, view_ck
+), sized AS (
+    SELECT v.*, a.ping_count, a.buckets, a.last_t, a.x_max, a.y_max,
+           greatest(v.br_viewwidth, a.view_w) AS view_w, greatest(v.br_viewheight, a.view_h) AS view_h,
+           greatest(v.doc_width, a.doc_w) AS doc_w, greatest(v.doc_height, a.doc_h) AS doc_h
+    FROM ev v LEFT JOIN agg a ON a.view_id = v.event_id AND a.view_ck = v.ck WHERE v.event = 'pv'
+)
+SELECT COALESCE(web_page_id, event_id) AS page_view_id, event_id, session_key AS session_id,
+       network_userid AS device_id, user_id, anonymous, app_id, domain_sessionid,
+       page_url, page_title, page_urlscheme, page_urlhost, page_urlpath, page_urlquery,
+       page_referrer, refr_urlhost, refr_urlpath,
+       mkt_medium, mkt_source, mkt_term, mkt_content, mkt_campaign,
+       t AS start_tstamp, greatest(last_t, t) AS end_tstamp,
+       COALESCE(ping_count, 0)::bigint AS page_pings,
+       (CASE WHEN buckets > 0 THEN 10 * (buckets - 1) + 5 ELSE 0 END)::bigint AS engaged_time_in_s,
+       CASE WHEN x_max IS NOT NULL AND view_w IS NOT NULL AND doc_w > 0
+            THEN round(100.0 * least(greatest(x_max, 0) + view_w, doc_w) / doc_w)::integer END
+           AS horizontal_percentage_scrolled,
+       CASE WHEN y_max IS NOT NULL AND view_h IS NOT NULL AND doc_h > 0
+            THEN round(100.0 * least(greatest(y_max, 0) + view_h, doc_h) / doc_h)::integer END
+           AS vertical_percentage_scrolled
+FROM sized;
