@@ -2,7 +2,9 @@
 -- share an id but not a device creation time are both stored (0009). The view joined a page view to
 -- its pings and aggregates by the event id alone, so such a pair counted each other's pings. Each
 -- row is now named by its dedupe key, the event id and `ck` (its dvce_created_tstamp, '' when none),
--- which the store keeps unique. `sessions` and `users` read page_views by name: unchanged.
+-- which the store keeps unique; a ping that names its page view by the web_page id goes to the first
+-- page view with that id, and ties in time are broken by the key. `sessions` and `users` read
+-- page_views by name: unchanged.
 DROP VIEW page_views;
 CREATE VIEW page_views AS
 WITH ev AS (
@@ -27,13 +29,19 @@ WITH ev AS (
 ), seq AS (  -- per session, the number of page views so far: a ping's is that of the view before it
     SELECT event_id, ck, event, session_key, page_url,
            SUM(CASE WHEN event = 'pv' THEN 1 ELSE 0 END) OVER (
-               PARTITION BY session_key ORDER BY t, CASE WHEN event = 'pv' THEN 0 ELSE 1 END, event_id
+               PARTITION BY session_key ORDER BY t, CASE WHEN event = 'pv' THEN 0 ELSE 1 END, event_id, ck
                ROWS UNBOUNDED PRECEDING) AS n
     FROM ev WHERE session_key IS NOT NULL AND (event = 'pv' OR web_page_id IS NULL)
+), named AS (  -- the page view a web_page id names: the first with it, should a replay share it
+    SELECT event_id, ck, web_page_id, owner FROM (
+        SELECT event_id, ck, web_page_id, owner,
+               ROW_NUMBER() OVER (PARTITION BY web_page_id, owner ORDER BY t, event_id, ck) AS k
+        FROM ev WHERE event = 'pv' AND web_page_id IS NOT NULL) f
+    WHERE k = 1
 ), pings AS (
-    SELECT v.event_id AS view_id, v.ck AS view_ck, p.* FROM ev v JOIN ev p
+    SELECT v.event_id AS view_id, v.ck AS view_ck, p.* FROM named v JOIN ev p
         ON p.web_page_id = v.web_page_id AND p.owner = v.owner
-    WHERE v.event = 'pv' AND p.event = 'pp'
+    WHERE p.event = 'pp'
     UNION ALL
     SELECT v.event_id, v.ck, p.* FROM seq sv JOIN seq sp ON sp.session_key = sv.session_key AND sp.n = sv.n
         JOIN ev v ON v.event_id = sv.event_id AND v.ck = sv.ck
