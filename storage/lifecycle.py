@@ -194,6 +194,16 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
             devices = [r[0] for r in found]
         else:
             devices = [device_id]
+        # the erased events' dedupe claims go with them, as on SQLite (where the claim is the row): a
+        # re-send is stored again, and no claim keeps the erased events' ids and device times
+        await conn.execute(
+            "DELETE FROM event_ids i USING events e "
+            "WHERE (e.network_userid = ANY($1::text[]) OR e.user_id = $2) AND i.event_id = e.event_id "
+            "AND i.created = COALESCE(to_char(e.dvce_created_tstamp AT TIME ZONE 'UTC', "
+            "'YYYY-MM-DD HH24:MI:SS.MS'), '')",
+            devices,
+            user_id,
+        )
         events = int(
             (
                 await conn.execute(

@@ -17,6 +17,7 @@ from collector.events import format_ms
 from storage import migrate as sqlite_migrate
 from storage import pg_schema, sqlite_io
 from tests.conftest import TP2, Clock, batch, ev, only, rows
+from tests.test_lifecycle import erase
 from tests.test_sessions import Browser
 
 STORES = ("sqlite", "postgres")
@@ -225,3 +226,18 @@ async def test_a_pair_at_one_time_is_ordered_by_its_key(
     await browser.send(ev("pp", eid="ping-1", dtm=str(DTM + 11_000), url=url + "/b"))
     views = rows(cfg.db, "select page_url, page_pings from page_views order by page_url")
     assert [tuple(r) for r in views] == [(url + "/a", 0), (url + "/b", 1)]
+
+
+async def test_an_erased_event_sent_again_is_stored_again(client: Any, cfg: Config) -> None:
+    # on PostgreSQL the erased events' claims stayed in event_ids: the re-send counted as a duplicate
+    # and the claim kept the erased event's id and device time (found in review)
+    browser = Browser(client)
+    await browser.send(ev("pv", eid="erased-1", dtm=str(DTM)), ev("pv", eid="kept-1", dtm=str(DTM)))
+    await Browser(client).send(ev("pv", eid="other-device", dtm=str(DTM)))
+    erase(cfg.db, "--device-id", browser.device)
+    if isinstance(cfg.db, str):
+        claimed = rows(cfg.db, "select event_id from event_ids order by 1")
+        assert [r[0] for r in claimed] == ["other-device"]
+    await Browser(client).send(ev("pv", eid="erased-1", dtm=str(DTM)))  # the tracker re-sends it
+    got = rows(cfg.db, "select event_id from events order by 1")
+    assert [r[0] for r in got] == ["erased-1", "other-device"]
