@@ -117,6 +117,10 @@ class Collector:
         self.stop(_signal.SIGKILL)
 
     def __enter__(self) -> Collector:
+        # `with Collector(db).start() as c` started it already: a second start would spawn a process
+        # that fails to bind the port while the first, no longer tracked, runs on (it did, in prefill)
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

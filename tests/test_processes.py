@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sqlite3
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -148,3 +149,12 @@ async def test_workers_share_the_port_the_store_and_the_metrics(tmp_path: Path) 
     finally:
         assert proc.stop() == 0
     assert len(_stored(db)) == 40
+
+
+def test_a_started_collector_used_as_a_context_is_stopped_at_its_end(tmp_path: Path) -> None:
+    # `with Collector(db).start() as c` spawned a second process on entry and left the first running
+    # (the bench's prefill seed collector ran on through the whole benchmark)
+    with Collector(tmp_path / "events.db").start() as c:
+        url = c.url
+    with pytest.raises(OSError):  # nobody serves the port any more
+        urllib.request.urlopen(url + "/health", timeout=5)

@@ -57,7 +57,7 @@ class Prefilled:
 def _seed(db: Path, requests: int) -> None:
     """A real collector stores realistic traffic; every tenth request is SP-Anonymous."""
     ids = EventIds("5eed0000")
-    with Collector(db).start() as c:
+    with Collector(db) as c:
         for i in range(requests):
             headers = {"Content-Type": "application/json"}
             if i % 10 == 9:
