@@ -96,19 +96,25 @@ async def test_rows_stored_before_the_new_key_still_dedupe_their_retries(
     await _retry_old_events(make_client, cfg)
 
 
-@only("postgres")
-async def test_postgres_ids_claimed_before_the_new_key_still_dedupe_their_retries(
-    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_client: Any
-) -> None:
+async def _at_pg_0004(cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> asyncpg.Connection:
+    """A connection to the test's database, migrated only up to 0004 (before the new key)."""
     old = tmp_path / "migrations"
     old.mkdir()
     for path in pg_schema.MIGRATIONS.glob("000[1-4]_*.sql"):
         shutil.copy(path, old)
     conn = await asyncpg.connect(str(cfg.db))
+    with monkeypatch.context() as m:
+        m.setattr(pg_schema, "MIGRATIONS", old)
+        await pg_schema.migrate(conn)
+    return conn
+
+
+@only("postgres")
+async def test_postgres_ids_claimed_before_the_new_key_still_dedupe_their_retries(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_client: Any
+) -> None:
+    conn = await _at_pg_0004(cfg, tmp_path, monkeypatch)
     try:
-        with monkeypatch.context() as m:
-            m.setattr(pg_schema, "MIGRATIONS", old)
-            await pg_schema.migrate(conn)
         for eid, created in (("old-timed", datetime.fromtimestamp(DTM / 1000, UTC)), ("old-untimed", None)):
             await conn.execute(OLD_EVENT, eid, created)
             await conn.execute("INSERT INTO event_ids (event_id) VALUES ($1)", eid)  # as the old claim did
@@ -133,15 +139,8 @@ async def test_postgres_back_fill_outlasts_the_collectors_statement_timeout(
 ) -> None:
     # a collector migrates at start on a connection with a statement timeout (10 s by default); the
     # back-fill of a big store takes longer, so the migration lifts the timeout for itself
-    old = tmp_path / "migrations"
-    old.mkdir()
-    for path in pg_schema.MIGRATIONS.glob("000[1-4]_*.sql"):
-        shutil.copy(path, old)
-    conn = await asyncpg.connect(str(cfg.db))
+    conn = await _at_pg_0004(cfg, tmp_path, monkeypatch)
     try:
-        with monkeypatch.context() as m:
-            m.setattr(pg_schema, "MIGRATIONS", old)
-            await pg_schema.migrate(conn)
         await conn.execute(
             "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp, "
             "anonymous, dvce_created_tstamp) SELECT 'id-' || g, 'pv', 'web', 't', 'c', now(), 0, "
