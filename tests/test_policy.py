@@ -181,3 +181,41 @@ def test_anonymous_drop_list_is_configurable() -> None:
 def test_truncation_unwraps_addresses_that_embed_an_ipv4(addr: str, expected: str) -> None:
     cfg = Config(ip_mode="truncate")
     assert policy.keep_ip(cfg, policy.parse_ip(addr)) == expected
+
+
+def test_reused_decisions_follow_every_input_they_depend_on() -> None:
+    """decide reuses named decisions (policy._NAMED): one request's must never answer another's."""
+    proxied = Config(trusted_proxies=NETS)
+    via = [
+        policy.decide(proxied, "10.0.0.1", CIMultiDict({"X-Forwarded-For": h}), {})
+        for h in ("1.1.1.1", "2.2.2.2")
+    ]
+    assert [d.ip for d in via] == ["1.1.1.1", "2.2.2.2"]  # the same proxy, two clients
+    # a header the proxy does not set is never read, with or without trusted proxies
+    spoofed = CIMultiDict({"X-Forwarded-For": "3.3.3.3"})
+    assert policy.decide(Config(), "10.0.0.1", spoofed, {}).ip == "10.0.0.1"
+    assert policy.decide(proxied, "10.0.0.1", spoofed, {}).ip == "3.3.3.3"
+    assert policy.decide(Config(forwarded_header="x-real-ip"), "10.0.0.1", spoofed, {}).ip == "10.0.0.1"
+    same = ("203.0.113.77", CIMultiDict(), {})
+    assert [policy.decide(Config(ip_mode=m), *same).ip for m in ("full", "truncate", "drop")] == [
+        "203.0.113.77",
+        "203.0.113.0",
+        None,
+    ]
+    assert policy.decide(Config(ip_mode="truncate", ipv4_prefix=16), *same).ip == "203.0.0.0"
+    assert policy.decide(Config(trust_ip_param=True), *same).ip_param
+    assert not policy.decide(Config(), *same).ip_param
+    # an anonymous request is decided afresh, and leaves nothing in the map
+    before = dict(policy._NAMED)
+    anonymous = policy.decide(Config(), "198.51.100.9", CIMultiDict({"SP-Anonymous": "*"}), {})
+    assert anonymous.ip is None and dict(policy._NAMED) == before
+    assert not any("198.51.100.9" in str(k) for k in policy._NAMED)
+    # the control: a named request from that address is there
+    policy.decide(Config(), "198.51.100.9", CIMultiDict(), {})
+    assert any("198.51.100.9" in str(k) for k in policy._NAMED)
+
+
+def test_reused_decisions_are_bounded() -> None:
+    for i in range(policy._NAMED_MAX + 10):
+        policy.decide(Config(), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", CIMultiDict(), {})
+    assert 0 < len(policy._NAMED) <= policy._NAMED_MAX
