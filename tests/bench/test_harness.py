@@ -15,6 +15,7 @@ from tests.bench.payloads import EventIds, get_path, post_body
 from tests.bench.profile import top_self
 from tests.bench.report import flatness
 from tests.bench.store import _check_round
+from tests.bench.threads import split
 
 
 def wrk_round(workload: str, **counts: Any) -> Round:
@@ -101,3 +102,10 @@ def test_flatness_slope() -> None:
     growing = flatness([(float(t), 1000 + 10 * t) for t in range(20)])
     assert flat["second_half_slope_kib_per_min"] == 0
     assert round(growing["second_half_slope_kib_per_min"]) == 600
+
+
+def test_thread_split_names_the_busiest_other_thread_the_writer() -> None:
+    before = {1: 1.0, 2: 0.5, 3: 0.25, 4: 0.0}
+    after = {1: 3.0, 2: 0.75, 3: 1.25, 4: 0.0, 5: 0.5}  # 5: a thread started during the round
+    got = split(before, after, main=1, requests=1_000_000)
+    assert got == {"main": 2.0, "writer": 1.0, "rest": 0.75}
