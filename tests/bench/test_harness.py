@@ -6,10 +6,12 @@ whose mistakes would make a broken collector look correct (or a correct one look
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
 
+from tests.bench import handler
 from tests.bench.drive import Round
 from tests.bench.payloads import EventIds, get_path, post_body
 from tests.bench.profile import top_self
@@ -109,3 +111,8 @@ def test_thread_split_names_the_busiest_other_thread_the_writer() -> None:
     after = {1: 3.0, 2: 0.75, 3: 1.25, 4: 0.0, 5: 0.5}  # 5: a thread started during the round
     got = split(before, after, main=1, requests=1_000_000)
     assert got == {"main": 2.0, "writer": 1.0, "rest": 0.75}
+
+
+def test_handler_tool_answers_every_mocked_get_with_the_pixel() -> None:
+    got = asyncio.run(handler.run(400, 1))  # asserts each app answered 200
+    assert got["collector"] > 0 and got["baseline"] > 0
