@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -132,3 +134,44 @@ def test_library_records_are_redacted() -> None:
     own = logging.LogRecord("collector.x", logging.INFO, __file__, 1, "kept %s", ("as is",), None)
     logs.RedactLibraries().filter(own)
     assert own.getMessage() == "kept as is"  # the filter can pass a record: it is not a blanket mute
+
+
+def _record(created: float, level: int = logging.INFO, name: str = "collector.access") -> logging.LogRecord:
+    record = logging.LogRecord(
+        name, level, __file__, 1, "%s %s %d %.1fms events=%d", ("GET", "i", 200, 1.5, 1), None
+    )
+    record.created, record.msecs = created, int((created - int(created)) * 1000) + 0.0
+    return record
+
+
+@pytest.mark.parametrize("created", [0.0, 1764657601.25, 1764657601.999, 1764657602.0005, 1798761599.5])
+def test_log_times_are_those_logging_and_datetime_write(created: float) -> None:
+    """The formatters format a second once, and write the same text as before."""
+    record = _record(created)
+    assert logs.TextFormatter().formatTime(record) == logging.Formatter().formatTime(record)
+    want = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    assert orjson.loads(logs.JsonFormatter().format(record))["ts"] == want
+
+
+def test_buffered_lines_reach_the_stream_in_one_write() -> None:
+    class Counting(io.StringIO):
+        writes = 0
+
+        def write(self, text: str) -> int:
+            self.writes += 1
+            return super().write(text)
+
+    stream = Counting()
+    target = logs.BatchWriter(stream)
+    target.setFormatter(logs.TextFormatter())
+    buffered = logs.Buffered(capacity=1024, flushLevel=logging.WARNING, target=target)
+    for i in range(100):
+        buffered.handle(_record(1764657601.0 + i / 1000))
+    assert stream.writes == 0  # held until the flush
+    buffered.flush()
+    assert stream.writes == 1 and stream.getvalue().count("collector.access") == 100
+    # a warning is written at once, after the lines logged before it
+    buffered.handle(_record(1764657602.0))
+    buffered.handle(_record(1764657602.5, logging.WARNING, "collector.store"))
+    assert stream.writes == 2
+    assert stream.getvalue().splitlines()[-1].split()[2:4] == ["WARNING", "collector.store"]
