@@ -86,20 +86,33 @@ def decide(cfg: Config, peer: str | None, headers: Mapping[str, str], cookies: M
     return _named(cfg, peer, headers)
 
 
-# Named decisions by what they depend on: the settings that pick and shape the IP, the peer, and the
-# forwarding header's values when proxies are trusted (else it is never read). The same key always
-# gives the same frozen Decision, so recent ones are reused: parsing the address (ipaddress), keeping
-# it and building the Decision were 13 of decide's 14 us a request. Bounded like identity.Signer's
-# maps; it holds addresses of named requests only, in memory, and nothing of an anonymous one.
+# Named decisions in `full` IP mode, by what they depend on: the peer, the forwarding header's values
+# when proxies are trusted (else it is never read) and which header that is, and whether the `ip`
+# param counts. The same key always gives the same frozen Decision, so recent ones are reused: parsing
+# the address (ipaddress) and building the Decision were 13 of decide's 14 us a request. Bounded in
+# entries, and in size: a forwarding header over CACHED_HOPS characters (a client can send 16 KiB
+# lines) is decided afresh. In memory only, and only addresses the store keeps whole: in `truncate`
+# mode the key would hold the whole address the row never does, so those are decided afresh too, and
+# `drop` needs no address at all. An anonymous request never comes here.
 _NAMED: dict[tuple[Any, ...], Decision] = {}
 _NAMED_MAX = 16384
+CACHED_HOPS = 256
 
 
 def _named(cfg: Config, peer: str | None, headers: Mapping[str, str]) -> Decision:
     trusted, header = cfg.trusted_proxies, cfg.forwarded_header
-    getall = getattr(headers, "getall", None)
-    hops = (tuple(getall(header, ())) if getall else headers.get(header)) if trusted else None
-    key = (peer, hops, trusted, header, cfg.ip_mode, cfg.ipv4_prefix, cfg.ipv6_prefix, cfg.trust_ip_param)
+    if cfg.ip_mode == "drop":
+        return Decision(False, None, cfg.trust_ip_param, True, False, ALWAYS_DROP)
+    hops: tuple[str, ...] | None = None
+    if trusted:
+        getall = getattr(headers, "getall", None)
+        hops = tuple(getall(header, ())) if getall else ((headers[header],) if header in headers else ())
+        if sum(map(len, hops)) > CACHED_HOPS:
+            hops = None
+    if cfg.ip_mode != "full" or (trusted and hops is None):
+        ip = keep_ip(cfg, client_ip(peer, headers, trusted, header))
+        return Decision(False, ip, cfg.trust_ip_param, True, False, ALWAYS_DROP)
+    key = (peer, hops, trusted, header, cfg.trust_ip_param)
     decision = _NAMED.get(key)
     if decision is None:
         if len(_NAMED) >= _NAMED_MAX:

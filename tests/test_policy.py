@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 
 import pytest
 from multidict import CIMultiDict
@@ -183,6 +184,19 @@ def test_truncation_unwraps_addresses_that_embed_an_ipv4(addr: str, expected: st
     assert policy.keep_ip(cfg, policy.parse_ip(addr)) == expected
 
 
+@pytest.fixture
+def fresh_decisions() -> Iterator[None]:
+    """policy._NAMED starts empty, and is emptied after: no test sees another's decisions."""
+    policy._NAMED.clear()
+    yield
+    policy._NAMED.clear()
+
+
+def held(addr: str) -> bool:
+    return any(addr in str(k) or addr == v.ip for k, v in policy._NAMED.items())
+
+
+@pytest.mark.usefixtures("fresh_decisions")
 def test_reused_decisions_follow_every_input_they_depend_on() -> None:
     """decide reuses named decisions (policy._NAMED): one request's must never answer another's."""
     proxied = Config(trusted_proxies=NETS)
@@ -191,30 +205,46 @@ def test_reused_decisions_follow_every_input_they_depend_on() -> None:
         for h in ("1.1.1.1", "2.2.2.2")
     ]
     assert [d.ip for d in via] == ["1.1.1.1", "2.2.2.2"]  # the same proxy, two clients
-    # a header the proxy does not set is never read, with or without trusted proxies
+    direct = [policy.decide(Config(), p, CIMultiDict(), {}).ip for p in ("192.0.2.1", "192.0.2.2")]
+    assert direct == ["192.0.2.1", "192.0.2.2"]  # two peers
+    # a header only counts from a trusted peer, and only the configured one
     spoofed = CIMultiDict({"X-Forwarded-For": "3.3.3.3"})
     assert policy.decide(Config(), "10.0.0.1", spoofed, {}).ip == "10.0.0.1"
     assert policy.decide(proxied, "10.0.0.1", spoofed, {}).ip == "3.3.3.3"
-    assert policy.decide(Config(forwarded_header="x-real-ip"), "10.0.0.1", spoofed, {}).ip == "10.0.0.1"
+    elsewhere = Config(trusted_proxies=(ipaddress.ip_network("192.0.2.0/24"),))
+    assert policy.decide(elsewhere, "10.0.0.1", spoofed, {}).ip == "10.0.0.1"
+    # the same value in two headers: the configured header's name is part of what decides
+    xff = Config(trusted_proxies=NETS)
+    fwd = Config(trusted_proxies=NETS, forwarded_header="forwarded")
+    assert policy.decide(xff, "10.0.0.1", CIMultiDict({"X-Forwarded-For": "for=1.1.1.1"}), {}).ip is None
+    assert policy.decide(fwd, "10.0.0.1", CIMultiDict({"Forwarded": "for=1.1.1.1"}), {}).ip == "1.1.1.1"
     same = ("203.0.113.77", CIMultiDict(), {})
-    assert [policy.decide(Config(ip_mode=m), *same).ip for m in ("full", "truncate", "drop")] == [
-        "203.0.113.77",
-        "203.0.113.0",
-        None,
-    ]
-    assert policy.decide(Config(ip_mode="truncate", ipv4_prefix=16), *same).ip == "203.0.0.0"
     assert policy.decide(Config(trust_ip_param=True), *same).ip_param
     assert not policy.decide(Config(), *same).ip_param
-    # an anonymous request is decided afresh, and leaves nothing in the map
-    before = dict(policy._NAMED)
+
+
+@pytest.mark.usefixtures("fresh_decisions")
+def test_only_whole_addresses_the_store_keeps_are_held() -> None:
+    v6 = ("2001:db8:abcd:12::1", CIMultiDict(), {})
+    assert [policy.decide(Config(ip_mode="truncate", ipv6_prefix=p), *v6).ip for p in (48, 32)] == [
+        "2001:db8:abcd::",
+        "2001:db8::",
+    ]
+    assert policy.decide(Config(ip_mode="drop"), "198.51.100.8", CIMultiDict(), {}).ip is None
+    assert policy._NAMED == {}  # truncate and drop: decided afresh, no whole address held
+    long_chain = CIMultiDict({"X-Forwarded-For": ", ".join(["1.1.1.1"] * 100)})
+    assert policy.decide(Config(trusted_proxies=NETS), "10.0.0.1", long_chain, {}).ip == "1.1.1.1"
+    assert policy._NAMED == {}  # a header over CACHED_HOPS characters: decided afresh
     anonymous = policy.decide(Config(), "198.51.100.9", CIMultiDict({"SP-Anonymous": "*"}), {})
-    assert anonymous.ip is None and dict(policy._NAMED) == before
-    assert not any("198.51.100.9" in str(k) for k in policy._NAMED)
-    # the control: a named request from that address is there
+    assert anonymous.ip is None and policy._NAMED == {}
+    # the control: the same addresses of named requests in full mode are held
     policy.decide(Config(), "198.51.100.9", CIMultiDict(), {})
-    assert any("198.51.100.9" in str(k) for k in policy._NAMED)
+    short_chain = CIMultiDict({"X-Forwarded-For": "1.1.1.1"})
+    policy.decide(Config(trusted_proxies=NETS), "10.0.0.1", short_chain, {})
+    assert held("198.51.100.9") and held("1.1.1.1") and len(policy._NAMED) == 2
 
 
+@pytest.mark.usefixtures("fresh_decisions")
 def test_reused_decisions_are_bounded() -> None:
     for i in range(policy._NAMED_MAX + 10):
         policy.decide(Config(), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", CIMultiDict(), {})
