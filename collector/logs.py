@@ -25,19 +25,23 @@ class JsonFormatter(logging.Formatter):
         self._second = -1
         self._prefix = ""
 
-    def _ts(self, record: logging.LogRecord) -> str:
-        # ISO 8601 in UTC to the millisecond (datetime.isoformat's text), the seconds formatted once a second
-        second = int(record.created)
+    def _ts(self, created: float) -> str:
+        # datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"), the seconds formatted
+        # once a second: like datetime, round to the microsecond first (half to even), then cut to ms
+        second = int(created)
+        micros = round((created - second) * 1e6)
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
         if second != self._second:
             self._second, self._prefix = (
                 second,
                 datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S"),
             )
-        return f"{self._prefix}.{int(record.msecs):03d}+00:00"
+        return f"{self._prefix}.{micros // 1000:03d}+00:00"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "ts": self._ts(record),
+            "ts": self._ts(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -89,16 +93,20 @@ class BatchWriter(logging.StreamHandler):  # type: ignore[type-arg]
     """The buffer's target: formats each record as StreamHandler does, and writes them at its flush.
 
     StreamHandler flushes the stream after every record, a write(2) each: the buffered lines were
-    still written one system call a line, all at once every half second.
+    still written one system call a line, all at once every half second. The batch goes out in
+    writes of whole lines up to PIPE_BUF bytes: `--workers` share the supervisor's stderr, and a pipe
+    keeps a write of at most PIPE_BUF bytes whole, so no worker's line is torn by another's.
     """
 
     def __init__(self, stream: Any) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
+        self._last: logging.LogRecord | None = None  # for handleError, when a write fails
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             self._lines.append(self.format(record) + self.terminator)
+            self._last = record
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - logging's own contract: report and go on
@@ -108,20 +116,59 @@ class BatchWriter(logging.StreamHandler):  # type: ignore[type-arg]
         self.acquire()
         try:
             lines, self._lines = self._lines, []
-            if lines:
-                self.stream.write("".join(lines))
-            self.stream.flush()
+            try:
+                for chunk in chunks(lines, PIPE_BUF):
+                    self.stream.write(chunk)
+                    self.stream.flush()
+                if not lines:
+                    self.stream.flush()
+            except Exception:  # noqa: BLE001 - a broken or closed stderr: reported, never raised to the caller
+                if self._last is not None:
+                    self.handleError(self._last)
         finally:
             self.release()
 
 
+PIPE_BUF = 4096  # POSIX guarantees at least 512; Linux's is 4096
+
+
+def chunks(lines: list[str], limit: int) -> list[str]:
+    """The lines joined into texts of at most `limit` bytes each (a longer line alone), in order."""
+    out: list[str] = []
+    part: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line) if line.isascii() else len(line.encode("utf-8", "surrogateescape"))
+        if part and size + n > limit:
+            out.append("".join(part))
+            part, size = [], 0
+        part.append(line)
+        size += n
+    if part:
+        out.append("".join(part))
+    return out
+
+
 class Buffered(MemoryHandler):
-    """MemoryHandler whose flush also writes its target's batch (one write for all the lines)."""
+    """MemoryHandler whose flush also writes its target's batch."""
 
     def flush(self) -> None:
-        super().flush()
-        if self.target is not None:
-            self.target.flush()
+        self.acquire()  # the same lock MemoryHandler.flush takes: close() cannot drop the target between
+        try:
+            super().flush()
+            target = self.target
+            if target is not None:
+                target.flush()
+        finally:
+            self.release()
+
+
+def flush_quietly(handler: logging.Handler) -> None:
+    """One periodic flush; whatever it raises is reported, so the flush thread never stops."""
+    try:
+        handler.flush()
+    except Exception as exc:  # noqa: BLE001 - by type only: the message may quote a log line
+        print(f"log flush failed: {type(exc).__name__}", file=sys.__stderr__)
 
 
 FLUSH_SECONDS = 0.5
@@ -152,7 +199,7 @@ def setup(fmt: str, level: str) -> None:
     def flush_forever() -> None:
         while True:
             time.sleep(FLUSH_SECONDS)
-            buffered.flush()
+            flush_quietly(buffered)
 
     threading.Thread(target=flush_forever, name="log-flush", daemon=True).start()
 

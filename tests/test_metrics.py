@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import random
 import sqlite3
 from datetime import UTC, datetime
 from typing import Any
@@ -137,6 +138,8 @@ def test_library_records_are_redacted() -> None:
 
 
 def _record(created: float, level: int = logging.INFO, name: str = "collector.access") -> logging.LogRecord:
+    """A record as logging makes it at `created` (LogRecord sets msecs from its own clock: redone here
+    with LogRecord's own formula, which logging's formatTime reads)."""
     record = logging.LogRecord(
         name, level, __file__, 1, "%s %s %d %.1fms events=%d", ("GET", "i", 200, 1.5, 1), None
     )
@@ -144,34 +147,75 @@ def _record(created: float, level: int = logging.INFO, name: str = "collector.ac
     return record
 
 
-@pytest.mark.parametrize("created", [0.0, 1764657601.25, 1764657601.999, 1764657602.0005, 1798761599.5])
-def test_log_times_are_those_logging_and_datetime_write(created: float) -> None:
-    """The formatters format a second once, and write the same text as before."""
-    record = _record(created)
-    assert logs.TextFormatter().formatTime(record) == logging.Formatter().formatTime(record)
-    want = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
-    assert orjson.loads(logs.JsonFormatter().format(record))["ts"] == want
+EDGES = [0.0, 1764657601.25, 1764657601.999, 1764657602.0005, 1764657601.9999996, 1798761599.9999995]
 
 
-def test_buffered_lines_reach_the_stream_in_one_write() -> None:
-    class Counting(io.StringIO):
-        writes = 0
+def test_log_times_are_those_logging_and_datetime_write() -> None:
+    """The formatters format a second once, and write the same text as before: the text one
+    logging's formatTime, the JSON one datetime's isoformat (which rounds to the microsecond)."""
+    rng = random.Random(14)
+    times = EDGES + [rng.uniform(1.6e9, 1.9e9) for _ in range(50_000)]
+    text, json_fmt, plain = logs.TextFormatter(), logs.JsonFormatter(), logging.Formatter()
+    for created in times:
+        record = _record(created)
+        assert text.formatTime(record) == plain.formatTime(record), created
+        want = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        assert json_fmt._ts(created) == want, created
 
-        def write(self, text: str) -> int:
-            self.writes += 1
-            return super().write(text)
 
+class Counting(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def write(self, text: str) -> int:
+        self.sizes.append(len(text.encode()))
+        return super().write(text)
+
+
+def test_buffered_lines_reach_the_stream_in_a_few_whole_line_writes() -> None:
     stream = Counting()
     target = logs.BatchWriter(stream)
     target.setFormatter(logs.TextFormatter())
     buffered = logs.Buffered(capacity=1024, flushLevel=logging.WARNING, target=target)
     for i in range(100):
         buffered.handle(_record(1764657601.0 + i / 1000))
-    assert stream.writes == 0  # held until the flush
+    assert stream.sizes == []  # held until the flush
     buffered.flush()
-    assert stream.writes == 1 and stream.getvalue().count("collector.access") == 100
+    total = len(stream.getvalue().encode())
+    # writes of whole lines, none over PIPE_BUF (a pipe keeps those whole between --workers)
+    assert len(stream.sizes) <= total // (logs.PIPE_BUF // 2) + 1 and max(stream.sizes) <= logs.PIPE_BUF
+    assert stream.getvalue().count("collector.access") == 100
+    assert all(line.endswith("events=1") for line in stream.getvalue().splitlines())
     # a warning is written at once, after the lines logged before it
+    writes = len(stream.sizes)
     buffered.handle(_record(1764657602.0))
     buffered.handle(_record(1764657602.5, logging.WARNING, "collector.store"))
-    assert stream.writes == 2
+    assert len(stream.sizes) == writes + 1
     assert stream.getvalue().splitlines()[-1].split()[2:4] == ["WARNING", "collector.store"]
+
+
+def test_a_failing_stderr_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Broken(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    reported: list[logging.LogRecord] = []
+    target = logs.BatchWriter(Broken())
+    monkeypatch.setattr(target, "handleError", reported.append)
+    target.setFormatter(logs.TextFormatter())
+    buffered = logs.Buffered(capacity=1024, flushLevel=logging.WARNING, target=target)
+    buffered.handle(_record(1764657602.5, logging.WARNING, "collector.store"))  # flushes at once: no raise
+    assert [r.name for r in reported] == ["collector.store"]
+
+    class Failing(logging.Handler):
+        def flush(self) -> None:
+            raise OSError("stderr is gone")
+
+    logs.flush_quietly(Failing())  # the flush thread's step: reported, never raised
+
+
+def test_chunks_keep_lines_whole_and_count_bytes() -> None:
+    lines = ["a" * 10 + "\n", "é" * 10 + "\n", "b" * 50 + "\n", "c" * 3 + "\n"]
+    assert logs.chunks(lines, 32) == [lines[0] + lines[1], lines[2], lines[3]]  # é is 2 bytes
+    assert "".join(logs.chunks(lines * 50, 100)) == "".join(lines * 50)
