@@ -177,8 +177,9 @@ FLUSH_SECONDS = 0.5
 def setup(fmt: str, level: str) -> None:
     """Configure the root logger once, at start-up.
 
-    Lines are buffered and written every FLUSH_SECONDS in one write (at once for warnings, and at exit):
-    one write to stderr per request cost a syscall, which also handed the GIL to the writer thread.
+    Lines are buffered and written every FLUSH_SECONDS (at once for warnings, and at exit), a few
+    writes of whole lines for all of them (BatchWriter): one write to stderr per request cost a
+    syscall, which also handed the GIL to the writer thread.
     A SIGKILL loses at most that half second of log lines, never an event.
     """
     # The logging HOWTO's "Optimization" switches: no caller lookup (a stack walk per record), no thread,

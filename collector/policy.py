@@ -102,7 +102,7 @@ CACHED_HOPS = 256
 def _named(cfg: Config, peer: str | None, headers: Mapping[str, str]) -> Decision:
     trusted, header = cfg.trusted_proxies, cfg.forwarded_header
     if cfg.ip_mode == "drop":
-        return Decision(False, None, cfg.trust_ip_param, True, False, ALWAYS_DROP)
+        return _kept(cfg, None)
     hops: tuple[str, ...] | None = None
     if trusted:
         getall = getattr(headers, "getall", None)
@@ -110,16 +110,19 @@ def _named(cfg: Config, peer: str | None, headers: Mapping[str, str]) -> Decisio
         if sum(map(len, hops)) > CACHED_HOPS:
             hops = None
     if cfg.ip_mode != "full" or (trusted and hops is None):
-        ip = keep_ip(cfg, client_ip(peer, headers, trusted, header))
-        return Decision(False, ip, cfg.trust_ip_param, True, False, ALWAYS_DROP)
+        return _kept(cfg, keep_ip(cfg, client_ip(peer, headers, trusted, header)))
     key = (peer, hops, trusted, header, cfg.trust_ip_param)
     decision = _NAMED.get(key)
     if decision is None:
         if len(_NAMED) >= _NAMED_MAX:
             _NAMED.clear()
-        ip = keep_ip(cfg, client_ip(peer, headers, trusted, header))
-        decision = _NAMED[key] = Decision(False, ip, cfg.trust_ip_param, True, False, ALWAYS_DROP)
+        decision = _NAMED[key] = _kept(cfg, keep_ip(cfg, client_ip(peer, headers, trusted, header)))
     return decision
+
+
+def _kept(cfg: Config, ip: str | None) -> Decision:
+    """A named request's decision: its IP as kept, its cookie used, only the network params dropped."""
+    return Decision(False, ip, cfg.trust_ip_param, True, False, ALWAYS_DROP)
 
 
 def event_ip(cfg: Config, decision: Decision, param: str | None) -> str | None:
