@@ -59,8 +59,10 @@ class Collector:
         args: list[str] | None = None,
         log: Path | None = None,
         prefix: list[str] | None = None,
+        module: str = "collector",
     ) -> None:
         self.db = db
+        self.module = module  # what `python -m` runs: a bench's launcher may wrap the collector's main
         self.host = host
         self.port = port or free_port(host)
         self.env = dict(env or {})
@@ -86,7 +88,7 @@ class Collector:
             *self.prefix,
             sys.executable,
             "-m",
-            "collector",
+            self.module,
             "serve",
             "--host",
             self.host,

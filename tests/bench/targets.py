@@ -85,6 +85,7 @@ class CollectorTarget:
     server: PgServer | None = None
     prefill: int = 0  # grow the store to this many events before starting (tests/bench/prefill.py)
     prefilled: Prefilled | None = None
+    module: str = "collector"  # tests.bench.nostore: the same server with a store that stores nothing
 
     @property
     def url(self) -> str:
@@ -107,7 +108,7 @@ class CollectorTarget:
                 flush=True,
             )
         log = Path(tempfile.gettempdir()) / f"{self.name}.log" if self.postgres else None
-        self.proc = Collector(self.db, args=self.args, env=env, log=log).start()
+        self.proc = Collector(self.db, args=self.args, env=env, log=log, module=self.module).start()
 
     deviceless: int = 0  # from /metrics just before the stop: events whose cookie was retired
 

@@ -8,6 +8,9 @@ WAL and fsync; the busiest thread after the main one) and the rest (the log flus
 it, the group commit's average size and wall time from the collector's own /metrics.
 
 Where `make bench` gives one figure per request, this says which thread a cut has to come from.
+`--no-store` adds a third target to each round: the same server on a store that answers every append
+at once and stores nothing (tests/bench/nostore.py), so the event loop's CPU splits once more, into
+HTTP and the handler (that round) and what waiting on the real store adds (the difference).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--no-store", action="store_true", help="also a round on a store that stores nothing")
     ns = ap.parse_args(argv)
     pinned = can_pin()
     if pinned:
@@ -78,8 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="collector-threads-"))
     collector = CollectorTarget("collector", tmp / "events.db")
     baseline = BaselineTarget("baseline", log=tmp / "baseline.log")
+    nostore = CollectorTarget("nostore", tmp / "nostore.db", module="tests.bench.nostore")
     collector.start()
     baseline.start()
+    if ns.no_store:
+        nostore.start()
 
     def wrk(url: str, pid: int, seconds: float) -> Any:
         return run_wrk(
@@ -96,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, float]] = []
     try:
-        for t in (collector, baseline):
+        for t in (collector, baseline, *([nostore] if ns.no_store else [])):
             wrk(t.url, t.root_pid(), 2.0)  # warm up
         pid = collector.root_pid()
         for _ in range(ns.rounds):
@@ -104,6 +111,17 @@ def main(argv: list[str] | None = None) -> int:
             r = wrk(collector.url, pid, ns.seconds)
             t1, c1 = thread_cpu(pid), commit_stats(collector.url)
             b = wrk(baseline.url, baseline.root_pid(), ns.seconds)
+            if ns.no_store:
+                npid = nostore.root_pid()
+                n0 = thread_cpu(npid)
+                n = wrk(nostore.url, npid, ns.seconds)
+                n1 = thread_cpu(npid)
+                nreq = n.rps * float(n.result["active_seconds"])
+                loop_only = {
+                    "nostore_main": split(n0, n1, npid, nreq)["main"],
+                    "nostore_us": n.server_cpu / n.rps * 1e6,
+                    "nostore_rps": n.rps,
+                }
             requests = r.rps * float(r.result["active_seconds"])
             commits = c1[0] - c0[0]
             row = {
@@ -114,17 +132,23 @@ def main(argv: list[str] | None = None) -> int:
                 "group_events": (c1[1] - c0[1]) / commits if commits else 0.0,
                 "commit_ms": 1000 * (c1[2] - c0[2]) / commits if commits else 0.0,
                 "other_cpu": r.other_cpu,
+                **(loop_only if ns.no_store else {}),
             }
             rows.append(row)
             print(json.dumps({k: round(v, 1) for k, v in row.items()}), flush=True)
     finally:
         collector.stop()
         baseline.stop()
+        if nostore.proc is not None:
+            nostore.stop()
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
     events = {"get": 1, "post1": 1, "post10": 10, "mix": 3}[ns.workload]
     print(f"\nmedians of {len(rows)} rounds, {ns.workload} ({events} event(s) a request), CPU µs a request:")
     print("| thread | collector | baseline |\n|---|---:|---:|")
     print(f"| event loop (main) | {med['main']:.0f} | |")
+    if ns.no_store:
+        print(f"| of which HTTP and the handler (no-store round) | {med['nostore_main']:.0f} | |")
+        print(f"| of which waiting on the store | {med['main'] - med['nostore_main']:.0f} | |")
     print(f"| SQLite writer | {med['writer']:.0f} | |")
     print(f"| the rest (log flush, executors) | {med['rest']:.0f} | |")
     print(f"| whole process | {med['collector_us']:.0f} | {med['baseline_us']:.0f} |")
@@ -132,6 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         f"\ncollector {med['collector_rps']:,.0f} req/s; groups of {med['group_events']:.1f} events, "
         f"{med['commit_ms']:.2f} ms a commit; other processes {100 * med['other_cpu']:.0f}% of a core"
     )
+    if ns.no_store:
+        print(
+            f"no-store round {med['nostore_rps']:,.0f} req/s, {med['nostore_us']:.0f} µs a request "
+            f"({med['baseline_us'] / med['nostore_us']:.2f}x the baseline's events/s a core; the real store "
+            f"{med['baseline_us'] / med['collector_us']:.2f}x)"
+        )
     return 0
 
 
