@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             r = wrk(collector.url, pid, ns.seconds)
             t1, c1 = thread_cpu(pid), commit_stats(collector.url)
             b = wrk(baseline.url, baseline.root_pid(), ns.seconds)
+            loop_only: dict[str, float] = {}
             if ns.no_store:
                 npid = nostore.root_pid()
                 n0 = thread_cpu(npid)
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 "group_events": (c1[1] - c0[1]) / commits if commits else 0.0,
                 "commit_ms": 1000 * (c1[2] - c0[2]) / commits if commits else 0.0,
                 "other_cpu": r.other_cpu,
-                **(loop_only if ns.no_store else {}),
+                **loop_only,
             }
             rows.append(row)
             print(json.dumps({k: round(v, 1) for k, v in row.items()}), flush=True)
