@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from collector.config import Config
 from tests.conftest import TP2, Clock, batch, ev, rows
@@ -170,6 +171,24 @@ async def test_sessions_landing_page_referrer_campaign_and_engagement(
     # the devices view still reads sessions as before
     [d] = rows(cfg.db, "select * from devices")
     assert (d["device_id"], d["session_count"]) == (b.device, 2)
+
+
+@pytest.mark.parametrize("later_first", [True, False])
+async def test_a_landing_page_tie_is_broken_by_the_dedupe_key(
+    client: Any, cfg: Config, clock: Clock, later_first: bool
+) -> None:
+    # Two page views that share an event id and an event time but not a device creation time: both
+    # are stored (their dedupe keys differ), and the landing page is the one with the earlier
+    # creation time, whichever arrived first. Created T+10 and sent T+60, or created T+5 and sent T+55:
+    # both derive T+10 in a batch the collector receives at T+60.
+    clock.t = (T + 60_000) / 1000
+    later = pv("same", f"{SHOP}/later", 10, 60, sid="s1")
+    earlier = pv("same", f"{SHOP}/earlier", 5, 55, sid="s1")
+    await Browser(client).send(*((later, earlier) if later_first else (earlier, later)))
+    views = rows(cfg.db, "select page_urlpath, start_tstamp from page_views")
+    assert len({v["start_tstamp"] for v in views}) == 1 and len(views) == 2  # the tie is real
+    [s] = rows(cfg.db, "select first_page_urlpath, page_views from sessions")
+    assert (s["first_page_urlpath"], s["page_views"]) == ("/earlier", 2)
 
 
 async def test_users_count_sessions_page_views_and_devices(client: Any, cfg: Config, clock: Clock) -> None:
