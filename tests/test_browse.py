@@ -10,10 +10,6 @@ The fixture, by week (Mondays 2026-11-30, 12-07, 12-14; paths on https://shop.te
             W2 Wed 10:00  /b, as user alice                                    session B2
   device C  W2 Mon 12:00  /b -> /c                                             session C1
 16 events, 12 page views, 7 sessions, 3 devices, 1 user.
-
-The queries on `page_views` and on the new `sessions` columns (top_referrers, engaged_time_by_page,
-funnel) need the views of the h-views branch: until a migration creates `page_views` those tests are
-strict xfails that must fail with "no such table/column"; once it does, they are ordinary tests.
 """
 
 from __future__ import annotations
@@ -40,21 +36,6 @@ DAY, MINUTE = 86400, 60
 SHOP = "https://shop.test"
 WEB_PAGE = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0"
 CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
-
-
-class PendingViews(Exception):
-    """Datasette answered that a view or column of h-views does not exist yet."""
-
-
-MIGRATIONS = Path(__file__).resolve().parent.parent / "storage" / "migrations" / "sqlite"
-VIEWS_MERGED = any("VIEW page_views" in f.read_text() for f in MIGRATIONS.glob("*.sql"))
-# Before the views are merged these must fail for that reason only; after, they are ordinary tests.
-pending_views = pytest.mark.xfail(
-    not VIEWS_MERGED,
-    raises=PendingViews,
-    strict=True,
-    reason="needs the page_views / sessions views of branch h-views",
-)
 
 
 class Device:
@@ -137,8 +118,6 @@ async def analyst(make_client: MakeClient, cfg: Config, clock: Clock) -> Dataset
 async def canned(ds: Datasette, name: str, **params: str) -> list[dict[str, Any]]:
     resp = await ds.client.get(f"/events/{name}.json", params={"_shape": "array", **params})
     body = resp.json()
-    if resp.status_code != 200 and "no such" in str(body):
-        raise PendingViews(str(body))
     assert resp.status_code == 200, body
     return list(body)
 
@@ -237,7 +216,6 @@ async def test_latest_events(analyst: Datasette) -> None:
     assert {r["user_id"] for r in got} == {None, "alice"}
 
 
-@pending_views
 async def test_funnel(analyst: Datasette) -> None:
     got = await canned(analyst, "funnel", step1="/a", step2="/b", step3="/c")
     assert got == [
@@ -250,7 +228,6 @@ async def test_funnel(analyst: Datasette) -> None:
     assert [r["sessions"] for r in got] == [5, 2, 0]
 
 
-@pending_views
 async def test_engaged_time_by_page(analyst: Datasette) -> None:
     got = {r["page_urlpath"]: r for r in await canned(analyst, "engaged_time_by_page")}
     # three pings in three 10 s buckets: 10 x (3 - 1) + 5
@@ -259,7 +236,6 @@ async def test_engaged_time_by_page(analyst: Datasette) -> None:
     assert not got["/b"]["engaged_time_in_s"] and not got["/c"]["engaged_time_in_s"]
 
 
-@pending_views
 async def test_top_referrers(analyst: Datasette) -> None:
     assert await canned(analyst, "top_referrers") == [
         {"referrer_host": "(direct)", "sessions": 5, "page_views": 7, "engaged_sessions": 2},
