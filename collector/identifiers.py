@@ -8,9 +8,10 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
 * **Entity fields** (`ENTITY_RULES`): per schema of the entities the Snowplow trackers send, which
   fields identify a person or device, or whether the whole entity does (a precise location, the GA
   cookies). Under SP-Anonymous they are removed from contexts and from the self-describing event.
-  An entity of a schema not listed here keeps its fields except those named in `GENERIC_FIELDS`
-  (compared case-insensitively, without `_` and `-`): a custom entity that carries an identifier
-  under another name keeps it, so name it here or do not send it.
+  Every entity, listed or not, also loses the fields named in `GENERIC_FIELDS` or containing one of
+  `GENERIC_PARTS` (letters and digits compared, case and accents ignored), at any depth, and keeps
+  nothing beside its `schema` and `data`: a custom entity that carries an identifier under another
+  name keeps it, so name it here or do not send it. Strings lose the cross-domain link (`_sp`).
 * **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, the fingerprint
   `fp`, the cross-domain `refr_domain_userid`, and the client_session entity's userId / sessionId /
   previousSessionId). When a device rotates or opts out, they are retired; a later row that still
@@ -21,10 +22,12 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 
@@ -41,10 +44,21 @@ PERSON_PARAMS = ("uid", "duid", "fp", "mac", "ad_uid")
 # page URL; collector.events never sets it under SP-Anonymous). Both are tracker ids (retired with the
 # device) and forgotten from a row that carries a retired id.
 ROW_IDS = ("user_fingerprint", "refr_domain_userid")
-# URL params that may carry the cross-domain link `_sp` (the linking site's duid, and in its extended
-# form its session and user ids): under SP-Anonymous the link is cut out of them, wherever it sits.
-LINK_URL_PARAMS = ("url", "refr")
-_LINK = re.compile(r"([?&#])_sp=[^&#]*&?")
+# The cross-domain link `_sp` (the linking site's duid, and in its extended form its session and user
+# ids) rides in a URL's query (or fragment) under that name, which collector.events reads percent-decoded
+# as parse_qsl does. Under SP-Anonymous it is cut from every string the row keeps (params, entity fields:
+# a link click's target, a redirect's), wherever it sits; a param of that name is dropped.
+LINK_PARAM = "_sp"
+# Row columns a URL with the link lands in; `forget` cuts it from them too (refr_domain_userid, parsed
+# from it, is a tracker id).
+LINK_COLUMNS = (
+    "page_url",
+    "page_urlquery",
+    "page_urlfragment",
+    "page_referrer",
+    "refr_urlquery",
+    "refr_urlfragment",
+)
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
@@ -106,10 +120,41 @@ GENERIC_FIELDS = frozenset(
         "ipaddress",
     }
 )
+# ...and names that contain one of these (customerEmail, previousUserId, billing_phone_number): a custom
+# entity names its fields as it likes, and a field dropped by mistake costs less than an id kept.
+GENERIC_PARTS = ("userid", "deviceid", "advertisingid", "email", "phonenumber", "ipaddress", "idfa", "idfv")
 
 
 def _norm(key: str) -> str:
-    return key.lower().replace("_", "").replace("-", "")
+    """A field or param name as identifier names are compared: letters and digits only, case-folded,
+    accents and other combining marks off (so `userİd` and `User-ID` are `userid`)."""
+    if not key.isascii():
+        key = "".join(c for c in unicodedata.normalize("NFKD", key) if not unicodedata.combining(c))
+    return "".join(c for c in key.casefold() if c.isalnum())
+
+
+_NAMES_SEEN: dict[str, tuple[str, bool]] = {}  # name -> (normalised, names an identifier): a few, often
+_NAMES_SEEN_MAX = 4096  # bounded in number and length, as _RULES_SEEN: a client chooses the names
+NAME_CACHED_MAX = 64
+
+
+def _name(key: str) -> tuple[str, bool]:
+    try:
+        return _NAMES_SEEN[key]
+    except KeyError:
+        pass
+    norm = _norm(key)
+    seen = norm, norm in GENERIC_FIELDS or any(part in norm for part in GENERIC_PARTS)
+    if len(key) <= NAME_CACHED_MAX:
+        if len(_NAMES_SEEN) >= _NAMES_SEEN_MAX:
+            _NAMES_SEEN.clear()
+        _NAMES_SEEN[key] = seen
+    return seen
+
+
+def identifier_name(key: str) -> bool:
+    """Whether a field name names an identifier, as GENERIC_FIELDS and GENERIC_PARTS say."""
+    return _name(key)[1]
 
 
 _RULES_SEEN: dict[str, EntityRule | None] = {}  # schema URI -> its rule: a tracker sends a few, often
@@ -125,9 +170,12 @@ def rule_of(schema: Any) -> EntityRule | None:
     except KeyError:
         pass
     rule = None
-    if schema.startswith("iglu:"):
-        parts = schema[5:].split("/")
-        rule = ENTITY_RULES.get(f"{parts[0]}/{parts[1]}") if len(parts) == 4 else None
+    # Compared without case or spaces, with or without `iglu:`: a rule must not be dodged by spelling
+    # the schema another way (Iglu resolves vendor and name case-sensitively; the rules err the other way).
+    uri = "".join(schema.split()).lower()
+    parts = uri.removeprefix("iglu:").split("/")
+    if len(parts) == 4:
+        rule = ENTITY_RULES.get(f"{parts[0]}/{parts[1]}")
     if len(schema) <= 256:  # real schema URIs are short; a long made-up one is not worth keeping
         if len(_RULES_SEEN) >= _RULES_SEEN_MAX:
             _RULES_SEEN.clear()
@@ -136,52 +184,61 @@ def rule_of(schema: Any) -> EntityRule | None:
 
 
 def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
-    """(keep, data without identifiers) for one entity's data under SP-Anonymous."""
+    """(keep, data without identifiers) for one entity's data under SP-Anonymous.
+
+    A schema with a rule loses the rule's fields and, like any other, the fields named like
+    identifiers, at any depth; its data must be the object its schema defines, or nothing of it is
+    kept (a rule read for an object says nothing about an array).
+    """
     rule = rule_of(schema)
-    if rule is not None and rule.whole:
+    if rule is None:
+        return True, _generic(data, frozenset())
+    if rule.whole or not isinstance(data, dict):
         return False, None
-    if not isinstance(data, dict):
-        return True, data
-    if rule is not None:
-        drop = rule.fields
-        return True, {k: v for k, v in data.items() if k not in drop}
-    return True, _generic(data)
+    return True, _generic(data, rule.fields)
 
 
-def _generic(value: Any, depth: int = 0) -> Any:
-    """A custom entity's data without fields named like identifiers, at any depth (up to MAX_DEPTH)."""
+def _generic(value: Any, drop: frozenset[str], depth: int = 0) -> Any:
+    """Data without the fields in `drop` or named like identifiers, and strings without the
+    cross-domain link, at any depth (up to MAX_DEPTH)."""
     if depth > MAX_DEPTH:  # deeper than anything a tracker sends: refused rather than half scrubbed
         raise BadInput("nested_too_deep", "a JSON value is nested too deeply")
     if isinstance(value, dict):
         return {
-            k: _generic(v, depth + 1)
+            k: _generic(v, drop, depth + 1)
             for k, v in value.items()
-            if not (isinstance(k, str) and _norm(k) in GENERIC_FIELDS)
+            if not (k in drop or (isinstance(k, str) and identifier_name(k)))
         }
     if isinstance(value, list):
-        return [_generic(v, depth + 1) for v in value]
+        return [_generic(v, drop, depth + 1) for v in value]
+    if isinstance(value, str) and "sp=" in value:  # `_sp=`, `%5Fsp=`: cheap to rule out
+        return without_link(value)
     return value
 
 
 def scrub_contexts(contexts: Any) -> Any:
-    """Contexts (`{schema, data: [entities]}`) without identifying entities and fields."""
+    """Contexts (`{schema, data: [entities]}`) without identifying entities and fields; each entity, and
+    the envelope, keep only their `schema` and `data` (nothing a client adds beside them)."""
     kept = []
     for entity in contexts.get("data", []):
         if not isinstance(entity, dict):
             continue
-        keep, data = scrub_data(entity.get("schema"), entity.get("data"))
+        schema = entity.get("schema")
+        keep, data = scrub_data(schema, entity.get("data"))
         if keep:
-            kept.append({**entity, "data": data})
-    return {**contexts, "data": kept}
+            kept.append({"schema": schema, "data": data})
+    return {"schema": contexts.get("schema"), "data": kept}
 
 
 def scrub_unstruct(ue: Any) -> Any:
-    """A self-describing event (`{schema, data: {schema, data}}`) without identifying fields."""
+    """A self-describing event (`{schema, data: {schema, data}}`) without identifying fields, and
+    without anything beside `schema` and `data` at either level."""
     inner = ue.get("data")
     if not isinstance(inner, dict):
-        return ue
-    keep, data = scrub_data(inner.get("schema"), inner.get("data"))
-    return {**ue, "data": {**inner, "data": data if keep else {}}}
+        return {"schema": ue.get("schema"), "data": None}
+    schema = inner.get("schema")
+    keep, data = scrub_data(schema, inner.get("data"))
+    return {"schema": ue.get("schema"), "data": {"schema": schema, "data": data if keep else {}}}
 
 
 def _dumps(obj: Any) -> str:
@@ -198,11 +255,13 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     (rows) refuses a field that cannot be decoded; otherwise (bad rows) that field is left out, since
     what cannot be read cannot be scrubbed.
     """
-    out = {k: v for k, v in params.items() if k not in drop}
-    for key in LINK_URL_PARAMS:
-        link = out.get(key)
-        if isinstance(link, str) and "_sp=" in link:
-            out[key] = without_link(link)
+    names = _dropped_names(drop)
+    out = {
+        # the self-describing fields are JSON (or base64 of it): decoded and scrubbed field by field below
+        k: without_link(v) if isinstance(v, str) and "sp=" in v and k not in SELF_DESCRIBING else v
+        for k, v in params.items()
+        if k not in drop and not _dropped_name(k, names)
+    }
     for plain, encoded, scrub in (("co", "cx", scrub_contexts), ("ue_pr", "ue_px", scrub_unstruct)):
         name = plain if plain in out else encoded if encoded in out else None
         if name is None:
@@ -221,14 +280,39 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     return out
 
 
+SELF_DESCRIBING = frozenset({"co", "cx", "ue_pr", "ue_px"})
+
+
+def _dropped_name(key: str, names: frozenset[str]) -> bool:
+    norm, identifier = _name(key)
+    return identifier or norm in names
+
+
+@lru_cache(maxsize=8)
+def _dropped_names(drop: frozenset[str]) -> frozenset[str]:
+    """The normalised names of the params an anonymous event loses (so `UID` goes as `uid` does), with
+    the network params and the cross-domain link's."""
+    return frozenset(_norm(k) for k in (*drop, *NETWORK_PARAMS, LINK_PARAM))
+
+
 def without_link(url: str) -> str:
-    """A URL without its cross-domain link params (`_sp=...`), the rest as it was."""
-    while True:
-        cut = _LINK.sub(r"\1", url)
-        if cut == url:
-            break
-        url = cut
-    return re.sub(r"[?&]+(?=#|$)", "", url)
+    """A URL without its cross-domain link params (`_sp=...`, the name percent-encoded or not, in the
+    query or the fragment), the rest as it was."""
+    url, hashmark, fragment = url.partition("#")
+    base, mark, query = url.partition("?")
+    if mark:
+        query = _without_link_pairs(query)
+        url = f"{base}?{query}" if query else base
+    if hashmark:
+        fragment = _without_link_pairs(fragment)
+        url = f"{url}#{fragment}" if fragment else url
+    return url
+
+
+def _without_link_pairs(query: str) -> str:
+    pairs = query.split("&")
+    kept = [p for p in pairs if unquote_plus(p.partition("=")[0]).strip().lower() != LINK_PARAM]
+    return query if len(kept) == len(pairs) else "&".join(p for p in kept if p)
 
 
 def tracker_ids(

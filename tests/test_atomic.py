@@ -37,6 +37,11 @@ def test_without_link_cuts_only_the_cross_domain_param() -> None:
     assert without_link("https://a.test/p?x=1&_sp=d.1&_sp=e.2&y=2#f") == "https://a.test/p?x=1&y=2#f"
     assert without_link("https://a.test/p?x=1&_sp=d.1#f") == "https://a.test/p?x=1#f"
     assert without_link("https://a.test/p?a_sp=1&b=_sp=") == "https://a.test/p?a_sp=1&b=_sp="  # not the param
+    # the name as collector.events reads it (percent-decoded, as parse_qsl does), any case, in the fragment
+    assert without_link("https://a.test/p?%5Fsp=d.1&x=1") == "https://a.test/p?x=1"
+    assert without_link("https://a.test/p?x=1&_SP=d.1") == "https://a.test/p?x=1"
+    assert without_link("https://a.test/p?x=1#_sp=d.1") == "https://a.test/p?x=1"
+    assert without_link("https://a.test/p?_sp=d.1" + "&" * 50_000 + "x") == "https://a.test/p?x"  # linear
 
 
 def test_url_parts_and_query_fields_pure() -> None:
