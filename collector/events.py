@@ -367,5 +367,10 @@ def build_row(
         row[COL["other_params"]] = orjson.dumps(other).decode()
     row[COL["derived_tstamp"]] = _derived(row, times)
     _from_urls(row)
-    ids = identifiers.tracker_ids(duid, sid, co, (fp, row[REFR_DUID]))
+    more = (
+        (fp, row[REFR_DUID], *(other.get(k) for k in identifiers.DEVICE_PARAMS))
+        if other
+        else (fp, row[REFR_DUID])
+    )
+    ids = identifiers.tracker_ids(duid, sid, co, more)
     return row, anonymize, ids

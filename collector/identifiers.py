@@ -35,6 +35,9 @@ from collector import protocol
 from collector.errors import BadInput
 from storage.base import COL
 
+# Device ids a tracker may send as params, kept in other_params: retired with the device, and dropped
+# from a later row that still carries one (they outlive any rotation).
+DEVICE_PARAMS = ("mac", "ad_uid")
 # Params resolved by the policy (ip) and identity (nuid, tnuid): never copied into a row.
 NETWORK_PARAMS = frozenset({"ip", "nuid", "tnuid"})
 # The default of COLLECTOR_ANONYMOUS_DROP: user id, the tracker's device id, fingerprint, MAC, ad id.
@@ -51,20 +54,14 @@ ROW_IDS = ("user_fingerprint", "refr_domain_userid")
 LINK_PARAM = "_sp"
 # Row columns a URL with the link lands in; `forget` cuts it from them too (refr_domain_userid, parsed
 # from it, is a tracker id).
-LINK_COLUMNS = (
-    "page_url",
-    "page_urlquery",
-    "page_urlfragment",
-    "page_referrer",
-    "refr_urlquery",
-    "refr_urlfragment",
-)
+LINK_URL_COLUMNS = ("page_url", "page_referrer")
+LINK_PART_COLUMNS = ("page_urlquery", "page_urlfragment", "refr_urlquery", "refr_urlfragment")
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
 # The tracker ids one event may bring to a lookup or a retirement: a tracker sends a handful; an event
 # stuffed with session entities must not retire hundreds of values.
-TRACKER_IDS_PER_EVENT = 16
+TRACKER_IDS_PER_EVENT = 24
 MAX_DEPTH = 64  # nesting the anonymous scrub walks into; orjson re-encodes at most 254 levels anyway
 
 
@@ -88,8 +85,11 @@ ENTITY_RULES: dict[str, EntityRule] = {
         tracker=("userId", "sessionId", "previousSessionId"),
         forget=True,
     ),
+    # The ad and vendor ids outlive any rotation (the IDFV is the app's for as long as it is installed):
+    # retired with the device, and dropped from a later row that still carries one.
     "com.snowplowanalytics.snowplow/mobile_context": EntityRule(
-        frozenset({"appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId", "appSetIdScope"})
+        frozenset({"appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId", "appSetIdScope"}),
+        tracker=("appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId"),
     ),
     # The page view id (web) and screen view id (mobile) last until the next view: kept under
     # SP-Anonymous (page pings belong to their view), but a rotation or opt-out retires them, since the
@@ -102,8 +102,9 @@ ENTITY_RULES: dict[str, EntityRule] = {
     ),
     "com.snowplowanalytics.snowplow.ecommerce/user": EntityRule(frozenset({"id", "email"})),
     "com.snowplowanalytics.snowplow/geolocation_context": EntityRule(whole=True),
-    "com.google.analytics/cookies": EntityRule(whole=True),
-    "com.google.ga4/cookies": EntityRule(whole=True),
+    # the GA client id (`_ga`) is the browser's for two years: retired, and the entity forgotten
+    "com.google.analytics/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True),
+    "com.google.ga4/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True),
 }
 GENERIC_FIELDS = frozenset(
     {
@@ -323,7 +324,7 @@ def tracker_ids(
     `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid), retired with
     the device like duid, since either would tie the device's rows before a rotation to those after.
     """
-    ids = [v for v in (duid, sid, *more) if v]
+    ids = [v for v in (duid, sid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
     if contexts is not None:
         for entity in contexts.get("data", ()):
             if not isinstance(entity, dict):
@@ -341,21 +342,38 @@ def tracker_ids(
 
 def forget(row: list[Any]) -> None:
     """Drop the tracker's identity from a row carrying a retired id: duid, sid, vid, the fingerprint and
-    cross-domain id (ROW_IDS), the session entity."""
+    cross-domain id (ROW_IDS) and the link they came from in the URLs, the device id params, the
+    session entity (and every `forget` entity), the tracker fields of the others."""
     row[COL["domain_userid"]] = row[COL["domain_sessionid"]] = row[COL["domain_sessionidx"]] = None
     for name in ROW_IDS:
         row[COL[name]] = None
     row[COL["refr_dvce_tstamp"]] = None  # half of the cross-domain link value
+    for names, cut in ((LINK_URL_COLUMNS, without_link), (LINK_PART_COLUMNS, _without_link_pairs)):
+        for name in names:  # where refr_domain_userid was parsed from
+            value = row[COL[name]]
+            if isinstance(value, str) and "sp=" in value:
+                row[COL[name]] = cut(value)
+    other = row[COL["other_params"]]
+    if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
+        params = {k: v for k, v in orjson.loads(other).items() if k not in DEVICE_PARAMS}
+        row[COL["other_params"]] = orjson.dumps(params).decode() if params else None
     text = row[COL["contexts"]]
     if text is None:
         return
     contexts = orjson.loads(text)
-    kept = [e for e in contexts.get("data", ()) if not _forgotten(e)]
+    kept = [_without_tracker_fields(e) for e in contexts.get("data", ()) if not _forgotten(e)]
     contexts["data"] = kept
     try:
         row[COL["contexts"]] = orjson.dumps(contexts).decode()
     except orjson.JSONEncodeError:  # one entity nested too deep to re-encode: keep those that can be
         row[COL["contexts"]] = orjson.dumps({**contexts, "data": list(_encodable(kept))}).decode()
+
+
+def _without_tracker_fields(entity: Any) -> Any:
+    rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
+    if rule is None or not rule.tracker or not isinstance(entity.get("data"), dict):
+        return entity
+    return {**entity, "data": {k: v for k, v in entity["data"].items() if k not in rule.tracker}}
 
 
 def _forgotten(entity: Any) -> bool:

@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from collector import identifiers
 from collector.config import Config
 from collector.identity import sign
 from tests.conftest import TP2, batch, columns, ev, rows
@@ -156,4 +157,4 @@ async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Co
     co = orjson.dumps({"schema": "iglu:x/contexts/jsonschema/1-0-0", "data": entities}).decode()
     resp = await client.post(TP2, json=batch(ev("ue", eid="stuffed", ue_pr=ANON_UE, co=co)))
     assert resp.status == 200
-    assert 0 < count(cfg, "retired_ids") <= 16
+    assert 0 < count(cfg, "retired_ids") <= identifiers.TRACKER_IDS_PER_EVENT < 100

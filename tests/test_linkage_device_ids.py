@@ -1,0 +1,135 @@
+"""A rotation against the ids a device keeps whatever its tracker does: the same linkage check as
+tests/test_linkage.py on a tracker that clears its own ids at the anonymize event (clearUserData: a new
+duid, session and first event), but whose events also carry what outlives that: the mobile vendor and
+ad ids, the GA client id, the `mac` and `ad_uid` params, and a cross-domain `_sp` link in a
+single-page app's landing URL. Each check has its control: the same flow with the event not
+configured to rotate finds those values on both sides.
+
+Person ids the app itself sends (`uid`, an ecommerce user, a custom entity's user id) are the app's
+choice: sending the same one after a rotation links the two on purpose (README, "Devices, sessions
+and rotation"), so they are not part of this check.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from collector.config import Config
+from tests import test_linkage as L
+from tests.conftest import Clock, rows
+
+STORES = ("sqlite", "postgres")
+MOBILE = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-2"
+GA = "iglu:com.google.analytics/cookies/jsonschema/1-0-0"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass
+class Device(L.Browser):
+    """A tracker that clears its ids at the anonymize event, on a device whose other ids stay."""
+
+    device_ids: bool = False  # the mobile, GA, mac and ad_uid ids in every event
+    idfv: str = field(default_factory=new_id)
+    idfa: str = field(default_factory=new_id)
+    ga: str = field(default_factory=lambda: f"GA1.1.{uuid.uuid4().int % 10**10}.1799999999")
+    mac: str = field(default_factory=new_id)
+    ad_uid: str = field(default_factory=new_id)
+    linker: str | None = None  # a cross-domain link's duid in every event's page URL and referrer
+
+    def event(self, e: str, path: str, **params: str) -> dict[str, str]:
+        out = super().event(e, path, **params)
+        if self.linker:
+            out["url"] = out["refr"] = f"{L.SHOP}/?utm_source=x&_sp={self.linker}.1799999999000"
+        if self.device_ids:
+            text = out.pop("co", None)
+            co = orjson.loads(text if text is not None else base64.urlsafe_b64decode(out.pop("cx") + "=="))
+            mobile = {"osType": "ios", "osVersion": "17", "deviceModel": "iPhone", "appleIdfv": self.idfv}
+            co["data"] += [
+                {"schema": MOBILE, "data": {**mobile, "appleIdfa": self.idfa}},
+                {"schema": GA, "data": {"_ga": self.ga}},
+            ]
+            out["co"] = orjson.dumps(co).decode()
+            out["mac"], out["ad_uid"] = self.mac, self.ad_uid
+        return out
+
+
+async def clear_after_anonymize(b: L.Browser) -> None:
+    await L.a_anonymize(b)
+    # clearUserData(): a new duid and session, no previous session, a new first event
+    b.duid, b.sid, b.previous_sid = new_id(), new_id(), new_id()
+    b.vid, b.event_index, b.first_eid, b.first_timestamp = b.vid + 1000, 0, None, None
+
+
+FLOW = [L.a_login, L.a_browse, clear_after_anonymize, L.a_other_user, L.a_other_user_browses]
+
+
+async def run(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool, **kind: Any
+) -> tuple[Device, set[str], set[str], dict[str, L.Shared]]:
+    client = await make_client(cfg if rotate else cfg.replace(anonymize_events=("something_else",)))
+    b = Device(client, clock, ("alice", "bob"), vid=23, **kind)
+    third = Device(
+        client, clock, ("carol", "dave"), vid=41, **{**kind, "linker": kind.get("linker") and new_id()}
+    )
+    await L.run_flow(clock, [b, third], FLOW)
+    got = {r["event_id"]: r["network_userid"] for r in rows(cfg.db, "select * from events")}
+    old, new = ({got[e] for e in b.sent[side]} for side in ("old", "new"))
+    return b, old, new, L.linkage(cfg.db, b, third, [("old", "new")])
+
+
+async def test_a_cleared_tracker_alone_leaves_no_link(make_client: Any, cfg: Config, clock: Clock) -> None:
+    _, old, new, found = await run(make_client, cfg, clock, rotate=True)
+    assert old != new
+    assert found == {}, L.report(found)
+
+
+async def test_device_ids_that_outlive_the_tracker_leave_no_link(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    b, old, new, found = await run(make_client, cfg, clock, rotate=True, device_ids=True)
+    assert old != new
+    assert found == {}, L.report(found)
+    # the old side keeps them: they were stored, then retired
+    [first] = rows(
+        cfg.db, "select contexts, other_params from events where event_id = ?", (b.sent["old"][0],)
+    )
+    assert b.idfv in first["contexts"] and b.ga in first["contexts"] and b.mac in first["other_params"]
+
+
+async def test_device_ids_are_found_when_the_event_does_not_rotate(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    b, old, new, found = await run(make_client, cfg, clock, rotate=False, device_ids=True)
+    assert old == new
+    shared = found["old/new"]
+    assert {b.idfv, b.idfa, b.ga, b.mac, b.ad_uid} <= shared.keys(), L.report(found)
+
+
+async def test_a_cross_domain_link_in_the_landing_url_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    linker = new_id()
+    b, old, new, found = await run(make_client, cfg, clock, rotate=True, linker=linker)
+    assert old != new
+    assert found == {}, L.report(found)
+    [first] = rows(
+        cfg.db, "select refr_domain_userid, page_url from events where event_id = ?", (b.sent["old"][0],)
+    )
+    assert first["refr_domain_userid"] == linker and linker in first["page_url"]  # kept before the rotation
+
+
+async def test_a_cross_domain_link_is_found_when_the_event_does_not_rotate(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    linker = new_id()
+    _, old, new, found = await run(make_client, cfg, clock, rotate=False, linker=linker)
+    assert old == new
+    assert linker in found["old/new"], L.report(found)
