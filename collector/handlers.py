@@ -49,13 +49,14 @@ def _json(obj: object) -> str | None:
 
 
 def _bad_payload(raw: object, decision: policy.Decision) -> str | None:
-    """What a bad row keeps of a refused event: its params as the policy lets a row keep them.
+    """What a bad row keeps of a refused event: its params as the policy lets a bad row keep them.
 
     Under SP-Anonymous that is the same scrub as for stored rows (ids dropped, entities scrubbed,
-    undecodable self-describing fields left out), and nothing of what is not an object of params.
+    undecodable self-describing fields left out), and nothing of what is not an object of params;
+    without it, everything but the tracker's ids.
     """
     if isinstance(raw, dict):
-        text = _json(policy.scrub_event(raw, decision, strict=False))
+        text = _json(policy.scrub_bad_event(raw, decision))
     else:
         text = None if decision.anonymous else _json(raw)
     return None if text is None else text[:MAX_BAD_PAYLOAD]

@@ -296,6 +296,40 @@ def _dropped_names(drop: frozenset[str]) -> frozenset[str]:
     return frozenset(_norm(k) for k in (*drop, *NETWORK_PARAMS, LINK_PARAM))
 
 
+# The tracker's own id params: never in a named request's bad row (see without_tracker_ids).
+TRACKER_PARAMS = ("duid", "sid", "vid", "fp", *DEVICE_PARAMS)
+
+
+def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
+    """A named request's refused event as its bad row keeps it: without the tracker's ids (TRACKER_PARAMS,
+    the `_sp` link, the contexts' `forget` entities and tracker fields).
+
+    A bad row is never checked against retired ids, and it shares its request's time with the rows
+    stored beside it: were it to keep a retired duid, it would tie the device after a rotation to the
+    one before. What it is kept for, the shape that was refused, needs none of them. Contexts that
+    cannot be decoded are left out, since what cannot be read cannot be scrubbed.
+    """
+    out = {
+        k: without_link(v) if isinstance(v, str) and "sp=" in v and k not in SELF_DESCRIBING else v
+        for k, v in params.items()
+        if k not in TRACKER_PARAMS
+    }
+    name = "co" if "co" in out else "cx" if "cx" in out else None
+    if name is not None:
+        value = out.pop(name)
+        out.pop("cx", None)
+        try:
+            if not isinstance(value, str):
+                raise BadInput("non_string_value", f"value of {name!r} is not a string")
+            doc, _ = protocol.decode_json(value, name, base64=name == "cx")
+            protocol.check_self_describing(doc, contexts=True)
+            kept = [_without_tracker_fields(e) for e in doc.get("data", ()) if not _forgotten(e)]
+            out["co"] = _dumps({**doc, "data": kept})
+        except BadInput:
+            pass
+    return out
+
+
 def without_link(url: str) -> str:
     """A URL without its cross-domain link params (`_sp=...`, the name percent-encoded or not, in the
     query or the fragment), the rest as it was."""

@@ -145,6 +145,13 @@ def scrub_event(params: dict[str, Any], decision: Decision, strict: bool = True)
     return {k: v for k, v in params.items() if k not in decision.drop}
 
 
+def scrub_bad_event(params: dict[str, Any], decision: Decision) -> dict[str, Any]:
+    """What a bad row keeps of a refused event's params: what a row would (scrub_event, not strict), and
+    for a named request never the tracker's ids (`identifiers.without_tracker_ids`)."""
+    kept = scrub_event(params, decision, strict=False)
+    return kept if decision.anonymous else identifiers.without_tracker_ids(kept)
+
+
 def parse_ip(raw: str | None) -> IPAddress | None:
     """An address from a header or param entry (with optional port, brackets, quotes, zone); or None."""
     if not raw:

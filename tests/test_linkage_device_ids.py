@@ -133,3 +133,30 @@ async def test_a_cross_domain_link_is_found_when_the_event_does_not_rotate(
     _, old, new, found = await run(make_client, cfg, clock, rotate=False, linker=linker)
     assert old == new
     assert linker in found["old/new"], L.report(found)
+
+
+async def test_a_bad_row_after_a_rotation_keeps_no_retired_id(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # A tracker that does not clear its ids: after the rotation its rows are forgotten, and a refused
+    # event sent beside one (the same request, the same collector_tstamp) must not keep them either.
+    client = await make_client(cfg)
+    b = L.Browser(client, clock, ("alice", "bob"), vid=23)
+    await L.a_login(b)
+    clock.t += 5
+    await L.a_anonymize(b)
+    clock.t += 3600
+    b.phase = "new"
+    good, bad = b.event("pv", "/x"), {**b.event("pv", "/refused"), "p": "BAD"}
+    await b.send(good, bad)
+    retired = {r["value"] for r in rows(cfg.db, "select value from retired_ids")}
+    assert {b.duid, b.sid} <= retired
+    [br] = rows(cfg.db, "select payload from bad_rows")
+    payload = orjson.loads(br["payload"])
+    assert (payload["page"], payload["p"]) == ("refused", "BAD")  # the refused shape is kept
+    assert b.duid not in br["payload"] and b.sid not in br["payload"] and b.previous_sid not in br["payload"]
+    # the same check finds them where they are kept: the rows before the rotation
+    [first] = rows(
+        cfg.db, "select domain_userid, contexts from events where event_id = ?", (b.sent["old"][0],)
+    )
+    assert first["domain_userid"] == b.duid and b.previous_sid in first["contexts"]
