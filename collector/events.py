@@ -238,7 +238,9 @@ def _query_fields(query: str) -> tuple[tuple[int, str], ...]:
     for name, value in parse_qsl(query, keep_blank_values=False):
         idx = UTM.get(name) if name != "_sp" else -1
         if idx is not None and idx not in out:
-            out[idx] = value
+            # parse_qsl decodes %00 to a NUL, which PostgreSQL's text refuses: the collector's own
+            # decoding must not turn a storable URL into an unstorable row (U+FFFD, as for bad UTF-8)
+            out[idx] = value.replace("\x00", "\ufffd") if "\x00" in value else value
     return tuple(out.items())
 
 
@@ -342,7 +344,11 @@ def build_row(
         raise BadInput("bad_event_id", f"eid must be 1 to {MAX_EID} characters")
     row[COL["event_id"]] = eid or random_uuid()
     if "vid" in params:
-        row[COL["domain_sessionidx"]] = _int(params["vid"])
+        vid = _int(params["vid"])
+        if vid is not None and vid <= INT_MAX:  # Snowplow's (and PostgreSQL's) integer column
+            row[COL["domain_sessionidx"]] = vid
+        else:  # as for every typed param: a value that does not convert stays in other_params
+            other["vid"] = params["vid"]
     if "se_va" in params:
         try:
             number = float(params["se_va"])

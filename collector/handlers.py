@@ -295,7 +295,12 @@ async def ingest(
             "overloaded", "the write queue is full; retry later", headers={"Retry-After": "1"}
         ) from None
     except RejectedData as exc:
-        raise BadInput("unstorable", str(exc)) from None
+        # The events are refused; an opt-out committed before them stands (the header asked for it,
+        # whatever the events held), so the answer still expires the retired device's cookie.
+        expire = (
+            {"Set-Cookie": st.jar.expired(cookie_domain(cfg, request))} if decision.expire_cookie else None
+        )
+        raise BadInput("unstorable", str(exc), headers=expire) from None
     except StoreFailed:
         st.metrics.store_failures.inc()
         raise Unavailable(
@@ -314,9 +319,7 @@ async def ingest(
     if result.deviceless:
         st.metrics.deviceless.inc(result.deviceless)
     resp = answer(request, st, redirect_to, len(rows), bad)
-    domain = identity.cookie_domain(
-        cfg.cookie_domains, cfg.cookie_fallback_domain, cfg.cookie_domain, request.headers.get("Origin")
-    )
+    domain = cookie_domain(cfg, request)
     if decision.use_cookie and result.device_id is not None:
         if minted or result.rotated:
             st.metrics.cookie("minted")
@@ -325,6 +328,13 @@ async def ingest(
         # an opted-out or rotated-away device's cookie is never refreshed: the browser drops it
         resp.headers.add("Set-Cookie", st.jar.expired(domain))
     return resp
+
+
+def cookie_domain(cfg: Config, request: web.Request) -> str:
+    """The device cookie's Domain for this request (by its Origin when COLLECTOR_COOKIE_DOMAINS is set)."""
+    return identity.cookie_domain(
+        cfg.cookie_domains, cfg.cookie_fallback_domain, cfg.cookie_domain, request.headers.get("Origin")
+    )
 
 
 def answer(

@@ -270,3 +270,16 @@ async def test_an_unknown_expectation_is_ignored_and_100_continue_works(client: 
     resp = await client.post(TP2, json=batch(ev(eid="cont")), headers={"Expect": "100-continue"})
     assert resp.status == 200
     assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["cont"]
+
+
+async def test_a_session_index_out_of_range_stays_in_other_params(client: Any, cfg: Config) -> None:
+    # vid past PostgreSQL's (and Snowplow's) 32-bit column: kept as sent, as any typed param that does
+    # not convert, and stored on both stores; the event beside it too
+    resp = await client.post(TP2, json=batch(ev(eid="good", vid="7"), ev(eid="big", vid="2147483648")))
+    assert resp.status == 200, await resp.text()
+    got = {
+        r["event_id"]: r for r in rows(cfg.db, "select event_id, domain_sessionidx, other_params from events")
+    }
+    assert got["good"]["domain_sessionidx"] == 7 and got["good"]["other_params"] is None
+    assert got["big"]["domain_sessionidx"] is None
+    assert orjson.loads(got["big"]["other_params"]) == {"vid": "2147483648"}

@@ -161,6 +161,32 @@ async def test_nul_in_a_request_is_a_400_for_that_request(client: Any, cfg: Conf
     assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["after"]
 
 
+async def test_a_nul_the_collector_decodes_itself_is_stored(client: Any, cfg: Config) -> None:
+    # %00 in the page URL's query: the URL is storable text; the campaign parse_qsl decodes from it
+    # must be too, or a storable request would be refused, with the good events beside it
+    url = "https://shop.test/?utm_campaign=a%00b"
+    resp = await client.post(TP2, json=batch(ev(eid="good"), ev(eid="decoded", url=url)))
+    assert resp.status == 200, await resp.text()
+    got = {
+        r["event_id"]: r["mkt_campaign"] for r in rows(cfg.db, "select event_id, mkt_campaign from events")
+    }
+    assert got == {"good": None, "decoded": "a\ufffdb"}
+
+
+async def test_an_opt_out_stands_when_its_events_are_refused(client: Any, cfg: Config) -> None:
+    # The opt-out commits in its own transaction before the anonymous events; when those are refused
+    # (a NUL: data PostgreSQL refuses), the 400 still expires the cookie of the device it retired.
+    first = await client.get("/i", params=ev(eid="first"))
+    cookie = first.cookies["sp"].value
+    resp = await client.get(
+        "/i", params=ev(eid="second", page="a\x00b"), headers={"SP-Anonymous": "*", "Cookie": f"sp={cookie}"}
+    )
+    assert resp.status == 400 and (await resp.json())["error"]["reason"] == "unstorable"
+    assert resp.cookies["sp"].value == ""  # expired
+    [state] = rows(cfg.db, "select closed from device_state")
+    assert state["closed"] == 1
+
+
 async def _stream(url: str, acked: list[str], statuses: list[int], stop_at: float) -> None:
     async def worker(s: aiohttp.ClientSession) -> None:
         while time.monotonic() < stop_at:
