@@ -22,8 +22,9 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
 
 from __future__ import annotations
 
+import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -73,6 +74,7 @@ class EntityRule:
     whole: bool = False  # the entity itself identifies: dropped under SP-Anonymous
     tracker: tuple[str, ...] = ()  # the tracker's own ids: checked against retired ids
     forget: bool = False  # dropped from a row that carries a retired tracker id
+    device: bool = False  # its tracker ids are the device's own, not the tracker's: see forget()
 
 
 CLIENT_SESSION = "com.snowplowanalytics.snowplow/client_session"
@@ -90,6 +92,7 @@ ENTITY_RULES: dict[str, EntityRule] = {
     "com.snowplowanalytics.snowplow/mobile_context": EntityRule(
         frozenset({"appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId", "appSetIdScope"}),
         tracker=("appleIdfa", "appleIdfv", "androidIdfa", "openIdfa", "appSetId"),
+        device=True,
     ),
     # The page view id (web) and screen view id (mobile) last until the next view: kept under
     # SP-Anonymous (page pings belong to their view), but a rotation or opt-out retires them, since the
@@ -103,8 +106,8 @@ ENTITY_RULES: dict[str, EntityRule] = {
     "com.snowplowanalytics.snowplow.ecommerce/user": EntityRule(frozenset({"id", "email"})),
     "com.snowplowanalytics.snowplow/geolocation_context": EntityRule(whole=True),
     # the GA client id (`_ga`) is the browser's for two years: retired, and the entity forgotten
-    "com.google.analytics/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True),
-    "com.google.ga4/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True),
+    "com.google.analytics/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
+    "com.google.ga4/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
 }
 GENERIC_FIELDS = frozenset(
     {
@@ -129,11 +132,14 @@ GENERIC_PARTS = ("userid", "deviceid", "advertisingid", "email", "phonenumber", 
 def _norm(key: str) -> str:
     """A field or param name as identifier names are compared: letters and digits only, case-folded,
     accents and other combining marks off (so `userİd` and `User-ID` are `userid`)."""
+    # in C-level steps, whatever the key's length: a client chooses it (NFKD splits the accents off,
+    # the ASCII encoding drops them and whatever else is not ASCII)
     if not key.isascii():
-        key = "".join(c for c in unicodedata.normalize("NFKD", key) if not unicodedata.combining(c))
-    return "".join(c for c in key.casefold() if c.isalnum())
+        key = unicodedata.normalize("NFKD", key).encode("ascii", "ignore").decode()
+    return _NOT_ALNUM.sub("", key.lower())
 
 
+_NOT_ALNUM = re.compile(r"[^0-9a-z]+")
 _NAMES_SEEN: dict[str, tuple[str, bool]] = {}  # name -> (normalised, names an identifier): a few, often
 _NAMES_SEEN_MAX = 4096  # bounded in number and length, as _RULES_SEEN: a client chooses the names
 NAME_CACHED_MAX = 64
@@ -196,19 +202,24 @@ def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
         return True, _generic(data, frozenset())
     if rule.whole or not isinstance(data, dict):
         return False, None
-    return True, _generic(data, rule.fields)
+    return True, _generic(data, _normed(rule.fields))
+
+
+@lru_cache(maxsize=64)  # one entry per rule: the rules' field sets are fixed
+def _normed(fields: frozenset[str]) -> frozenset[str]:
+    return frozenset(_norm(f) for f in fields)
 
 
 def _generic(value: Any, drop: frozenset[str], depth: int = 0) -> Any:
-    """Data without the fields in `drop` or named like identifiers, and strings without the
-    cross-domain link, at any depth (up to MAX_DEPTH)."""
+    """Data without the fields named like identifiers or (normalised) in `drop`, and strings without
+    the cross-domain link, at any depth (up to MAX_DEPTH)."""
     if depth > MAX_DEPTH:  # deeper than anything a tracker sends: refused rather than half scrubbed
         raise BadInput("nested_too_deep", "a JSON value is nested too deeply")
     if isinstance(value, dict):
         return {
             k: _generic(v, drop, depth + 1)
             for k, v in value.items()
-            if not (k in drop or (isinstance(k, str) and identifier_name(k)))
+            if not (isinstance(k, str) and ((n := _name(k))[1] or n[0] in drop))
         }
     if isinstance(value, list):
         return [_generic(v, drop, depth + 1) for v in value]
@@ -314,17 +325,20 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
         for k, v in params.items()
         if k not in TRACKER_PARAMS
     }
-    name = "co" if "co" in out else "cx" if "cx" in out else None
-    if name is not None:
+    for plain, encoded in (("co", "cx"), ("ue_pr", "ue_px")):
+        name = plain if plain in out else encoded if encoded in out else None
+        if name is None:
+            continue
         value = out.pop(name)
-        out.pop("cx", None)
+        out.pop(encoded, None)
         try:
             if not isinstance(value, str):
                 raise BadInput("non_string_value", f"value of {name!r} is not a string")
-            doc, _ = protocol.decode_json(value, name, base64=name == "cx")
-            protocol.check_self_describing(doc, contexts=True)
-            kept = [_without_tracker_fields(e) for e in doc.get("data", ()) if not _forgotten(e)]
-            out["co"] = _dumps({**doc, "data": kept})
+            doc, _ = protocol.decode_json(value, name, base64=name == encoded)
+            protocol.check_self_describing(doc, contexts=plain == "co")
+            if plain == "co":
+                doc = {**doc, "data": [_without_tracker_fields(e) for e in doc["data"] if not _forgotten(e)]}
+            out[plain] = _dumps(cut_links(doc))
         except BadInput:
             pass
     return out
@@ -332,22 +346,57 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
 
 def without_link(url: str) -> str:
     """A URL without its cross-domain link params (`_sp=...`, the name percent-encoded or not, in the
-    query or the fragment), the rest as it was."""
-    url, hashmark, fragment = url.partition("#")
-    base, mark, query = url.partition("?")
-    if mark:
-        query = _without_link_pairs(query)
-        url = f"{base}?{query}" if query else base
-    if hashmark:
-        fragment = _without_link_pairs(fragment)
-        url = f"{url}#{fragment}" if fragment else url
-    return url
+    query or the fragment, a hash route's query too), the rest as it was; the URL itself when it has
+    none."""
+    head, hashmark, fragment = url.partition("#")
+    base, mark, query = head.partition("?")
+    cut_query, cut_fragment = _without_link_pairs(query), _without_link_pairs(fragment)
+    if cut_query is query and cut_fragment is fragment:
+        return url
+    cut = (f"{base}?{cut_query}" if cut_query else base) if mark else head
+    return (f"{cut}#{cut_fragment}" if cut_fragment else cut) if hashmark else cut
 
 
-def _without_link_pairs(query: str) -> str:
-    pairs = query.split("&")
-    kept = [p for p in pairs if unquote_plus(p.partition("=")[0]).strip().lower() != LINK_PARAM]
-    return query if len(kept) == len(pairs) else "&".join(p for p in kept if p)
+_PAIR_SEPARATORS = re.compile(r"([?&])")
+
+
+def _is_link(pair: str) -> bool:
+    return unquote_plus(pair.partition("=")[0]).strip().lower() == LINK_PARAM
+
+
+def _without_link_pairs(text: str) -> str:
+    """A query or fragment without its `_sp` pairs (and, once one is cut, without empty pairs); `?`
+    separates as `&` does (`#/route?_sp=...`, a second `?`), and the `?` before a cut pair passes to
+    the next kept one. The same object when there is nothing to cut."""
+    if "sp" not in text.lower():  # `_sp`, `%5Fsp`: cheap to rule out
+        return text
+    parts = _PAIR_SEPARATORS.split(text)  # pair, separator, pair, ...
+    if not any(_is_link(parts[i]) for i in range(0, len(parts), 2)):
+        return text
+    out: list[str] = []
+    pending = ""  # the `?` of a cut pair, for the next kept one
+    for i in range(0, len(parts), 2):
+        sep, pair = (parts[i - 1] if i else ""), parts[i]
+        if not pair or _is_link(pair):
+            pending = pending or (sep if sep == "?" else "")
+            continue
+        out += ((pending or sep) if out else "", pair)
+        pending = ""
+    return "".join(out)
+
+
+def cut_links(value: Any, depth: int = 0) -> Any:
+    """A JSON value with the cross-domain link cut from every string in it; what is nested deeper than
+    MAX_DEPTH is dropped (it runs on stored rows too, where refusing is no longer an option)."""
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {k: cut_links(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cut_links(v, depth + 1) for v in value]
+    if isinstance(value, str) and "sp=" in value:
+        return without_link(value)
+    return value
 
 
 def tracker_ids(
@@ -374,10 +423,54 @@ def tracker_ids(
     return tuple(dict.fromkeys(ids))[:TRACKER_IDS_PER_EVENT]
 
 
-def forget(row: list[Any]) -> None:
-    """Drop the tracker's identity from a row carrying a retired id: duid, sid, vid, the fingerprint and
-    cross-domain id (ROW_IDS) and the link they came from in the URLs, the device id params, the
-    session entity (and every `forget` entity), the tracker fields of the others."""
+def device_ids(row: list[Any]) -> set[str]:
+    """The ids in a row that belong to the device rather than to the tracker (DEVICE_PARAMS, the
+    tracker fields of the `device` entities: the mobile ad and vendor ids, the GA client id)."""
+    found: set[str] = set()
+    other = row[COL["other_params"]]
+    if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
+        params = orjson.loads(other)
+        found.update(v for p in DEVICE_PARAMS if isinstance(v := params.get(p), str))
+    text = row[COL["contexts"]]
+    for entity in orjson.loads(text).get("data", ()) if text is not None else ():
+        rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
+        if rule is None or not rule.device or not isinstance(data := entity.get("data"), dict):
+            continue
+        found.update(v for f in rule.tracker if isinstance(v := data.get(f), str))
+    return found
+
+
+def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str, ...]:
+    """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps.
+
+    When the only retired ones are the device's own (an IDFV, an ad id, `mac`: they outlive any
+    rotation, so every later row of the device carries them), only those go: the tracker's new ids
+    are its own. Otherwise the tracker kept ids from before the rotation, and the row loses the
+    tracker's whole identity (`forget_tracker`).
+    """
+    hit = retired.intersection(ids)
+    device = device_ids(row) if hit else set()
+    forget_device_ids(row)
+    if hit <= device:
+        return tuple(v for v in ids if v not in device)
+    forget_tracker(row)
+    return ()
+
+
+def forget_device_ids(row: list[Any]) -> None:
+    """The device's own ids out of a row: DEVICE_PARAMS, the `device` entities' tracker fields (the
+    entity itself when it is forgotten whole: the GA cookies)."""
+    other = row[COL["other_params"]]
+    if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
+        params = {k: v for k, v in orjson.loads(other).items() if k not in DEVICE_PARAMS}
+        row[COL["other_params"]] = orjson.dumps(params).decode() if params else None
+    _rewrite_contexts(row, _without_device_ids, cut=False)
+
+
+def forget_tracker(row: list[Any]) -> None:
+    """Drop the tracker's identity from a row: duid, sid, vid (its column, or other_params when it did
+    not fit), the fingerprint and cross-domain id (ROW_IDS), the link they came from wherever the row
+    keeps a string, the `forget` entities (the session, the page and screen views, the GA cookies)."""
     row[COL["domain_userid"]] = row[COL["domain_sessionid"]] = row[COL["domain_sessionidx"]] = None
     for name in ROW_IDS:
         row[COL[name]] = None
@@ -385,22 +478,36 @@ def forget(row: list[Any]) -> None:
     for names, cut in ((LINK_URL_COLUMNS, without_link), (LINK_PART_COLUMNS, _without_link_pairs)):
         for name in names:  # where refr_domain_userid was parsed from
             value = row[COL[name]]
-            if isinstance(value, str) and "sp=" in value:
-                row[COL[name]] = cut(value)
+            if isinstance(value, str) and "sp" in value.lower():
+                row[COL[name]] = cut(value) or None
     other = row[COL["other_params"]]
-    if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
-        params = {k: v for k, v in orjson.loads(other).items() if k not in DEVICE_PARAMS}
+    if other is not None:
+        params = cut_links({k: v for k, v in orjson.loads(other).items() if k != "vid"})
         row[COL["other_params"]] = orjson.dumps(params).decode() if params else None
+    ue = row[COL["unstruct_event"]]
+    if ue is not None and "sp=" in ue:
+        row[COL["unstruct_event"]] = orjson.dumps(cut_links(orjson.loads(ue))).decode()
+    _rewrite_contexts(row, lambda e: None if _forgotten(e) else e, cut=True)
+
+
+def _rewrite_contexts(row: list[Any], each: Callable[[Any], Any], cut: bool) -> None:
     text = row[COL["contexts"]]
     if text is None:
         return
     contexts = orjson.loads(text)
-    kept = [_without_tracker_fields(e) for e in contexts.get("data", ()) if not _forgotten(e)]
-    contexts["data"] = kept
+    kept = [k for e in contexts.get("data", ()) if (k := each(e)) is not None]
+    contexts["data"] = [cut_links(e) for e in kept] if cut else kept
     try:
         row[COL["contexts"]] = orjson.dumps(contexts).decode()
     except orjson.JSONEncodeError:  # one entity nested too deep to re-encode: keep those that can be
-        row[COL["contexts"]] = orjson.dumps({**contexts, "data": list(_encodable(kept))}).decode()
+        row[COL["contexts"]] = orjson.dumps({**contexts, "data": list(_encodable(contexts["data"]))}).decode()
+
+
+def _without_device_ids(entity: Any) -> Any:
+    rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
+    if rule is None or not rule.device:
+        return entity
+    return None if rule.forget else _without_tracker_fields(entity)
 
 
 def _without_tracker_fields(entity: Any) -> Any:

@@ -113,8 +113,7 @@ def decide(
             row = original.copy()  # a retried transaction decides again from the same submissions
             ids = sub.tracker_ids[i] if sub.tracker_ids else ()
             if retired and not retired.isdisjoint(ids):
-                identifiers.forget(row)  # the tracker kept ids from before a rotation: they go
-                ids = ()
+                ids = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
             device = row[NETWORK_USERID]
             if device is not None:
                 if device not in moved and (st := states.get(device)) is not None and st.closed:

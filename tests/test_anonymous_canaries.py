@@ -101,6 +101,20 @@ def probes(c: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
             {},
         ),
         "an _sp param of its own": get(_sp=sp),
+        "an _sp in a hash route's query": get(
+            url=f"https://s.test/#/route?_sp={sp}", refr=f"https://s.test/#/r?_sp={sp}"
+        ),
+        "an _sp after a second question mark": get(url=f"https://s.test/?a=1?_sp={sp}"),
+        "a rule's field in another case": post(
+            ev(
+                co=ctx(
+                    {
+                        "schema": "iglu:com.snowplowanalytics.snowplow.ecommerce/user/jsonschema/1-0-0",
+                        "data": {"ID": c},
+                    }
+                )
+            )
+        ),
         "an _sp in a redirect's target": (
             "GET",
             "/r/tp2",

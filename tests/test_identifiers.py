@@ -80,7 +80,7 @@ def test_forget_drops_the_trackers_identity_only() -> None:
             (SESSION, {"userId": "d", "sessionId": "s"}), ("iglu:com.acme/page/jsonschema/1-0-0", {"k": 1})
         )
     ).decode()
-    identifiers.forget(row)
+    identifiers.forget_tracker(row)
     assert (row[COL["domain_userid"]], row[COL["domain_sessionid"]], row[COL["domain_sessionidx"]]) == (
         None,
         None,

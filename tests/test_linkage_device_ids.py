@@ -102,6 +102,11 @@ async def test_device_ids_that_outlive_the_tracker_leave_no_link(
         cfg.db, "select contexts, other_params from events where event_id = ?", (b.sent["old"][0],)
     )
     assert b.idfv in first["contexts"] and b.ga in first["contexts"] and b.mac in first["other_params"]
+    # and the new side keeps the tracker's new ids: only the device's own ids were retired from it
+    after = rows(
+        cfg.db, "select domain_userid, contexts from events where event_id = ?", (b.sent["new"][-1],)
+    )
+    assert after[0]["domain_userid"] == b.duid and b.sid in after[0]["contexts"]
 
 
 async def test_device_ids_are_found_when_the_event_does_not_rotate(
@@ -160,3 +165,41 @@ async def test_a_bad_row_after_a_rotation_keeps_no_retired_id(
         cfg.db, "select domain_userid, contexts from events where event_id = ?", (b.sent["old"][0],)
     )
     assert first["domain_userid"] == b.duid and b.previous_sid in first["contexts"]
+
+
+LINK_CLICK = "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1"
+
+
+async def test_a_tracker_that_keeps_its_ids_loses_them_everywhere_after_a_rotation(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # The tracker keeps its duid after the rotation and decorates a link with it (`_sp`), sends a vid
+    # too large for its column, and a refused event beside: none of them may keep the retired duid.
+    client = await make_client(cfg)
+    b = L.Browser(client, clock, ("alice", "bob"), vid=23)
+    await L.a_login(b)
+    clock.t += 5
+    await L.a_anonymize(b)
+    clock.t += 60
+    b.phase = "new"
+    ue = orjson.dumps(
+        {
+            "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+            "data": {
+                "schema": LINK_CLICK,
+                "data": {"targetUrl": f"https://other.test/?_sp={b.duid}.1799999999000"},
+            },
+        }
+    ).decode()
+    click = {**b.event("ue", "/x", ue_pr=ue), "vid": "98765432109"}
+    refused = {**b.event("ue", "/y", ue_pr=ue), "p": "BAD"}
+    await b.send(click, refused)
+    [row] = rows(cfg.db, "select * from events where event_id = ?", (click["eid"],))
+    assert row["domain_userid"] is None and "other.test" in row["unstruct_event"]  # forgotten, still a click
+    assert not [k for k, v in dict(row).items() if isinstance(v, str) and b.duid in v], dict(row)
+    assert "98765432109" not in str(row["other_params"])
+    [bad] = rows(cfg.db, "select payload from bad_rows")
+    assert "other.test" in bad["payload"] and b.duid not in bad["payload"]
+    # the same search finds the duid where it is kept: the rows before the rotation
+    [first] = rows(cfg.db, "select domain_userid from events where event_id = ?", (b.sent["old"][0],))
+    assert first["domain_userid"] == b.duid
