@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector import identifiers
 from collector.errors import BadInput
@@ -90,6 +92,49 @@ def test_forget_drops_the_trackers_identity_only() -> None:
     assert [e["schema"] for e in orjson.loads(row[COL["contexts"]])["data"]] == [
         "iglu:com.acme/page/jsonschema/1-0-0"
     ]
+
+
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(alphabet="_sp=?&#%5Fx.1d", max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+SCHEMAS = st.sampled_from(
+    [f"iglu:{key}/jsonschema/1-0-0" for key in identifiers.ENTITY_RULES]
+    + ["iglu:com.acme/x/jsonschema/1-0-0", 5]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    entities=st.lists(st.fixed_dictionaries({"schema": SCHEMAS, "data": JSON}), max_size=4),
+    other=st.dictionaries(st.sampled_from(["vid", "mac", "ad_uid", "x"]), JSON, max_size=3),
+    ue=JSON,
+    url=st.text(alphabet="_sp=?&#%5Fx.1d/", max_size=20),
+    retired=st.sets(st.text(alphabet="d1x", max_size=3), max_size=3),
+)
+def test_forget_never_raises_on_what_a_row_can_hold(
+    entities: list[Any], other: dict[str, Any], ue: Any, url: str, retired: set[str]
+) -> None:
+    # It runs inside the store's transaction: an exception there would fail the whole commit group,
+    # and again on every retry. Whatever JSON a named row keeps, it must only ever take things out.
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["contexts"]] = orjson.dumps(
+        {"schema": "iglu:x/contexts/jsonschema/1-0-0", "data": entities}
+    ).decode()
+    row[COL["other_params"]] = orjson.dumps(other).decode() if other else None
+    row[COL["unstruct_event"]] = orjson.dumps(
+        {"schema": "iglu:x/unstruct_event/jsonschema/1-0-0", "data": ue}
+    ).decode()
+    row[COL["page_url"]] = row[COL["page_urlquery"]] = url
+    ids = identifiers.tracker_ids("d", None, orjson.loads(row[COL["contexts"]]), ("x",))
+    kept = identifiers.forget(row, retired | {"d"}, ids)
+    assert set(kept) <= set(ids)
+    for name in ("contexts", "other_params", "unstruct_event"):
+        assert row[COL[name]] is None or isinstance(orjson.loads(row[COL[name]]), dict)
 
 
 def test_every_rule_names_a_vendor_and_schema_name() -> None:
