@@ -146,6 +146,7 @@ NAME_CACHED_MAX = 64
 
 
 def _name(key: str) -> tuple[str, bool]:
+    """(the name normalised, whether it names an identifier as GENERIC_FIELDS and GENERIC_PARTS say)."""
     try:
         return _NAMES_SEEN[key]
     except KeyError:
@@ -157,11 +158,6 @@ def _name(key: str) -> tuple[str, bool]:
             _NAMES_SEEN.clear()
         _NAMES_SEEN[key] = seen
     return seen
-
-
-def identifier_name(key: str) -> bool:
-    """Whether a field name names an identifier, as GENERIC_FIELDS and GENERIC_PARTS say."""
-    return _name(key)[1]
 
 
 _RULES_SEEN: dict[str, EntityRule | None] = {}  # schema URI -> its rule: a tracker sends a few, often
@@ -274,7 +270,21 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
         for k, v in params.items()
         if k not in drop and not _dropped_name(k, names)
     }
-    for plain, encoded, scrub in (("co", "cx", scrub_contexts), ("ue_pr", "ue_px", scrub_unstruct)):
+    _rewrite_self_describing(out, scrub_contexts, scrub_unstruct, strict)
+    return out
+
+
+SELF_DESCRIBING = frozenset({"co", "cx", "ue_pr", "ue_px"})
+
+
+def _rewrite_self_describing(
+    out: dict[str, Any], contexts: Callable[[Any], Any], unstruct: Callable[[Any], Any], strict: bool
+) -> None:
+    """Each self-describing field of `out` decoded (co/cx, ue_pr/ue_px, whatever the encoding), checked
+    for the shape the rewrite walks, rewritten, and put back as plain JSON (co, ue_pr). `strict` (rows)
+    refuses a field that cannot be decoded; otherwise (bad rows) that field is left out, since what
+    cannot be read cannot be scrubbed."""
+    for plain, encoded, rewrite in (("co", "cx", contexts), ("ue_pr", "ue_px", unstruct)):
         name = plain if plain in out else encoded if encoded in out else None
         if name is None:
             continue
@@ -284,15 +294,11 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
             if not isinstance(value, str):
                 raise BadInput("non_string_value", f"value of {name!r} is not a string")
             doc, _ = protocol.decode_json(value, name, base64=name == encoded)
-            protocol.check_self_describing(doc, contexts=plain == "co")  # the shape the scrub walks
-            out[plain] = _dumps(scrub(doc))
+            protocol.check_self_describing(doc, contexts=plain == "co")
+            out[plain] = _dumps(rewrite(doc))
         except BadInput:
             if strict:
                 raise
-    return out
-
-
-SELF_DESCRIBING = frozenset({"co", "cx", "ue_pr", "ue_px"})
 
 
 def _dropped_name(key: str, names: frozenset[str]) -> bool:
@@ -325,23 +331,13 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
         for k, v in params.items()
         if k not in TRACKER_PARAMS
     }
-    for plain, encoded in (("co", "cx"), ("ue_pr", "ue_px")):
-        name = plain if plain in out else encoded if encoded in out else None
-        if name is None:
-            continue
-        value = out.pop(name)
-        out.pop(encoded, None)
-        try:
-            if not isinstance(value, str):
-                raise BadInput("non_string_value", f"value of {name!r} is not a string")
-            doc, _ = protocol.decode_json(value, name, base64=name == encoded)
-            protocol.check_self_describing(doc, contexts=plain == "co")
-            if plain == "co":
-                doc = {**doc, "data": [_without_tracker_fields(e) for e in doc["data"] if not _forgotten(e)]}
-            out[plain] = _dumps(cut_links(doc))
-        except BadInput:
-            pass
+    _rewrite_self_describing(out, _contexts_without_tracker_ids, cut_links, strict=False)
     return out
+
+
+def _contexts_without_tracker_ids(doc: Any) -> Any:
+    kept = [_without_tracker_fields(e) for e in doc["data"] if not _forgotten(e)]
+    return cut_links({**doc, "data": kept})
 
 
 def without_link(url: str) -> str:
