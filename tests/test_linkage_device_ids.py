@@ -140,18 +140,23 @@ async def test_a_cross_domain_link_is_found_when_the_event_does_not_rotate(
     assert linker in found["old/new"], L.report(found)
 
 
+async def rotated_keeping_its_ids(make_client: Any, cfg: Config, clock: Clock, later: float) -> L.Browser:
+    """A browser whose tracker does not clear its ids: logged in, rotated, `later` seconds on."""
+    b = L.Browser(await make_client(cfg), clock, ("alice", "bob"), vid=23)
+    await L.a_login(b)
+    clock.t += 5
+    await L.a_anonymize(b)
+    clock.t += later
+    b.phase = "new"
+    return b
+
+
 async def test_a_bad_row_after_a_rotation_keeps_no_retired_id(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
     # A tracker that does not clear its ids: after the rotation its rows are forgotten, and a refused
     # event sent beside one (the same request, the same collector_tstamp) must not keep them either.
-    client = await make_client(cfg)
-    b = L.Browser(client, clock, ("alice", "bob"), vid=23)
-    await L.a_login(b)
-    clock.t += 5
-    await L.a_anonymize(b)
-    clock.t += 3600
-    b.phase = "new"
+    b = await rotated_keeping_its_ids(make_client, cfg, clock, later=3600)
     good, bad = b.event("pv", "/x"), {**b.event("pv", "/refused"), "p": "BAD"}
     await b.send(good, bad)
     retired = {r["value"] for r in rows(cfg.db, "select value from retired_ids")}
@@ -175,13 +180,7 @@ async def test_a_tracker_that_keeps_its_ids_loses_them_everywhere_after_a_rotati
 ) -> None:
     # The tracker keeps its duid after the rotation and decorates a link with it (`_sp`), sends a vid
     # too large for its column, and a refused event beside: none of them may keep the retired duid.
-    client = await make_client(cfg)
-    b = L.Browser(client, clock, ("alice", "bob"), vid=23)
-    await L.a_login(b)
-    clock.t += 5
-    await L.a_anonymize(b)
-    clock.t += 60
-    b.phase = "new"
+    b = await rotated_keeping_its_ids(make_client, cfg, clock, later=60)
     ue = orjson.dumps(
         {
             "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
