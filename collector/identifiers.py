@@ -14,10 +14,14 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
   name keeps it, so name it here or do not send it. Strings lose the cross-domain link (`_sp`).
 * **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, the fingerprint
   `fp`, the cross-domain `refr_domain_userid`, and the client_session entity's userId / sessionId /
-  previousSessionId). When a device rotates or opts out, they are retired; a later row that still
-  carries one loses every trace of the tracker's identity (`forget`): its duid, sid, vid, fingerprint
-  and refr_domain_userid columns and its client_session entity, so that nothing a tracker kept from
-  before the rotation ties the new device to the old.
+  previousSessionId, the page and screen view ids, the tab id), and the device's own ids that outlive
+  any tracker (`EntityRule.device`: the mobile ad and vendor ids, the GA client id; `DEVICE_PARAMS`:
+  mac, ad_uid). When a device rotates or opts out, they are retired. A later row that still carries
+  one of the device's own loses those (`forget_device_ids`); one that carries one of the tracker's
+  loses every trace of the tracker's identity too (`forget_tracker`): its duid, sid, vid, fingerprint
+  and refr_domain_userid columns, its `forget` entities and the `_sp` link wherever it keeps a
+  string, so that nothing kept from before the rotation ties the new device to the old. A named
+  request's bad row never keeps any of them (`without_tracker_ids`).
 """
 
 from __future__ import annotations
@@ -400,8 +404,9 @@ def tracker_ids(
 ) -> tuple[str, ...]:
     """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped).
 
-    `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid), retired with
-    the device like duid, since either would tie the device's rows before a rotation to those after.
+    `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid; DEVICE_PARAMS),
+    retired with the device like duid, since any would tie the device's rows before a rotation to
+    those after.
     """
     ids = [v for v in (duid, sid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
     if contexts is not None:
