@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote_plus
+from urllib.parse import quote_plus, unquote_plus
 
 import orjson
 
@@ -223,7 +223,7 @@ def _generic(value: Any, drop: frozenset[str], depth: int = 0) -> Any:
         }
     if isinstance(value, list):
         return [_generic(v, drop, depth + 1) for v in value]
-    if isinstance(value, str) and "sp=" in value:  # `_sp=`, `%5Fsp=`: cheap to rule out
+    if isinstance(value, str) and may_link(value):
         return without_link(value)
     return value
 
@@ -270,7 +270,7 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     names = _dropped_names(drop)
     out = {
         # the self-describing fields are JSON (or base64 of it): decoded and scrubbed field by field below
-        k: without_link(v) if isinstance(v, str) and "sp=" in v and k not in SELF_DESCRIBING else v
+        k: without_link(v) if isinstance(v, str) and may_link(v) and k not in SELF_DESCRIBING else v
         for k, v in params.items()
         if k not in drop and not _dropped_name(k, names)
     }
@@ -331,7 +331,7 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     cannot be decoded are left out, since what cannot be read cannot be scrubbed.
     """
     out = {
-        k: without_link(v) if isinstance(v, str) and "sp=" in v and k not in SELF_DESCRIBING else v
+        k: without_link(v) if isinstance(v, str) and may_link(v) and k not in SELF_DESCRIBING else v
         for k, v in params.items()
         if k not in TRACKER_PARAMS
     }
@@ -346,8 +346,8 @@ def _contexts_without_tracker_ids(doc: Any) -> Any:
 
 def without_link(url: str) -> str:
     """A URL without its cross-domain link params (`_sp=...`, the name percent-encoded or not, in the
-    query or the fragment, a hash route's query too), the rest as it was; the URL itself when it has
-    none."""
+    query or the fragment, a hash route's query too, or inside another param's value that is itself an
+    encoded URL), the rest as it was; the URL itself when it has none."""
     head, hashmark, fragment = url.partition("#")
     base, mark, query = head.partition("?")
     cut_query, cut_fragment = _without_link_pairs(query), _without_link_pairs(fragment)
@@ -357,32 +357,58 @@ def without_link(url: str) -> str:
     return (f"{cut}#{cut_fragment}" if cut_fragment else cut) if hashmark else cut
 
 
-_PAIR_SEPARATORS = re.compile(r"([?&])")
+# Every spelling of a link holds `sp=` (any case) or a percent escape (`%5Fsp=`, `_sp%3D`, `%73p=`, a
+# whole URL encoded into one param): one scan rules out the rest, which is nearly every string.
+may_link = re.compile(r"sp=|%", re.IGNORECASE).search
+
+_PAIR_SEPARATORS = re.compile(r"([?&#])")
+# How many times a value may be encoded inside another and still be looked into; past it a value
+# that still holds an escape and an `sp` is dropped, since what is not read cannot be scrubbed.
+MAX_ENCODINGS = 6
 
 
 def _is_link(pair: str) -> bool:
-    return unquote_plus(pair.partition("=")[0]).strip().lower() == LINK_PARAM
+    # as a server reads the pair: percent-decoded first, so `_sp%3D...` is the name `_sp` too
+    return unquote_plus(pair).partition("=")[0].strip().lower() == LINK_PARAM
 
 
-def _without_link_pairs(text: str) -> str:
+def _without_link_pairs(text: str, depth: int = 0) -> str:
     """A query or fragment without its `_sp` pairs (and, once one is cut, without empty pairs); `?`
-    separates as `&` does (`#/route?_sp=...`, a second `?`), and the `?` before a cut pair passes to
-    the next kept one. The same object when there is nothing to cut."""
-    if "sp" not in text.lower():  # `_sp`, `%5Fsp`: cheap to rule out
+    and `#` separate as `&` does (`#/route?_sp=...`, a second `?`, a nested URL's own), the `?` or `#`
+    before a cut pair passes to the next kept one, and a value that is an encoded URL is cut the same
+    way, decoded and encoded again only when something went. The same object when nothing is cut."""
+    if not may_link(text):
         return text
     parts = _PAIR_SEPARATORS.split(text)  # pair, separator, pair, ...
-    if not any(_is_link(parts[i]) for i in range(0, len(parts), 2)):
-        return text
     out: list[str] = []
-    pending = ""  # the `?` of a cut pair, for the next kept one
+    pending = ""  # the `?` or `#` of a cut pair, for the next kept one
+    changed = False
     for i in range(0, len(parts), 2):
         sep, pair = (parts[i - 1] if i else ""), parts[i]
         if not pair or _is_link(pair):
-            pending = pending or (sep if sep == "?" else "")
+            changed = changed or bool(pair)
+            pending = "#" if "#" in (pending, sep) else pending or (sep if sep == "?" else "")
             continue
-        out += ((pending or sep) if out else "", pair)
+        if "%" in pair:
+            name, eq, value = pair.partition("=") if "=" in pair else ("", "", pair)
+            kept = _without_encoded_link(value, depth)
+            if kept is not value:
+                pair, changed = f"{name}{eq}{kept}", True
+        out += (("#" if "#" in (pending, sep) else pending or sep) if out else "", pair)
         pending = ""
-    return "".join(out)
+    return "".join(out) if changed else text
+
+
+def _without_encoded_link(value: str, depth: int) -> str:
+    """A param's value without the link inside it, when it is encoded (a URL passed as a param, once
+    or more); the same object when there is none."""
+    decoded = unquote_plus(value)
+    if decoded == value or not may_link(decoded):
+        return value
+    if depth >= MAX_ENCODINGS:
+        return "" if "sp" in decoded.lower() else value
+    cut = _without_link_pairs(decoded, depth + 1)
+    return value if cut is decoded else quote_plus(cut, safe="")
 
 
 def cut_links(value: Any, depth: int = 0) -> Any:
@@ -394,7 +420,7 @@ def cut_links(value: Any, depth: int = 0) -> Any:
         return {k: cut_links(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list):
         return [cut_links(v, depth + 1) for v in value]
-    if isinstance(value, str) and "sp=" in value:
+    if isinstance(value, str) and may_link(value):
         return without_link(value)
     return value
 
@@ -479,14 +505,14 @@ def forget_tracker(row: list[Any]) -> None:
     for names, cut in ((LINK_URL_COLUMNS, without_link), (LINK_PART_COLUMNS, _without_link_pairs)):
         for name in names:  # where refr_domain_userid was parsed from
             value = row[COL[name]]
-            if isinstance(value, str) and "sp" in value.lower():
+            if isinstance(value, str) and may_link(value):
                 row[COL[name]] = cut(value) or None
     other = row[COL["other_params"]]
     if other is not None:
         params = cut_links({k: v for k, v in orjson.loads(other).items() if k != "vid"})
         row[COL["other_params"]] = orjson.dumps(params).decode() if params else None
     ue = row[COL["unstruct_event"]]
-    if ue is not None and "sp=" in ue:
+    if ue is not None and may_link(ue):
         row[COL["unstruct_event"]] = orjson.dumps(cut_links(orjson.loads(ue))).decode()
     _rewrite_contexts(row, lambda e: None if _forgotten(e) else e, cut=True)
 

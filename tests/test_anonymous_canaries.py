@@ -16,6 +16,7 @@ import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 import pytest
@@ -57,6 +58,7 @@ def get(**params: str) -> tuple[str, str, dict[str, Any]]:
 def probes(c: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
     """Each probe's request, planting the canary c once."""
     sp = f"{c}.1732270000123"
+    twice = quote(quote(f"https://c.test/?_sp={sp}", safe=""), safe="")
     # a duplicate key: orjson keeps the last, so the entity is scrubbed as the geolocation it reads as
     dup_schema = (
         f'{{"schema":"{CONTEXTS}","data":[{{"schema":"{CUSTOM}","data":{{"lat":"{c}"}},"schema":"{GEO}"}}]}}'
@@ -126,6 +128,13 @@ def probes(c: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
         "an _sp in an entity's URL, the rest kept": post(
             ev(co=ctx({"schema": CUSTOM, "data": {"href": f"https://b.test/?a=1&_sp={sp}&b=2", "n": 1}}))
         ),
+        "an _sp in an encoded URL inside the page URL": get(
+            url="https://s.test/p?next=" + quote(f"https://b.test/?_sp={sp}", safe="")
+        ),
+        "an _sp in a twice-encoded URL inside an entity's URL": post(
+            ev(co=ctx({"schema": CUSTOM, "data": {"href": "https://b.test/?r=" + twice}}))
+        ),
+        "an _sp whose = is encoded": get(url=f"https://s.test/p?x=1&_sp%3D{sp}"),
         "an identifier-named param in another case": get(UID=c),
         "an identifier-named field with a lookalike letter": post(
             ev(co=ctx({"schema": CUSTOM, "data": {"userİd": c}}))

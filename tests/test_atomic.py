@@ -4,14 +4,18 @@ SP-Anonymous and retired with the device."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus, unquote_plus
 
 import asyncpg
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collector.config import Config
 from collector.events import query_fields, url_parts
@@ -42,6 +46,52 @@ def test_without_link_cuts_only_the_cross_domain_param() -> None:
     assert without_link("https://a.test/p?x=1&_SP=d.1") == "https://a.test/p?x=1"
     assert without_link("https://a.test/p?x=1#_sp=d.1") == "https://a.test/p?x=1"
     assert without_link("https://a.test/p?_sp=d.1" + "&" * 50_000 + "x") == "https://a.test/p?x"  # linear
+
+
+def test_without_link_cuts_the_link_inside_an_encoded_url() -> None:
+    # A redirect target or a return address carries a whole URL as one param's value, encoded once or
+    # more; its `_sp` is the same link. Only the link goes, the rest of the value as it was sent.
+    inner = "https://b.test/q?_sp=d.1&k=v"
+    once = quote_plus(inner, safe="")
+    assert without_link(f"https://a.test/p?next={once}&x=1") == (
+        f"https://a.test/p?next={quote_plus('https://b.test/q?k=v', safe='')}&x=1"
+    )
+    twice = quote_plus(once, safe="")
+    assert "d.1" not in unquote_plus(unquote_plus(without_link(f"https://a.test/p?next={twice}")))
+    assert without_link(f"https://a.test/p#next={once}") == (
+        f"https://a.test/p#next={quote_plus('https://b.test/q?k=v', safe='')}"
+    )
+    # the name encoded whole or in part, `=` included, as a server decoding the pair would read it
+    assert without_link("https://a.test/p?x=1&_sp%3Dd.1") == "https://a.test/p?x=1"
+    assert without_link("https://a.test/p?x=1&%5F%73%70=d.1") == "https://a.test/p?x=1"
+    # what is not the link stays byte for byte, encoded values included
+    kept = f"https://a.test/p?next={quote_plus('https://b.test/?a_sp=1&b=_sp=', safe='')}&y=a+b%2B"
+    assert without_link(kept) == kept
+    # a value encoded past any reason is dropped rather than decoded without end
+    deep = "_sp=d.1"
+    for _ in range(40):
+        deep = quote_plus(deep, safe="")
+    assert "d.1" not in without_link(f"https://a.test/p?x={deep}")
+
+
+def _holds_link(text: str, depth: int = 0) -> bool:
+    """Whether any pair of a query or fragment, or of a value decoded from one, is the link."""
+    for pair in re.split(r"[?&#]", text):
+        if unquote_plus(pair).partition("=")[0].strip().lower() == "_sp":
+            return True
+        value = pair.partition("=")[2] if "=" in pair else pair
+        if depth < 6 and unquote_plus(value) != value and _holds_link(unquote_plus(value), depth + 1):
+            return True
+    return False
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet="_sp=?&#%5F3D2x.1/+", max_size=30))
+def test_without_link_leaves_no_link_and_cuts_once(url: str) -> None:
+    out = without_link(url)
+    assert without_link(out) == out
+    head, _, fragment = out.partition("#")
+    assert not _holds_link(head.partition("?")[2]) and not _holds_link(fragment)
 
 
 def test_url_parts_and_query_fields_pure() -> None:
