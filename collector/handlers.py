@@ -85,8 +85,17 @@ def useragent(headers: Any) -> str | None:
     return ua.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+# What aiohttp undoes itself (br and zstd only with a decoder installed, refused before this
+# otherwise): any other coding, a stacked one (`gzip, gzip`) or an alias (`x-gzip`) it would read as
+# no coding at all, and parse or refuse bytes the client said were something else.
+READABLE_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
+
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The body, refused with 413 before reading when its declared length is over the limit."""
+    """The body, refused with 413 before reading when its declared length is over the limit, and
+    with 415 when its Content-Encoding is not one the server undoes."""
+    if request.headers.get("Content-Encoding", "").strip().lower() not in READABLE_CODINGS:
+        raise BadInput("unsupported_encoding", "the Content-Encoding is not one of gzip, deflate", status=415)
     if request.content_length is not None and request.content_length > limit:
         raise BadInput(
             "body_too_large",
