@@ -191,6 +191,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             if not st.cfg.redirect_domains
             else "the target is not an http(s) URL on COLLECTOR_REDIRECT_DOMAINS"
         )
+        if request.method == "HEAD" and not request.query_string:  # a link checker's probe, no event
+            raise BadInput("redirect_refused", why)
         raise refuse(
             st,
             BadInput("redirect_refused", why),

@@ -192,6 +192,21 @@ async def test_redirect_refuses_other_targets(make_client: Any, cfg: Config, tar
     assert rows(cfg.db, "select count(*) from events")[0][0] == 0
 
 
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_a_redirect_probe_without_params_stores_nothing(
+    make_client: Any, cfg: Config, method: str
+) -> None:
+    # A link checker's HEAD on the bare redirect path is not a refused event; a GET without a target
+    # is, and keeps its bad row (the control: the same check finds it).
+    client = await make_client(cfg.replace(redirect_domains=("shop.test",)))
+    resp = await client.request(method, "/r/tp2", allow_redirects=False)
+    assert resp.status == 400 and "Location" not in resp.headers
+    await _flush(client)
+    reasons = [r[0] for r in rows(cfg.db, "select reason from bad_rows")]
+    assert reasons == ([] if method == "HEAD" else ["redirect_refused"])
+    assert rows(cfg.db, "select count(*) from events where event_id != 'flush-marker'")[0][0] == 0
+
+
 async def test_redirects_are_off_by_default(client: Any, cfg: Config) -> None:
     resp = await client.get("/r/tp2", params={"u": "https://shop.test/"}, allow_redirects=False)
     assert resp.status == 400 and "off" in (await resp.json())["error"]["message"]
