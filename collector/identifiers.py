@@ -347,9 +347,12 @@ def _contexts_without_tracker_ids(doc: Any) -> Any:
 def without_link(url: str) -> str:
     """A URL without its cross-domain link params (`_sp=...`, the name percent-encoded or not, in the
     query or the fragment, a hash route's query too, or inside another param's value that is itself an
-    encoded URL), the rest as it was; the URL itself when it has none."""
+    encoded URL), the rest as it was; the URL itself when it has none. A string with neither `?` nor
+    `#` is read as pairs too: a bare query, or a whole URL encoded (`encodeURIComponent(url)`)."""
     head, hashmark, fragment = url.partition("#")
     base, mark, query = head.partition("?")
+    if not mark and not hashmark:
+        return _without_link_pairs(url)
     cut_query, cut_fragment = _without_link_pairs(query), _without_link_pairs(fragment)
     if cut_query is query and cut_fragment is fragment:
         return url
@@ -361,22 +364,27 @@ def without_link(url: str) -> str:
 # whole URL encoded into one param): one scan rules out the rest, which is nearly every string.
 may_link = re.compile(r"sp=|%", re.IGNORECASE).search
 
-_PAIR_SEPARATORS = re.compile(r"([?&#])")
+_PAIR_SEPARATORS = re.compile(r"([?&#;])")  # `;` too: some servers split on it (and `&amp;`)
 # How many times a value may be encoded inside another and still be looked into; past it a value
-# that still holds an escape and an `sp` is dropped, since what is not read cannot be scrubbed.
+# that still holds an escape is dropped, since what is not read cannot be scrubbed.
 MAX_ENCODINGS = 6
+# What re-encoding a cut value leaves as it is: what encodeURIComponent leaves, as most senders encode
+_VALUE_SAFE = "!'()*~"
 
 
 def _is_link(pair: str) -> bool:
-    # as a server reads the pair: percent-decoded first, so `_sp%3D...` is the name `_sp` too
-    return unquote_plus(pair).partition("=")[0].strip().lower() == LINK_PARAM
+    # as a server reads the pair: percent-decoded first, so `_sp%3D...` is the name `_sp` too; a bare
+    # `_sp` has no value, so no id to link
+    name, eq, _ = unquote_plus(pair).partition("=")
+    return bool(eq) and name.strip().lower() == LINK_PARAM
 
 
 def _without_link_pairs(text: str, depth: int = 0) -> str:
-    """A query or fragment without its `_sp` pairs (and, once one is cut, without empty pairs); `?`
-    and `#` separate as `&` does (`#/route?_sp=...`, a second `?`, a nested URL's own), the `?` or `#`
-    before a cut pair passes to the next kept one, and a value that is an encoded URL is cut the same
-    way, decoded and encoded again only when something went. The same object when nothing is cut."""
+    """A query or fragment without its `_sp` pairs (and, once one is cut, without empty pairs); `?`,
+    `#` and `;` separate as `&` does (`#/route?_sp=...`, a second `?`, a nested URL's own), the `?` or
+    `#` before a cut pair passes to the next kept one, and a value that is an encoded URL is cut the
+    same way, decoded and encoded again only when something went. The same object when nothing is
+    cut."""
     if not may_link(text):
         return text
     parts = _PAIR_SEPARATORS.split(text)  # pair, separator, pair, ...
@@ -385,15 +393,15 @@ def _without_link_pairs(text: str, depth: int = 0) -> str:
     changed = False
     for i in range(0, len(parts), 2):
         sep, pair = (parts[i - 1] if i else ""), parts[i]
-        if not pair or _is_link(pair):
-            changed = changed or bool(pair)
-            pending = "#" if "#" in (pending, sep) else pending or (sep if sep == "?" else "")
-            continue
-        if "%" in pair:
+        if pair and not _is_link(pair) and "%" in pair:
             name, eq, value = pair.partition("=") if "=" in pair else ("", "", pair)
             kept = _without_encoded_link(value, depth)
             if kept is not value:
                 pair, changed = f"{name}{eq}{kept}", True
+        if not pair or _is_link(pair):
+            changed = changed or bool(parts[i])
+            pending = "#" if "#" in (pending, sep) else pending or (sep if sep == "?" else "")
+            continue
         out += (("#" if "#" in (pending, sep) else pending or sep) if out else "", pair)
         pending = ""
     return "".join(out) if changed else text
@@ -401,14 +409,20 @@ def _without_link_pairs(text: str, depth: int = 0) -> str:
 
 def _without_encoded_link(value: str, depth: int) -> str:
     """A param's value without the link inside it, when it is encoded (a URL passed as a param, once
-    or more); the same object when there is none."""
-    decoded = unquote_plus(value)
+    or more); the same object when there is none. Bytes that are not UTF-8 come back as they were."""
+    decoded = unquote_plus(value, errors="surrogateescape")
     if decoded == value or not may_link(decoded):
         return value
     if depth >= MAX_ENCODINGS:
-        return "" if "sp" in decoded.lower() else value
+        return ""
     cut = _without_link_pairs(decoded, depth + 1)
-    return value if cut is decoded else quote_plus(cut, safe="")
+    if cut is decoded:
+        return value
+    try:
+        encoded = quote_plus(cut, safe=_VALUE_SAFE, errors="surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte decoded to: nothing to keep it as
+        return ""
+    return encoded if len(encoded) <= len(value) + 16 else ""  # never a value grown past what was sent
 
 
 def cut_links(value: Any, depth: int = 0) -> Any:
