@@ -393,12 +393,13 @@ def _without_link_pairs(text: str, depth: int = 0) -> str:
     changed = False
     for i in range(0, len(parts), 2):
         sep, pair = (parts[i - 1] if i else ""), parts[i]
-        if pair and not _is_link(pair) and "%" in pair:
+        link = bool(pair) and _is_link(pair)
+        if pair and not link and "%" in pair:  # a value that may be an encoded URL of its own
             name, eq, value = pair.partition("=") if "=" in pair else ("", "", pair)
             kept = _without_encoded_link(value, depth)
             if kept is not value:
                 pair, changed = f"{name}{eq}{kept}", True
-        if not pair or _is_link(pair):
+        if not pair or link:
             changed = changed or bool(parts[i])
             pending = "#" if "#" in (pending, sep) else pending or (sep if sep == "?" else "")
             continue
