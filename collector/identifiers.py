@@ -270,12 +270,23 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
     names = _dropped_names(drop)
     out = {
         # the self-describing fields are JSON (or base64 of it): decoded and scrubbed field by field below
-        k: without_link(v) if isinstance(v, str) and may_link(v) and k not in SELF_DESCRIBING else v
+        k: v if k in SELF_DESCRIBING else _anonymous_value(v)
         for k, v in params.items()
         if k not in drop and not _dropped_name(k, names)
     }
     _rewrite_self_describing(out, scrub_contexts, scrub_unstruct, strict)
     return out
+
+
+def _anonymous_value(value: Any) -> Any:
+    """A param's value under SP-Anonymous: a string without the link; an object or a list (a refused
+    event's, kept for its shape in the bad row) walked as entity data is, or nothing when too deep."""
+    if isinstance(value, str):
+        return without_link(value) if may_link(value) else value
+    try:
+        return _generic(value, frozenset())
+    except BadInput:
+        return None
 
 
 SELF_DESCRIBING = frozenset({"co", "cx", "ue_pr", "ue_px"})
@@ -331,7 +342,8 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     cannot be decoded are left out, since what cannot be read cannot be scrubbed.
     """
     out = {
-        k: without_link(v) if isinstance(v, str) and may_link(v) and k not in SELF_DESCRIBING else v
+        # an object or a list (what made it non_string_value) is walked too
+        k: v if k in SELF_DESCRIBING else cut_links(v)
         for k, v in params.items()
         if k not in TRACKER_PARAMS
     }
@@ -360,9 +372,13 @@ def without_link(url: str) -> str:
     return (f"{cut}#{cut_fragment}" if cut_fragment else cut) if hashmark else cut
 
 
-# Every spelling of a link holds `sp=` (any case) or a percent escape (`%5Fsp=`, `_sp%3D`, `%73p=`, a
-# whole URL encoded into one param): one scan rules out the rest, which is nearly every string.
-may_link = re.compile(r"sp=|%", re.IGNORECASE).search
+# Every spelling of a link holds `sp=` (any case), a percent escape (`%5Fsp=`, `_sp%3D`, `%73p=`, a
+# whole URL encoded into one param) or a character URL parsers drop (`_s\tp=`): one scan rules out
+# the rest, which is nearly every string.
+may_link = re.compile(r"sp=|%|[\t\n\r]", re.IGNORECASE).search
+# What URL parsers (WHATWG's, urlsplit) drop from anywhere in a URL before they read it: `_s\np=` is
+# the link to them.
+_URL_DROPPED = str.maketrans("", "", "\t\n\r")
 
 _PAIR_SEPARATORS = re.compile(r"([?&#;])")  # `;` too: some servers split on it (and `&amp;`)
 # How many times a value may be encoded inside another and still be looked into; past it a value
@@ -375,7 +391,7 @@ _VALUE_SAFE = "!'()*~"
 def _is_link(pair: str) -> bool:
     # as a server reads the pair: percent-decoded first, so `_sp%3D...` is the name `_sp` too; a bare
     # `_sp` has no value, so no id to link
-    name, eq, _ = unquote_plus(pair).partition("=")
+    name, eq, _ = unquote_plus(pair).translate(_URL_DROPPED).partition("=")
     return bool(eq) and name.strip().lower() == LINK_PARAM
 
 

@@ -135,6 +135,11 @@ def probes(c: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
             ev(co=ctx({"schema": CUSTOM, "data": {"href": "https://b.test/?r=" + twice}}))
         ),
         "an _sp whose = is encoded": get(url=f"https://s.test/p?x=1&_sp%3D{sp}"),
+        "an _sp with a newline in its name (URL parsers drop it)": get(url=f"https://s.test/?_s\np={sp}"),
+        "an _sp with a tab in an entity's URL": post(
+            ev(co=ctx({"schema": CUSTOM, "data": {"href": f"https://o.test/?_s\tp={sp}"}}))
+        ),
+        "a refused event's object value": post(ev(eid="ok4"), {**ev(), "foo": {"userId": c}, "n": [1]}),
         "an identifier-named param in another case": get(UID=c),
         "an identifier-named field with a lookalike letter": post(
             ev(co=ctx({"schema": CUSTOM, "data": {"userİd": c}}))

@@ -144,3 +144,16 @@ def test_every_rule_names_a_vendor_and_schema_name() -> None:
         assert rule.whole or rule.fields or rule.tracker, key
         # a whole entity (dropped under SP-Anonymous) whose ids are retired is forgotten whole too
         assert not (rule.whole and rule.tracker and not rule.forget), key
+
+
+def test_a_named_bad_rows_nested_values_lose_the_link() -> None:
+    # A refused event's param that is an object or a list (non_string_value) is kept for its shape,
+    # and walked like the self-describing fields: the cross-domain link goes at any depth.
+    params = {
+        "e": "pv",
+        "x": {"url": "https://a.test/?_sp=DUID9.1", "n": 1},
+        "y": ["https://b.test/?_sp=DUID9.1&k=v"],
+    }
+    kept = identifiers.without_tracker_ids(params)
+    assert "DUID9" not in orjson.dumps(kept).decode()
+    assert kept["x"] == {"url": "https://a.test/", "n": 1} and kept["y"] == ["https://b.test/?k=v"]
