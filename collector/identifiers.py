@@ -372,10 +372,12 @@ def without_link(url: str) -> str:
     return (f"{cut}#{cut_fragment}" if cut_fragment else cut) if hashmark else cut
 
 
-# Every spelling of a link holds `sp=` (any case), a percent escape (`%5Fsp=`, `_sp%3D`, `%73p=`, a
-# whole URL encoded into one param) or a character URL parsers drop (`_s\tp=`): one scan rules out
-# the rest, which is nearly every string.
-may_link = re.compile(r"sp=|%|[\t\n\r]", re.IGNORECASE).search
+# Every spelling of a link shows in the text as it is: its name `_sp=` (any case) is made of
+# characters that are there as they are, so `sp=` shows, or escaped, directly (`%5F`, `%73`, `%70`,
+# `%3D`, in either case) or, a level deeper, through an escaped `%` (`%25`); a tab or newline that URL
+# parsers drop may sit inside it, as it is or escaped. One scan rules out the rest: nearly every
+# string, and nearly every URL with escapes (`%20`, `%2F`, `%C3%A9` are none of these).
+may_link = re.compile(r"sp=|%(?:5f|73|70|53|50|3d|25|09|0a|0d)|[\t\n\r]", re.IGNORECASE).search
 # What URL parsers (WHATWG's, urlsplit) drop from anywhere in a URL before they read it: `_s\np=` is
 # the link to them.
 _URL_DROPPED = str.maketrans("", "", "\t\n\r")
@@ -389,10 +391,11 @@ _VALUE_SAFE = "!'()*~"
 
 
 def _is_link(pair: str) -> bool:
-    # as a server reads the pair: percent-decoded first, so `_sp%3D...` is the name `_sp` too; a bare
-    # `_sp` has no value, so no id to link
-    name, eq, _ = unquote_plus(pair).translate(_URL_DROPPED).partition("=")
-    return bool(eq) and name.strip().lower() == LINK_PARAM
+    # as a URL parser and then a server read the pair: tabs and newlines dropped, percent-decoded, so
+    # `_sp%3D...` is the name `_sp` too (and so is `_SP`: over-cut rather than under); a bare `_sp` has
+    # no value, so no id to link. What may_link rules out can never pass this.
+    name, eq, _ = unquote_plus(pair.translate(_URL_DROPPED)).translate(_URL_DROPPED).partition("=")
+    return bool(eq) and name.lower() == LINK_PARAM
 
 
 def _without_link_pairs(text: str, depth: int = 0) -> str:

@@ -94,6 +94,39 @@ def test_without_link_cuts_the_link_inside_an_encoded_url() -> None:
     assert without_link("https://a.test/p?x=1&%255Fsp%253Dd.1&y=2") == "https://a.test/p?x=1&y=2"
 
 
+def _spelled(ch: str, escaped: bool, upper: bool) -> str:
+    escape = f"%{ord(ch):02x}"
+    return (escape.upper() if upper else escape) if escaped else ch
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    escaped=st.lists(st.booleans(), min_size=4, max_size=4),
+    upper=st.booleans(),
+    name=st.sampled_from(["_sp", "_SP", "_Sp"]),
+    tab=st.sampled_from(["", "\t", "%09", "\n", "%0D"]),
+    depth=st.integers(0, 5),
+    where=st.sampled_from(["param", "fragment", "whole", "semicolon"]),
+    beside=st.sampled_from(["", "a=1&", "q=caf%C3%A9+x&", "x=%20y&"]),
+)
+def test_every_spelling_of_the_link_is_cut(
+    escaped: list[bool], upper: bool, name: str, tab: str, depth: int, where: str, beside: str
+) -> None:
+    # may_link rules strings out before any is walked: no spelling of the link may get past it, each
+    # of `_`, `s`, `p`, `=` escaped or not, a tab or newline inside, at any level of encoding.
+    chars = [_spelled(c, e, upper) for c, e in zip(name + "=", escaped, strict=True)]
+    inner = f"https://b.test/p?{beside}{''.join(chars[:2])}{tab}{''.join(chars[2:])}DUID7.1&k=v"
+    for _ in range(depth):
+        inner = quote_plus(inner, safe="")
+    url = {
+        "param": f"https://a.test/?next={inner}",
+        "fragment": f"https://a.test/#r={inner}",
+        "whole": inner,
+        "semicolon": f"https://a.test/?x=1;n={inner}",
+    }[where]
+    assert "DUID7" not in without_link(url)
+
+
 def deep6(text: str) -> str:
     for _ in range(6):
         text = quote_plus(text, safe="")
