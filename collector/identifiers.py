@@ -281,7 +281,7 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
 def _anonymous_value(value: Any) -> Any:
     """A param's value under SP-Anonymous: a string without the link; an object or a list (a refused
     event's, kept for its shape in the bad row) walked as entity data is, or nothing when too deep."""
-    if isinstance(value, str):
+    if isinstance(value, str):  # _generic's own string case, without its call: every param takes it
         return without_link(value) if may_link(value) else value
     try:
         return _generic(value, frozenset())
