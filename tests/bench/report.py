@@ -142,17 +142,20 @@ def markdown(data: dict[str, Any]) -> str:
             "",
             "Open-loop latency at half the collector's POST-10 saturation rate (latency from the "
             "scheduled send time, i.e. corrected for coordinated omission; service = from actual "
-            "send):",
+            "send; each window starts after every dirty page on the machine is written back, and the "
+            "last column says how much there was):",
             "",
-            "| target | rate req/s | achieved | p50 ms | p99 ms | p99.9 ms | service p99 ms | non-2xx |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| target | rate req/s | achieved | p50 ms | p99 ms | p99.9 ms | service p99 ms | non-2xx "
+            "| dirty MiB before |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for h in data["half_load"]:
             lat, svc = h["latency_us"], h["service_us"]
             lines.append(
                 f"| {h['target']} | {_fmt(h['target_rate'])} | {_fmt(h['achieved_rate'])} | "
                 f"{lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {lat['p999'] / 1000:.2f} | "
-                f"{svc['p99'] / 1000:.2f} | {h['non2xx']} |"
+                f"{svc['p99'] / 1000:.2f} | {h['non2xx']} | "
+                + (f"{h['dirty_mib_before']:,.0f} |" if "dirty_mib_before" in h else "- |")
             )
     if data.get("memory"):
         lines += [
