@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote_plus, unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 import orjson
 
@@ -590,3 +590,15 @@ def _encodable(entities: Iterable[Any]) -> Iterable[Any]:
         except orjson.JSONEncodeError:
             continue
         yield entity
+
+
+def erasure_needles(value: str) -> tuple[str, ...]:
+    """What a bad row's payload holds when it holds `value` (a user or device id being erased): the
+    id as a JSON string (the refused params, or a refused body, as JSON), as a JSON string inside a
+    JSON string (an entity inside `co`), and as a query or form param's value (`=v&`, matched against
+    the payload with `&` appended). A value, not a substring: another person's text that merely
+    contains a short id is not theirs, and the match is exact in case on both stores."""
+    once = orjson.dumps(value).decode()
+    forms = {once, orjson.dumps(once).decode()[1:-1]}
+    forms.update(f"={enc}&" for enc in (quote_plus(value, safe=""), quote(value, safe="")))
+    return tuple(sorted(forms))

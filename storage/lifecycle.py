@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from collector import identifiers
 from collector.events import format_ms  # the stores' text form of a time
 
 CULL_MARGIN_S = 86400  # a day past the cookie's lifetime: clocks differ, a request may be in flight
@@ -114,6 +116,11 @@ class Erased:
     devices: int
 
 
+def _needles(user_id: str | None, devices: Iterable[str | None]) -> list[str]:
+    """The substrings that mark a bad row as holding the erased person's or devices' ids."""
+    return sorted({n for v in (user_id, *devices) if v for n in identifiers.erasure_needles(v)})
+
+
 def sqlite_erase(conn: sqlite3.Connection, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:
     """Erase a person (their events, and every event of each device they were identified on, so the
     stitched sessions before their login too) or one device, in one recorded transaction."""
@@ -125,10 +132,14 @@ def sqlite_erase(conn: sqlite3.Connection, now_ms: int, user_id: str | None, dev
             "INSERT INTO erasures (at, selector) VALUES (?, ?)", (format_ms(now_ms), selector)
         ).lastrowid
         if user_id is not None:
+            # the devices they were identified on: by their events, and by the device state that still
+            # names them once retention has taken those events
             devices = {
                 d
                 for (d,) in conn.execute(
-                    "SELECT DISTINCT network_userid FROM events WHERE user_id = ?", (user_id,)
+                    "SELECT network_userid FROM events WHERE user_id = ? "
+                    "UNION SELECT device_id FROM device_state WHERE user_id = ?",
+                    (user_id, user_id),
                 )
             }
             devices.discard(None)
@@ -141,13 +152,9 @@ def sqlite_erase(conn: sqlite3.Connection, now_ms: int, user_id: str | None, dev
             where += " OR user_id = ?"
             params.append(user_id)
         events = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
-        needles = [v for v in (user_id, *devices) if v]
         bad = 0
-        for needle in needles:  # a refused event's payload may quote the id: that bad row goes too
-            escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            bad += conn.execute(
-                "DELETE FROM bad_rows WHERE payload LIKE ? ESCAPE '\\'", (f"%{escaped}%",)
-            ).rowcount
+        for needle in _needles(user_id, devices):  # a refused event's payload may hold the id
+            bad += conn.execute("DELETE FROM bad_rows WHERE instr(payload || '&', ?) > 0", (needle,)).rowcount
         gone = conn.execute(f"DELETE FROM device_state WHERE device_id IN ({marks})", [*devices]).rowcount
         conn.execute(
             "UPDATE erasures SET events = ?, bad_rows = ?, devices = ?, open = 0 WHERE id = ?",
@@ -187,8 +194,8 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
         )
         if user_id is not None:
             found = await conn.fetch(
-                "SELECT DISTINCT network_userid FROM events WHERE user_id = $1 AND network_userid IS NOT NULL"
-                "",
+                "SELECT network_userid FROM events WHERE user_id = $1 AND network_userid IS NOT NULL "
+                "UNION SELECT device_id FROM device_state WHERE user_id = $1",
                 user_id,
             )
             devices = [r[0] for r in found]
@@ -214,9 +221,8 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
             ).split()[-1]
         )
         bad = 0
-        for needle in [v for v in (user_id, *devices) if v]:
-            escaped = needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            status = await conn.execute("DELETE FROM bad_rows WHERE payload LIKE $1", f"%{escaped}%")
+        for needle in _needles(user_id, devices):
+            status = await conn.execute("DELETE FROM bad_rows WHERE strpos(payload || '&', $1) > 0", needle)
             bad += int(status.split()[-1])
         gone = int(
             (

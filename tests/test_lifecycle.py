@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
 from collector.config import Config
@@ -216,6 +217,55 @@ async def test_erasure_removes_a_person_and_their_devices_and_records_only_the_c
     # outside an erasure, a DELETE is still refused
     assert "append-only" in (plain_sql(cfg.db, "DELETE FROM events WHERE event_id = 'b-in'") or "")
     assert "append-only" in (plain_sql(cfg.db, "DELETE FROM erasures") or "")
+
+
+async def test_erasure_finds_a_bad_row_by_the_id_as_a_value_escaped_or_not_and_no_other(
+    client: Any, cfg: Config
+) -> None:
+    # a bad row keeps a refused event's params as JSON (and a refused body as sent): an id with a quote
+    # or a backslash is stored escaped, and another person's text that merely contains a short id, or
+    # the id in another case, is not theirs
+    tricky = 'o"brien\\x'
+    await Browser(client).send(ev(eid="t-in", uid=tricky))
+    await Browser(client).send(ev(eid="s-in", uid="42"))
+    refused = {"t-bad": tricky, "c-bad": "carol", "u-bad": tricky.upper()}
+    for eid, uid in refused.items():
+        await client.post(
+            TP2, json=batch({**ev(eid=eid), "uid": uid, "page": "order 1421", "se_va": {"x": 1}})
+        )
+    schema = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+    body = '{"schema":"' + schema + '","data":[{"e":"pv","uid":'
+    await client.post(
+        TP2, data=body + orjson.dumps(tricky).decode(), headers={"Content-Type": "application/json"}
+    )
+    await client.get("/i", params=ev(eid="flush"))
+    bad = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
+    assert sum(orjson.dumps(tricky).decode() in p for p in bad) == 2  # the search finds it where it is
+
+    assert "bad_rows=2" in erase(cfg.db, "--user-id", tricky)
+    assert "bad_rows=0" in erase(cfg.db, "--user-id", "42")
+    left = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
+    assert len(left) == 2 and not any(orjson.dumps(tricky).decode() in p for p in left)
+    assert any('"carol"' in p for p in left) and any(orjson.dumps(tricky.upper()).decode() in p for p in left)
+    assert [tuple(r) for r in rows(cfg.db, "select events, bad_rows from erasures order by id")] == [
+        (1, 2),
+        (1, 0),
+    ]
+
+
+async def test_erasure_by_user_id_takes_the_device_state_that_names_them_after_their_events_left(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    client = await make_client(cfg)
+    clock.t -= 40 * DAY
+    dave = Browser(client)
+    await dave.send(ev(eid="d-old", uid="dave-9"))
+    clock.t += 40 * DAY
+    assert (await lifecycle(client, clock, 30)).events == 1  # retention took the event
+    state = rows(cfg.db, "select device_id from device_state where user_id = ?", ("dave-9",))
+    assert [r[0] for r in state] == [dave.device]  # the device's state still names him
+    assert "devices=1" in erase(cfg.db, "--user-id", "dave-9")
+    assert rows(cfg.db, "select count(*) from device_state where user_id = 'dave-9'")[0][0] == 0
 
 
 async def test_erasure_by_device(client: Any, cfg: Config) -> None:
