@@ -273,8 +273,10 @@ def _derived(row: list[Any], times: dict[str, int]) -> str:
     return format_ms(ms) if ms >= 0 else collector
 
 
-def _from_urls(row: list[Any]) -> None:
-    """The URL-derived columns: page_url*/refr_url* components, mkt_* and the cross-domain link."""
+def _from_urls(row: list[Any]) -> str | None:
+    """The URL-derived columns: page_url*/refr_url* components, mkt_* and the cross-domain link; return
+    the duid of a link in the referrer's query (the landing page's URL, as the next page's
+    document.referrer keeps it), a tracker id to check against retired ones like the page URL's."""
     url = row[PAGE_URL]
     parts = url_parts(url) if url else None
     if parts is not None:
@@ -291,8 +293,16 @@ def _from_urls(row: list[Any]) -> None:
                         row[COL["refr_dvce_tstamp"]] = format_ms(ms) if ms is not None else None
     refr = row[REFERRER]
     parts = url_parts(refr) if refr else None
-    if parts is not None:
-        row[REFR_SLICE] = parts
+    if parts is None:
+        return None
+    row[REFR_SLICE] = parts
+    if parts[4] is None or row[ANONYMOUS]:  # an anonymous row has the link cut already
+        return None
+    for idx, value in query_fields(parts[4]):
+        if idx < 0:
+            duid = value.partition(".")[0]
+            return duid if duid and len(duid) <= identifiers.TRACKER_ID_MAX else None
+    return None
 
 
 def _refuse(key: str, value: object) -> None:
@@ -372,11 +382,11 @@ def build_row(
     if other:
         row[COL["other_params"]] = orjson.dumps(other).decode()
     row[COL["derived_tstamp"]] = _derived(row, times)
-    _from_urls(row)
+    linked = _from_urls(row)
     more = (
-        (fp, row[REFR_DUID], *(other.get(k) for k in identifiers.DEVICE_PARAMS))
+        (fp, row[REFR_DUID], linked, *(other.get(k) for k in identifiers.DEVICE_PARAMS))
         if other
-        else (fp, row[REFR_DUID])
+        else (fp, row[REFR_DUID], linked)
     )
     ids = identifiers.tracker_ids(duid, sid, co, more)
     return row, anonymize, ids

@@ -43,11 +43,16 @@ class Device(L.Browser):
     mac: str = field(default_factory=new_id)
     ad_uid: str = field(default_factory=new_id)
     linker: str | None = None  # a cross-domain link's duid in every event's page URL and referrer
+    # the link only in the landing page's URL: after the rotation the next page's referrer still holds
+    # the landing URL (document.referrer), with the link, while its own URL is clean
+    landing_only: bool = False
 
     def event(self, e: str, path: str, **params: str) -> dict[str, str]:
         out = super().event(e, path, **params)
         if self.linker:
             out["url"] = out["refr"] = f"{L.SHOP}/?utm_source=x&_sp={self.linker}.1799999999000"
+            if self.landing_only and self.phase != "old":
+                out["url"] = f"{L.SHOP}{path}"
         if self.device_ids:
             text = out.pop("co", None)
             co = orjson.loads(text if text is not None else base64.urlsafe_b64decode(out.pop("cx") + "=="))
@@ -136,6 +141,28 @@ async def test_a_cross_domain_link_is_found_when_the_event_does_not_rotate(
 ) -> None:
     linker = new_id()
     _, old, new, found = await run(make_client, cfg, clock, rotate=False, linker=linker)
+    assert old == new
+    assert linker in found["old/new"], L.report(found)
+
+
+async def test_a_cross_domain_link_left_in_the_referrer_after_the_rotation_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    linker = new_id()
+    b, old, new, found = await run(make_client, cfg, clock, rotate=True, linker=linker, landing_only=True)
+    assert old != new
+    assert found == {}, L.report(found)
+    [last] = rows(
+        cfg.db, "select page_url, page_referrer from events where event_id = ?", (b.sent["new"][-1],)
+    )
+    assert linker not in last["page_url"] and last["page_referrer"].startswith(L.SHOP)
+
+
+async def test_a_cross_domain_link_left_in_the_referrer_is_found_when_the_event_does_not_rotate(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    linker = new_id()
+    _, old, new, found = await run(make_client, cfg, clock, rotate=False, linker=linker, landing_only=True)
     assert old == new
     assert linker in found["old/new"], L.report(found)
 
