@@ -7,6 +7,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ async def test_the_file_stops_growing_once_the_horizon_is_reached(
     client: Any, cfg: Config, clock: Clock
 ) -> None:
     assert isinstance(cfg.db, Path)
-    start, sizes = clock.t, []
+    start, sizes = time.time() - 12 * DAY, []  # the database bounds the horizon by its real clock
     for day in range(12):  # a steady load: the same traffic every day, three days kept
         clock.t = start + day * DAY
         for i in range(20):
@@ -171,6 +172,28 @@ async def test_a_flood_of_cookieless_requests_is_bounded_by_the_cookie_lifetime(
         per_day.append(rows(cfg.db, "select count(*) from device_state")[0][0])
     # a row a request until the lifetime (a day) and its margin (a day) have passed, then flat
     assert per_day == [30, 60, 90, 90, 90], per_day
+
+
+async def test_the_horizon_cannot_pass_the_present_so_no_fast_clock_takes_what_is_acknowledged(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    client = await make_client(cfg)
+    real = clock.t = time.time()  # the database bounds the horizon by its own (real) clock
+    clock.t = real + 400 * DAY  # one replica's clock (or the host running `retain`) a year ahead
+    with pytest.raises((sqlite3.Error, asyncpg.PostgresError), match="present"):
+        await lifecycle(client, clock, 30)
+    clock.t = real
+    assert (await client.get("/i", params=ev(eid="acked"))).status == 200
+    assert (await lifecycle(client, clock, 30)).events == 0
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["acked"]
+    # and through any connection: a horizon past the present would let every DELETE through
+    ahead = "'9999-12-31 00:00:00.000'" if isinstance(cfg.db, Path) else "'9999-12-31 00:00:00+00'"
+    assert "present" in (plain_sql(cfg.db, f"UPDATE lifecycle SET horizon = {ahead}") or "")
+    assert "append-only" in (plain_sql(cfg.db, "DELETE FROM events") or "")
+    # the control: the horizon still moves forward, up to the present (a day ago, past the last run's)
+    day_ago = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() - DAY))
+    past = f"'{day_ago}.000'" if isinstance(cfg.db, Path) else f"'{day_ago}+00'"
+    assert plain_sql(cfg.db, f"UPDATE lifecycle SET horizon = {past}") is None
 
 
 def erase(db: Path | str, *args: str) -> str:
@@ -257,7 +280,7 @@ async def test_erasure_by_user_id_takes_the_device_state_that_names_them_after_t
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
     client = await make_client(cfg)
-    clock.t -= 40 * DAY
+    clock.t = time.time() - 40 * DAY  # the database bounds the horizon by its own (real) clock
     dave = Browser(client)
     await dave.send(ev(eid="d-old", uid="dave-9"))
     clock.t += 40 * DAY
@@ -282,7 +305,7 @@ async def test_the_collector_runs_the_lifecycle_by_itself(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
     client = await make_client(cfg.replace(lifecycle_interval=1, retention_days=30))
-    clock.t -= 40 * DAY
+    clock.t = time.time() - 40 * DAY  # the database bounds the horizon by its own (real) clock
     assert (await client.get("/i", params=ev(eid="old"))).status == 200
     clock.t += 40 * DAY
     assert (await client.get("/i", params=ev(eid="new"))).status == 200
