@@ -88,6 +88,11 @@ def query(db: Path | str, sql: str, fmt: str) -> int:
     except (sqlite3.Error, FileNotFoundError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OverflowError as exc:  # PostgreSQL keeps years past 9999 (a device clock far ahead); Python not
+        print(
+            f"error: {exc}: a value is past Python's range; select it as text (column::text)", file=sys.stderr
+        )
+        return 1
     if fmt == "json":
         data = [dict(zip(names, r, strict=True)) for r in rows]
         sys.stdout.write(orjson.dumps(data, default=str).decode() + "\n")

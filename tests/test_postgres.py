@@ -135,6 +135,20 @@ async def test_query_is_read_only_whatever_the_sql(cfg: Config, client: Any) -> 
     assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == 0
 
 
+async def test_query_of_a_time_past_python_s_range_is_an_error_not_a_traceback(
+    cfg: Config, client: Any
+) -> None:
+    # a device clock 30,000 years ahead is a valid PostgreSQL timestamp but no Python datetime
+    assert (await client.get("/i", params=ev(eid="far", dtm="999999999999999"))).status == 200
+    done = cli("query", "select dvce_created_tstamp from events", "--db", str(cfg.db))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "::text" in done.stderr  # it says how to read it
+    done = cli(
+        "query", "select dvce_created_tstamp::text from events", "--db", str(cfg.db), "--format", "csv"
+    )
+    assert done.returncode == 0 and "33658" in done.stdout, done.stderr  # the control: the row is there
+
+
 async def test_text_postgresql_refuses_costs_only_its_own_request(cfg: Config) -> None:
     """A NUL character is valid JSON and valid SQLite text, but PostgreSQL refuses it in text and jsonb."""
     store = PostgresStore(str(cfg.db), SessionRules(1_800_000))
