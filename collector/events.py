@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote_plus, urlsplit
 
 import orjson
 
@@ -273,13 +274,36 @@ def _derived(row: list[Any], times: dict[str, int]) -> str:
     return format_ms(ms) if ms >= 0 else collector
 
 
-def _from_urls(row: list[Any]) -> str | None:
+# `_sp` after a URL's `#` (a hash-routed app's query), where the trackers read it too
+_FRAGMENT_LINK = re.compile(r"(?:^|[?&;#])_sp=([^&;#]*)")
+
+
+def _link_duid(value: str) -> str | None:
+    duid = value.partition(".")[0]
+    return duid if duid and len(duid) <= identifiers.TRACKER_ID_MAX else None
+
+
+def _fragment_link(fragment: str | None) -> str | None:
+    if fragment is None or "_sp=" not in fragment:
+        return None
+    found = _FRAGMENT_LINK.search(fragment)
+    return _link_duid(unquote_plus(found.group(1))) if found else None
+
+
+def _from_urls(row: list[Any]) -> tuple[str | None, ...]:
     """The URL-derived columns: page_url*/refr_url* components, mkt_* and the cross-domain link; return
-    the duid of a link in the referrer's query (the landing page's URL, as the next page's
-    document.referrer keeps it), a tracker id to check against retired ones like the page URL's."""
+    the duids of the links the refr_domain_userid column does not hold (the page URL's fragment, the
+    referrer's query and fragment: the landing page's URL, as the next page's document.referrer
+    keeps it), tracker ids to check against retired ones like the column's."""
+    if row[ANONYMOUS]:  # an anonymous row has every link cut already, and keeps no tracker id
+        linked: list[str | None] = []
+    else:
+        linked = [None, None, None]
     url = row[PAGE_URL]
     parts = url_parts(url) if url else None
     if parts is not None:
+        if linked:
+            linked[0] = _fragment_link(parts[5])
         row[PAGE_SLICE] = parts
         if parts[4] is not None:
             for idx, value in query_fields(parts[4]):
@@ -293,16 +317,14 @@ def _from_urls(row: list[Any]) -> str | None:
                         row[COL["refr_dvce_tstamp"]] = format_ms(ms) if ms is not None else None
     refr = row[REFERRER]
     parts = url_parts(refr) if refr else None
-    if parts is None:
-        return None
-    row[REFR_SLICE] = parts
-    if parts[4] is None or row[ANONYMOUS]:  # an anonymous row has the link cut already
-        return None
-    for idx, value in query_fields(parts[4]):
-        if idx < 0:
-            duid = value.partition(".")[0]
-            return duid if duid and len(duid) <= identifiers.TRACKER_ID_MAX else None
-    return None
+    if parts is not None:
+        row[REFR_SLICE] = parts
+        if linked:
+            linked[2] = _fragment_link(parts[5])
+            for idx, value in query_fields(parts[4]) if parts[4] is not None else ():
+                if idx < 0:
+                    linked[1] = _link_duid(value)
+    return tuple(linked)
 
 
 def _refuse(key: str, value: object) -> None:
@@ -384,9 +406,9 @@ def build_row(
     row[COL["derived_tstamp"]] = _derived(row, times)
     linked = _from_urls(row)
     more = (
-        (fp, row[REFR_DUID], linked, *(other.get(k) for k in identifiers.DEVICE_PARAMS))
+        (fp, row[REFR_DUID], *linked, *(other.get(k) for k in identifiers.DEVICE_PARAMS))
         if other
-        else (fp, row[REFR_DUID], linked)
+        else (fp, row[REFR_DUID], *linked)
     )
     ids = identifiers.tracker_ids(duid, sid, co, more)
     return row, anonymize, ids

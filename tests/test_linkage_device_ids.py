@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 
 from collector.config import Config
 from tests import test_linkage as L
@@ -46,11 +47,13 @@ class Device(L.Browser):
     # the link only in the landing page's URL: after the rotation the next page's referrer still holds
     # the landing URL (document.referrer), with the link, while its own URL is clean
     landing_only: bool = False
+    in_fragment: bool = False  # the link after the URL's `#` (a hash-routed app), where trackers read it too
 
     def event(self, e: str, path: str, **params: str) -> dict[str, str]:
         out = super().event(e, path, **params)
         if self.linker:
-            out["url"] = out["refr"] = f"{L.SHOP}/?utm_source=x&_sp={self.linker}.1799999999000"
+            sep = "#/landing?" if self.in_fragment else "?"
+            out["url"] = out["refr"] = f"{L.SHOP}/{sep}utm_source=x&_sp={self.linker}.1799999999000"
             if self.landing_only and self.phase != "old":
                 out["url"] = f"{L.SHOP}{path}"
         if self.device_ids:
@@ -145,11 +148,14 @@ async def test_a_cross_domain_link_is_found_when_the_event_does_not_rotate(
     assert linker in found["old/new"], L.report(found)
 
 
+@pytest.mark.parametrize("in_fragment", [False, True])
 async def test_a_cross_domain_link_left_in_the_referrer_after_the_rotation_leaves_no_link(
-    make_client: Any, cfg: Config, clock: Clock
+    make_client: Any, cfg: Config, clock: Clock, in_fragment: bool
 ) -> None:
     linker = new_id()
-    b, old, new, found = await run(make_client, cfg, clock, rotate=True, linker=linker, landing_only=True)
+    b, old, new, found = await run(
+        make_client, cfg, clock, rotate=True, linker=linker, landing_only=True, in_fragment=in_fragment
+    )
     assert old != new
     assert found == {}, L.report(found)
     [last] = rows(
@@ -158,13 +164,16 @@ async def test_a_cross_domain_link_left_in_the_referrer_after_the_rotation_leave
     assert linker not in last["page_url"] and last["page_referrer"].startswith(L.SHOP)
 
 
+@pytest.mark.parametrize("in_fragment", [False, True])
 async def test_a_cross_domain_link_left_in_the_referrer_is_found_when_the_event_does_not_rotate(
-    make_client: Any, cfg: Config, clock: Clock
+    make_client: Any, cfg: Config, clock: Clock, in_fragment: bool
 ) -> None:
     linker = new_id()
-    _, old, new, found = await run(make_client, cfg, clock, rotate=False, linker=linker, landing_only=True)
+    _, old, new, found = await run(
+        make_client, cfg, clock, rotate=False, linker=linker, landing_only=True, in_fragment=in_fragment
+    )
     assert old == new
-    assert linker in found["old/new"], L.report(found)
+    assert any(linker in value for value in found["old/new"]), L.report(found)
 
 
 async def rotated_keeping_its_ids(make_client: Any, cfg: Config, clock: Clock, later: float) -> L.Browser:
