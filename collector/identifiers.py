@@ -8,10 +8,11 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
 * **Entity fields** (`ENTITY_RULES`): per schema of the entities the Snowplow trackers send, which
   fields identify a person or device, or whether the whole entity does (a precise location, the GA
   cookies). Under SP-Anonymous they are removed from contexts and from the self-describing event.
-  Every entity, listed or not, also loses the fields named in `GENERIC_FIELDS` or containing one of
-  `GENERIC_PARTS` (letters and digits compared, case and accents ignored), at any depth, and keeps
-  nothing beside its `schema` and `data`: a custom entity that carries an identifier under another
-  name keeps it, so name it here or do not send it. Strings lose the cross-domain link (`_sp`).
+  Every entity, listed or not, also loses the fields named in `GENERIC_FIELDS` or `DATA_FIELDS` or
+  containing one of `GENERIC_PARTS` (letters and digits compared, case and accents ignored), at any
+  depth, and keeps nothing beside its `schema` and `data`: a custom entity that carries an
+  identifier under another name keeps it, so name it here or do not send it. Strings lose the
+  cross-domain link (`_sp`).
 * **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, the fingerprint
   `fp`, the cross-domain `refr_domain_userid`, and the client_session entity's userId / sessionId /
   previousSessionId, the page and screen view ids, the tab id), and the device's own ids that outlive
@@ -108,6 +109,10 @@ ENTITY_RULES: dict[str, EntityRule] = {
         frozenset({"tabId"}), tracker=("tabId",), forget=True
     ),
     "com.snowplowanalytics.snowplow.ecommerce/user": EntityRule(frozenset({"id", "email"})),
+    # what a visitor typed into a form (the form tracker's events): the fields' names and types stay
+    "com.snowplowanalytics.snowplow/submit_form": EntityRule(frozenset({"value"})),
+    "com.snowplowanalytics.snowplow/change_form": EntityRule(frozenset({"value"})),
+    "com.snowplowanalytics.snowplow/focus_form": EntityRule(frozenset({"value"})),
     "com.snowplowanalytics.snowplow/geolocation_context": EntityRule(whole=True),
     # the GA client id (`_ga`) is the browser's for two years: retired, and the entity forgotten
     "com.google.analytics/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
@@ -127,6 +132,12 @@ GENERIC_FIELDS = frozenset(
         "phonenumber",
         "ipaddress",
     }
+)
+# ...and inside entity data (and a refused event's object params), the tracker protocol's own id
+# params and what apps call their users: the same values an entity may carry under these names. Not
+# for top-level params, where COLLECTOR_ANONYMOUS_DROP decides (an operator may keep `duid`).
+DATA_FIELDS = frozenset(
+    {"uid", "duid", "nuid", "tnuid", "fp", "mac", "ip", "aduid", "clientid", "customerid", "username"}
 )
 # ...and names that contain one of these (customerEmail, previousUserId, billing_phone_number): a custom
 # entity names its fields as it likes, and a field dropped by mistake costs less than an id kept.
@@ -179,9 +190,13 @@ def rule_of(schema: Any) -> EntityRule | None:
     rule = None
     # Compared without case or spaces, with or without `iglu:`: a rule must not be dodged by spelling
     # the schema another way (Iglu resolves vendor and name case-sensitively; the rules err the other way).
+    # Nor by a trailing or doubled slash, a missing version, or an invisible character (a zero-width
+    # space is not whitespace to split()): the vendor and name are the first two parts that remain.
     uri = "".join(schema.split()).lower()
-    parts = uri.removeprefix("iglu:").split("/")
-    if len(parts) == 4:
+    if not uri.isascii():
+        uri = "".join(c for c in uri if unicodedata.category(c) != "Cf")
+    parts = [p for p in uri.removeprefix("iglu:").split("/") if p]
+    if len(parts) >= 2:
         rule = ENTITY_RULES.get(f"{parts[0]}/{parts[1]}")
     if len(schema) <= 256:  # real schema URIs are short; a long made-up one is not worth keeping
         if len(_RULES_SEEN) >= _RULES_SEEN_MAX:
@@ -219,7 +234,7 @@ def _generic(value: Any, drop: frozenset[str], depth: int = 0) -> Any:
         return {
             k: _generic(v, drop, depth + 1)
             for k, v in value.items()
-            if not (isinstance(k, str) and ((n := _name(k))[1] or n[0] in drop))
+            if not (isinstance(k, str) and ((n := _name(k))[1] or n[0] in drop or n[0] in DATA_FIELDS))
         }
     if isinstance(value, list):
         return [_generic(v, drop, depth + 1) for v in value]

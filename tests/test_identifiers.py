@@ -157,3 +157,56 @@ def test_a_named_bad_rows_nested_values_lose_the_link() -> None:
     kept = identifiers.without_tracker_ids(params)
     assert "DUID9" not in orjson.dumps(kept).decode()
     assert kept["x"] == {"url": "https://a.test/", "n": 1} and kept["y"] == ["https://b.test/?k=v"]
+
+
+SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
+GA_COOKIES = "iglu:com.google.analytics/cookies/jsonschema/1-0-0"
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [
+        lambda s: s,  # the control: as the trackers send it
+        lambda s: s + "/",
+        lambda s: s.rsplit("/", 1)[0],  # no version
+        lambda s: s.replace("snowplow/", "snowplow//").replace("analytics/", "analytics//"),
+        lambda s: s.replace("session", "ses\u200bsion").replace("cookies", "coo\u200bkies"),
+        lambda s: s.replace("iglu:", "IGLU: "),
+    ],
+)
+def test_an_entity_rule_holds_however_its_schema_is_spelled(spell: Any) -> None:
+    data = {"userId": "u", "previousSessionId": "p", "firstEventId": "f", "sessionId": "s"}
+    keep, out = identifiers.scrub_data(spell(SESSION), data)
+    assert keep and out == {"sessionId": "s"}
+    assert identifiers.scrub_data(spell(GA_COOKIES), {"_ga": "GA1.1.1.1"}) == (False, None)
+
+
+def test_the_protocol_s_own_id_names_are_dropped_inside_any_entity() -> None:
+    names = (
+        "uid",
+        "duid",
+        "nuid",
+        "tnuid",
+        "fp",
+        "mac",
+        "ip",
+        "ad_uid",
+        "clientId",
+        "customerId",
+        "username",
+    )
+    data = {**{n: f"id-{n}" for n in names}, "sku": "keep", "tip": "keep", "camp": "keep"}
+    keep, out = identifiers.scrub_data("iglu:com.acme/custom/jsonschema/1-0-0", data)
+    assert keep and out == {"sku": "keep", "tip": "keep", "camp": "keep"}
+
+
+def test_what_a_form_s_fields_hold_is_dropped_their_names_kept() -> None:
+    form = "iglu:com.snowplowanalytics.snowplow/submit_form/jsonschema/1-0-0"
+    data = {"formId": "signup", "elements": [{"name": "email", "value": "a@b.test", "nodeName": "INPUT"}]}
+    assert identifiers.scrub_data(form, data) == (
+        True,
+        {"formId": "signup", "elements": [{"name": "email", "nodeName": "INPUT"}]},
+    )
+    change = "iglu:com.snowplowanalytics.snowplow/change_form/jsonschema/1-0-0"
+    keep, out = identifiers.scrub_data(change, {"formId": "f", "elementId": "e", "value": "secret"})
+    assert keep and out == {"formId": "f", "elementId": "e"}
