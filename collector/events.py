@@ -391,6 +391,11 @@ def build_row(
         else:  # SQLite would store NaN as NULL and inf as a REAL nobody can aggregate: keep the text
             other["se_va"] = params["se_va"]
     (ue, ue_text), (co, co_text) = protocol.self_describing(params)
+    # base64 (cx, ue_px) hides an escaped U+0000 from the request's prefilter: see protocol.without_nul
+    if co_text is not None and "\\u0000" in co_text:
+        co_text = co_text.replace("\\u0000", "\\ufffd")
+    if ue_text is not None and "\\u0000" in ue_text:
+        ue_text = ue_text.replace("\\u0000", "\\ufffd")
     anonymize = False
     if ue_text is not None:
         vendor, name, fmt, version = protocol.schema_parts(ue)

@@ -154,9 +154,13 @@ async def track(request: web.Request) -> web.StreamResponse:
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
         if query:
             raw_events = [{**ev, **query} if isinstance(ev, dict) else ev for ev in raw_events]
+        if protocol.may_hold_nul(body) or protocol.may_hold_nul(request.query_string):
+            raw_events = [protocol.without_nul(ev) for ev in raw_events]
         return await ingest(request, st, decision, cookie, raw_events, len(body), redirect_to=None)
     if request.method == "HEAD" and not query:
         return web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
+    if protocol.may_hold_nul(request.query_string):
+        query = protocol.without_nul(query)  # type: ignore[assignment]
     return await ingest(request, st, decision, cookie, [query], len(request.query_string), redirect_to=None)
 
 
@@ -203,6 +207,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             _bad_payload(params, decision),
             len(request.query_string),
         )
+    if protocol.may_hold_nul(request.query_string):
+        params = protocol.without_nul(params)  # type: ignore[assignment]
     events = [protocol.redirect_event(params, target)]
     return await ingest(request, st, decision, cookie, events, len(request.query_string), redirect_to=target)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import json
 import zlib
@@ -315,3 +316,29 @@ async def test_a_session_index_out_of_range_stays_in_other_params(client: Any, c
     assert got["good"]["domain_sessionidx"] == 7 and got["good"]["other_params"] is None
     assert got["big"]["domain_sessionidx"] is None
     assert orjson.loads(got["big"]["other_params"]) == {"vid": "2147483648"}
+
+
+async def test_a_nul_in_one_event_costs_neither_that_event_nor_its_batch(client: Any, cfg: Config) -> None:
+    # JSON may carry U+0000 (`\u0000`) anywhere, PostgreSQL's text and jsonb refuse it, and a tracker
+    # drops a batch answered 400: it is kept as U+FFFD, as bytes that are not UTF-8 are, on both stores
+    co = (
+        '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",'
+        '"data":[{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"note":"c\\u0000d"}}]}'
+    )
+    body = batch(ev(eid="good-1"), ev(eid="nul", page="a\x00b", co=co), {**ev(eid="key"), "odd\x00": "v"})
+    resp = await client.post(TP2, json=body)
+    assert resp.status == 200, await resp.text()
+    got = {
+        r["event_id"]: r
+        for r in rows(cfg.db, "select event_id, page_title, contexts, other_params from events")
+    }
+    assert sorted(got) == ["good-1", "key", "nul"]
+    assert got["nul"]["page_title"] == "a\ufffdb"
+    assert orjson.loads(got["nul"]["contexts"])["data"][0]["data"] == {"note": "c\ufffdd"}
+    assert orjson.loads(got["key"]["other_params"]) == {"odd\ufffd": "v"}
+    # a GET pixel too, and base64 contexts, whose escape the request's prefilter cannot see
+    cx = base64.urlsafe_b64encode(co.encode()).decode().rstrip("=")
+    assert (await client.get("/i", params=ev(eid="get-nul", page="x\x00y", cx=cx))).status == 200
+    [cx_row] = rows(cfg.db, "select contexts from events where event_id = 'get-nul'")
+    assert orjson.loads(cx_row[0])["data"][0]["data"] == {"note": "c\ufffdd"}
+    assert rows(cfg.db, "select page_title from events where event_id = 'get-nul'")[0][0] == "x\ufffdy"
