@@ -14,7 +14,7 @@ from yarl import URL
 from collector import cors, identity, policy, protocol
 from collector.config import Config
 from collector.errors import BadInput, Unavailable
-from collector.events import base_row, build_row, format_ms
+from collector.events import INT_MAX, base_row, build_row, format_ms
 from collector.metrics import Metrics
 from storage.base import COL, NETWORK_USERID, BadRow, Overloaded, RejectedData, Store, StoreFailed, Submission
 
@@ -67,10 +67,11 @@ def refuse(st: State, exc: BadInput, decision: policy.Decision, payload: str | N
     now = format_ms(int(st.clock() * 1000))
     st.metrics.bad_rows.labels(exc.reason).inc()
     if st.store is not None and decision.store:
-        row = BadRow(
-            now, exc.reason, exc.message, None if decision.anonymous else payload, size, decision.anonymous
-        )
-        st.store.append_nowait(Submission(0, None, bad_rows=[row], nbytes=size))
+        # The size is what the client sent or declared (a 413 answers a declared length unread): held
+        # in a 32-bit column, and not what the row weighs in the write queue, which is its payload.
+        kept = None if decision.anonymous else payload
+        row = BadRow(now, exc.reason, exc.message, kept, min(size, INT_MAX), decision.anonymous)
+        st.store.append_nowait(Submission(0, None, bad_rows=[row], nbytes=len(kept or "")))
     return exc
 
 
