@@ -144,7 +144,7 @@ def migrate(url: str, writer: str | None, reader: str | None) -> int:
 
     try:
         applied = asyncio.run(run())
-    except (OSError, asyncpg.PostgresError) as exc:
+    except (OSError, asyncpg.PostgresError, RuntimeError) as exc:  # RuntimeError: not a UTF8 database
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"applied: {', '.join(applied) or 'nothing (up to date)'}")

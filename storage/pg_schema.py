@@ -35,6 +35,17 @@ def versions() -> list[tuple[int, Path]]:
     return sorted((int(p.name.split("_")[0]), p) for p in MIGRATIONS.glob("*.sql"))
 
 
+async def check_encoding(conn: Conn) -> None:
+    """Refuse a database that is not UTF8: text it cannot encode (any non-Latin letter in a LATIN1
+    database) would be refused event by event, answered 400, and a tracker drops a batch so answered."""
+    encoding = await conn.fetchval("SHOW server_encoding")
+    if encoding != "UTF8":
+        raise RuntimeError(
+            f"the database's encoding is {encoding}, not UTF8: create it with ENCODING 'UTF8' "
+            "(e.g. `CREATE DATABASE collector ENCODING 'UTF8' TEMPLATE template0`)"
+        )
+
+
 async def pending(conn: Conn) -> list[int]:
     """Versions not yet applied (all of them on an empty database)."""
     if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
@@ -45,6 +56,7 @@ async def pending(conn: Conn) -> list[int]:
 
 async def migrate(conn: Conn, writer: str | None = None, reader: str | None = None) -> list[str]:
     """Apply pending migrations (as the owner), make the partitions, grant the roles their rights."""
+    await check_encoding(conn)
     applied = []
     await conn.execute("SELECT pg_advisory_lock($1)", LOCK)
     try:

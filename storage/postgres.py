@@ -93,6 +93,7 @@ class PostgresStore:
                     raise
                 await asyncio.sleep(0.5)
         async with self._pool.acquire() as conn:
+            await pg_schema.check_encoding(conn)
             if await pg_schema.pending(conn):
                 try:
                     await pg_schema.migrate(conn)

@@ -125,6 +125,23 @@ def test_a_collector_that_may_not_migrate_says_so(pg_server: PgServer) -> None:
     assert "python -m collector migrate" in proc.log.read_text()
 
 
+def test_a_database_that_is_not_utf8_is_refused_at_start(pg_server: PgServer) -> None:
+    # text it cannot encode would be refused event by event, as a 400 the tracker drops: our fault
+    name = "t_" + uuid.uuid4().hex[:12]
+    pg_server.execute(
+        f"CREATE DATABASE \"{name}\" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    )
+    proc = Collector(pg_server.url(name), env={"COLLECTOR_COOKIE_SECRET": "s"})
+    proc.start(wait=False)
+    assert proc.proc is not None and proc.proc.wait(60) != 0
+    assert "UTF8" in proc.log.read_text()
+    done = cli("migrate", "--db", pg_server.url(name))
+    assert done.returncode == 1 and "UTF8" in done.stderr and "Traceback" not in done.stderr
+    # the control: the same start on a UTF8 database serves
+    good = Collector(pg_server.url(pg_server.new_database()), env={"COLLECTOR_COOKIE_SECRET": "s"}).start()
+    good.stop()
+
+
 async def test_query_is_read_only_whatever_the_sql(cfg: Config, client: Any) -> None:
     assert (await client.get("/i", params=ev(eid="q"))).status == 200
     done = cli("query", "select event_id from events", "--db", str(cfg.db), "--format", "csv")
