@@ -41,6 +41,9 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+COMMAND_MARGIN_S = 1.0  # past statement_timeout: the server's own cancel comes first when it can
+
+
 class PostgresStore:
     """The store for replicas on several hosts."""
 
@@ -78,6 +81,9 @@ class PostgresStore:
                     self.url,
                     min_size=1,
                     max_size=self._pool_size,
+                    # the server enforces statement_timeout only while it runs; a server that stops
+                    # answering (a partition that keeps the connection open) is bounded here: 503
+                    command_timeout=self._timeout_ms / 1000 + COMMAND_MARGIN_S,
                     server_settings={
                         "statement_timeout": str(self._timeout_ms),
                         "synchronous_commit": "on",
@@ -185,7 +191,13 @@ class PostgresStore:
         except pg_io.DATA_ERRORS as exc:
             log.warning("PostgreSQL refused a request's data (%s)", type(exc).__name__)
             return await self._without_unstorable(subs)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            OSError,
+            TimeoutError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,  # a connection lost mid-release (seen under pg_terminate_backend)
+        ) as exc:
             # server down or restarting, connection lost (COMMIT's outcome unknown), timeout: 503
             log.error("commit of %d events failed: %s", size, describe(exc))
             self._failing = True

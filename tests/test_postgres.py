@@ -142,6 +142,40 @@ def test_a_database_that_is_not_utf8_is_refused_at_start(pg_server: PgServer) ->
     good.stop()
 
 
+async def test_a_hung_server_is_a_503_within_the_statement_timeout_not_a_hang(
+    make_client: Any, cfg: Config
+) -> None:
+    # A connection whose server stops answering (a partition that leaves the TCP connection open; here
+    # its backends stopped with SIGSTOP): the server cannot enforce its statement_timeout, so the
+    # collector must, or requests hang and /ready stays 200 while the load balancer keeps sending.
+    import signal
+
+    client = await make_client(cfg.replace(pg_statement_timeout=1000, pg_pool_size=1))
+    assert (await client.get("/i", params=ev(eid="before"))).status == 200
+    pids = [
+        r[0]
+        for r in rows(cfg.db, "select pid from pg_stat_activity where application_name = 'anon-collector'")
+    ]
+    assert pids  # the control: the collector's own backends, which the search finds
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        resp = await asyncio.wait_for(client.get("/i", params=ev(eid="during")), 15)  # not forever
+        waited = time.monotonic() - started
+        assert resp.status == 503, await resp.text()
+        assert waited < 10, waited  # bounded by the timeout (1 s) and its margin, not by the outage
+        assert (await client.get("/ready")).status == 503
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    for _ in range(100):  # the pool replaces the connection; the probe heals the store
+        if (await client.get("/i", params=ev(eid="after"))).status == 200:
+            break
+        await asyncio.sleep(0.2)
+    assert "after" in {r[0] for r in rows(cfg.db, "select event_id from events")}
+
+
 async def test_query_is_read_only_whatever_the_sql(cfg: Config, client: Any) -> None:
     assert (await client.get("/i", params=ev(eid="q"))).status == 200
     done = cli("query", "select event_id from events", "--db", str(cfg.db), "--format", "csv")
