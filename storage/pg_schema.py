@@ -36,10 +36,12 @@ def versions() -> list[tuple[int, Path]]:
 
 
 async def check_encoding(conn: Conn) -> None:
-    """Refuse a database that is not UTF8: text it cannot encode (any non-Latin letter in a LATIN1
-    database) would be refused event by event, answered 400, and a tracker drops a batch so answered."""
+    """Refuse a database whose encoding converts text: what it cannot encode (any non-Latin letter in
+    a LATIN1 database) would be refused event by event, answered 400, and a tracker drops a batch so
+    answered. UTF8, and SQL_ASCII (bytes kept as sent, no conversion: what initdb makes without a
+    locale), store every event."""
     encoding = await conn.fetchval("SHOW server_encoding")
-    if encoding != "UTF8":
+    if encoding not in ("UTF8", "SQL_ASCII"):
         raise RuntimeError(
             f"the database's encoding is {encoding}, not UTF8: create it with ENCODING 'UTF8' "
             "(e.g. `CREATE DATABASE collector ENCODING 'UTF8' TEMPLATE template0`)"
