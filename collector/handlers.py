@@ -155,14 +155,10 @@ async def track(request: web.Request) -> web.StreamResponse:
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
         if query:
             raw_events = [{**ev, **query} if isinstance(ev, dict) else ev for ev in raw_events]
-        if protocol.may_hold_nul(body) or protocol.may_hold_nul(request.query_string):
-            raw_events = [protocol.without_nul(ev) for ev in raw_events]
-        return await ingest(request, st, decision, cookie, raw_events, len(body), redirect_to=None)
+        return await ingest(request, st, decision, cookie, raw_events, body, redirect_to=None)
     if request.method == "HEAD" and not query:
         return web.Response(body=protocol.PIXEL, content_type="image/gif", headers=PIXEL_HEADERS)
-    if protocol.may_hold_nul(request.query_string):
-        query = protocol.without_nul(query)  # type: ignore[assignment]
-    return await ingest(request, st, decision, cookie, [query], len(request.query_string), redirect_to=None)
+    return await ingest(request, st, decision, cookie, [query], None, redirect_to=None)
 
 
 def redirect_target(cfg: Config, target: str | None) -> str | None:
@@ -208,10 +204,8 @@ async def redirect(request: web.Request) -> web.StreamResponse:
             _bad_payload(params, decision),
             len(request.query_string),
         )
-    if protocol.may_hold_nul(request.query_string):
-        params = protocol.without_nul(params)  # type: ignore[assignment]
     events = [protocol.redirect_event(params, target)]
-    return await ingest(request, st, decision, cookie, events, len(request.query_string), redirect_to=target)
+    return await ingest(request, st, decision, cookie, events, None, redirect_to=target)
 
 
 async def ingest(
@@ -220,11 +214,17 @@ async def ingest(
     decision: policy.Decision,
     cookie: str | None,
     raw_events: list[Any],
-    nbytes: int,
+    body: bytes | None,
     redirect_to: str | None,
 ) -> web.StreamResponse:
-    """Check, scrub and build every event, commit them, answer (pixel, ok or redirect) with the cookie."""
+    """Check, scrub and build every event, commit them, answer (pixel, ok or redirect) with the cookie.
+
+    The events come from the body (a POST, with the query's params merged in) or from the query alone.
+    """
     cfg = st.cfg
+    nbytes = len(request.query_string) if body is None else len(body)
+    if protocol.may_hold_nul(request.query_string) or (body is not None and protocol.may_hold_nul(body)):
+        raw_events = [protocol.without_nul(raw) for raw in raw_events]
     now = st.clock()
     now_ms = int(now * 1000)
     base = base_row(format_ms(now_ms), decision.ip, useragent(request.headers), decision.anonymous)

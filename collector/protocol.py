@@ -108,18 +108,17 @@ def may_hold_nul(data: bytes | str) -> bool:
 
 
 def _no_nul(value: Any) -> Any:
-    if value.__class__ is str:
-        if "\x00" in value:
-            value = value.replace("\x00", "\ufffd")
-        if "\\u0000" in value:  # inside a JSON-valued param (co, ue_pr): the escape, not the character
-            value = value.replace("\\u0000", "\\ufffd")
+    if value.__class__ is str and "\x00" in value:
+        return value.replace("\x00", "\ufffd")
     return value
 
 
 def without_nul(raw: object) -> object:
-    """An event's params with U+0000 as U+FFFD, in names and values and escaped inside the JSON ones:
-    PostgreSQL's text and jsonb refuse it, and one such value must not cost its batch (a tracker drops
-    a batch answered 400). Both stores keep the same, as for bytes that are not UTF-8."""
+    """An event's params with U+0000 as U+FFFD, in names and values: PostgreSQL's text and jsonb refuse
+    it, and one such value must not cost its batch (a tracker drops a batch answered 400). Both stores
+    keep the same, as for bytes that are not UTF-8. The escape inside a JSON-valued param (co, ue_pr,
+    and their base64 forms, which no prefilter sees) is events.build_row's: there it is JSON, in a
+    plain param it is six characters of text."""
     if not isinstance(raw, dict):
         return raw
     return {_no_nul(k): _no_nul(v) for k, v in raw.items()}

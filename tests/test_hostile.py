@@ -325,15 +325,21 @@ async def test_a_nul_in_one_event_costs_neither_that_event_nor_its_batch(client:
         '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",'
         '"data":[{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"note":"c\\u0000d"}}]}'
     )
-    body = batch(ev(eid="good-1"), ev(eid="nul", page="a\x00b", co=co), {**ev(eid="key"), "odd\x00": "v"})
+    body = batch(
+        ev(eid="good-1"),
+        ev(eid="nul", page="a\x00b", co=co),
+        {**ev(eid="key"), "odd\x00": "v"},
+        ev(eid="text", page="a\\u0000b"),  # JSON's escape as plain text in a plain param: kept as sent
+    )
     resp = await client.post(TP2, json=body)
     assert resp.status == 200, await resp.text()
     got = {
         r["event_id"]: r
         for r in rows(cfg.db, "select event_id, page_title, contexts, other_params from events")
     }
-    assert sorted(got) == ["good-1", "key", "nul"]
+    assert sorted(got) == ["good-1", "key", "nul", "text"]
     assert got["nul"]["page_title"] == "a\ufffdb"
+    assert got["text"]["page_title"] == "a\\u0000b"
     assert orjson.loads(got["nul"]["contexts"])["data"][0]["data"] == {"note": "c\ufffdd"}
     assert orjson.loads(got["key"]["other_params"]) == {"odd\ufffd": "v"}
     # a GET pixel too, and base64 contexts, whose escape the request's prefilter cannot see
