@@ -68,6 +68,13 @@ def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) ->
 
 
 WAL_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, stated: the bound below depends on it
+BACKGROUND = True  # checkpoint on a thread of its own (Checkpointer), not inside the writer's COMMIT
+# While commits come, how often the checkpointer copies the WAL back. Measured against 0.2 s: the
+# longer the first pass, the more the tail inside the writers' turn has to copy (p99 8.2 ms at 0.2 s
+# against 8.8 without the checkpointer, 4.4 against 7.9 at 0.05 s).
+CHECKPOINT_EVERY_S = 0.05
+# The writer's own autocheckpoint stays as a backstop, should the checkpointer fall behind or stop.
+BACKSTOP_PAGES = 4 * WAL_AUTOCHECKPOINT_PAGES
 
 
 def bound_wal(conn: sqlite3.Connection, limit_bytes: int) -> None:
@@ -75,15 +82,101 @@ def bound_wal(conn: sqlite3.Connection, limit_bytes: int) -> None:
 
     A reader pins the snapshot it started from: no checkpoint can copy frames past it back into the
     database, so while it reads the WAL only grows (by what is written meanwhile; Datasette's
-    sql_time_limit_ms bounds how long one query pins it). Once it is done the PASSIVE autocheckpoint
-    after a commit copies everything back and the next write starts the WAL from the beginning; but
+    sql_time_limit_ms bounds how long one query pins it). Once it is done the next PASSIVE checkpoint
+    (the Checkpointer's, or the writer's backstop autocheckpoint) copies everything back and the next
+    write starts the WAL from the beginning; but
     SQLite reuses the file at its largest size, and journal_size_limit is what truncates it then, so
-    the disk held returns to about the limit (or the autocheckpoint size, whichever is larger). The
-    writer never runs a RESTART/TRUNCATE checkpoint itself: those wait for the readers, and every
+    the disk held returns to about the limit (or the WAL's size at a restart, whichever is larger).
+    Nothing here runs a RESTART/TRUNCATE checkpoint: those wait for the readers, and every
     request would wait with them. -1: no limit (SQLite's default).
     """
     conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit = {int(limit_bytes)}")
+
+
+class Checkpointer:
+    """Copies the WAL back into the database on its own thread and connection, beside the writer.
+
+    SQLite's autocheckpoint runs inside the COMMIT that crosses WAL_AUTOCHECKPOINT_PAGES: that commit
+    copies some thousand pages into the file and fsyncs it, and every request in its group (and every
+    one queued behind it) waits. With 2 million events stored, open-loop POST-10 windows at 640 req/s
+    had a median p99 of 14.6 ms with it and 8.7 ms with no checkpoint at all in the window.
+
+    A PASSIVE checkpoint on another connection runs while the writer goes on appending, but copies
+    only the frames there were when it began, and the WAL starts over from its beginning (instead of
+    growing) only when a write finds every frame copied: with commits coming, one is nearly always
+    writing as the pass ends (a first version that stopped there let the WAL grow to 150 MiB in 5 s).
+    So each pass copies the bulk outside the writers' turn, and once the WAL holds
+    WAL_AUTOCHECKPOINT_PAGES frames a second pass inside the turn (the flock of
+    SqliteStore._in_transaction, on a descriptor of its own, since flock does not exclude two holders
+    of one descriptor) copies what was committed during the first: a few frames, and no writer can
+    add more, so it completes and the next commit starts the WAL over. The WAL stays about as bounded
+    as with autocheckpoint, and a commit waits at most for that short tail. Measured (10 interleaved
+    5-second windows each, 640 POST-10 requests/s): median p99 4.4 against 7.9 ms on an empty store,
+    5.7 against 12.1 ms with 2 million events stored; at saturation, in two interleaved runs, 0-4%
+    fewer events/s and 4-9% more CPU an event (not taken apart further).
+    """
+
+    def __init__(self, path: Path, synchronous: str, busy_timeout: int) -> None:
+        self._path = path
+        self._synchronous = synchronous
+        self._busy_timeout = busy_timeout
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sqlite-checkpointer", daemon=True)
+        self.passes = 0  # checkpoints run, and of them inside the writers' turn (for tests)
+        self.tails = 0
+        self._failing = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def committed(self) -> None:
+        """Called by the writer after a commit: there are frames to copy."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        turns = os.open(turns_path(self._path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout)}")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")  # the checkpoint's fsync follows it
+            while not self._stopping:
+                self._wake.wait()
+                if self._stopping:
+                    break
+                time.sleep(CHECKPOINT_EVERY_S)  # let a pass's worth of commits gather
+                self._wake.clear()
+                try:
+                    self._pass(conn, turns)
+                    self._failing = False
+                except sqlite3.Error as exc:  # the writer's commits report a failing store: say it once
+                    if not self._failing:
+                        log.warning("checkpoint failed: %s: %s", type(exc).__name__, exc)
+                    self._failing = True
+        finally:
+            conn.close()
+            os.close(turns)
+
+    def _pass(self, conn: sqlite3.Connection, turns: int) -> None:
+        _busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.passes += 1
+        # Even when this pass copied every frame it saw, a commit may have been writing frames as it
+        # ran (the next write then finds them uncopied and the WAL does not start over): only a pass
+        # inside the turn, with no writer mid-transaction, leaves the WAL whole copied.
+        if frames < WAL_AUTOCHECKPOINT_PAGES:
+            return
+        fcntl.flock(turns, fcntl.LOCK_EX)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self.tails += 1
+        finally:
+            fcntl.flock(turns, fcntl.LOCK_UN)
 
 
 def turns_path(path: Path) -> Path:
@@ -132,11 +225,16 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._new_device_id = UuidPool()  # rotated device ids are minted on the writer thread
         self._turns: int | None = None  # the file whose lock orders this host's writers (see _in_transaction)
+        self.checkpointer: Checkpointer | None = None
 
     async def start(self) -> None:
         """Open the file, apply migrations, start the writer thread."""
         self._loop = asyncio.get_running_loop()
         self._conn = await self._loop.run_in_executor(None, self._open)
+        if BACKGROUND:
+            self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # the Checkpointer's work
+            self.checkpointer = Checkpointer(self.path, self._synchronous, self._busy_timeout)
+            self.checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._thread.start()
 
@@ -191,6 +289,8 @@ class SqliteStore:
                         break
                     group, size = self._queue.take()
                 outcomes = self._commit([p.submission for p in group], size)
+                if self.checkpointer is not None:
+                    self.checkpointer.committed()
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._queue.settle, group, outcomes)
                 group = []
@@ -310,6 +410,9 @@ class SqliteStore:
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
             await asyncio.sleep(0)  # let the last settle callbacks run
+        if self.checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.checkpointer.stop)
+            self.checkpointer = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

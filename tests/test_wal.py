@@ -13,8 +13,11 @@ import pytest
 from tests.wal_growth import MIB, measure
 
 pytestmark = pytest.mark.slow
-HOLD = 24 * MIB
-BOUND = 8 * MIB  # 1000 autocheckpoint pages (4 MiB) plus a group's commit, with room to spare
+HOLD = 32 * MIB
+# The writer's backstop autocheckpoint (storage.sqlite.BACKSTOP_PAGES, 16 MiB) plus a group's commit,
+# with room to spare: the checkpointer beside it usually starts the WAL over well before (it reached
+# 11 MiB here once), at a size that follows the write rate and the disk.
+BOUND = 20 * MIB
 
 
 def test_wal_grows_under_a_long_read_and_shrinks_after(tmp_path: Path) -> None:
