@@ -68,7 +68,6 @@ def connect(path: Path, synchronous: str = "FULL", busy_timeout: int = 10000) ->
 
 
 WAL_AUTOCHECKPOINT_PAGES = 1000  # SQLite's default, stated: the bound below depends on it
-BACKGROUND = True  # checkpoint on a thread of its own (Checkpointer), not inside the writer's COMMIT
 # While commits come, how often the checkpointer copies the WAL back. Measured against 0.2 s: the
 # longer the first pass, the more the tail inside the writers' turn has to copy (p99 8.2 ms at 0.2 s
 # against 8.8 without the checkpointer, 4.4 against 7.9 at 0.05 s).
@@ -235,10 +234,9 @@ class SqliteStore:
         """Open the file, apply migrations, start the writer thread."""
         self._loop = asyncio.get_running_loop()
         self._conn = await self._loop.run_in_executor(None, self._open)
-        if BACKGROUND:
-            self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # the Checkpointer's work
-            self.checkpointer = Checkpointer(self.path, self._synchronous, self._busy_timeout)
-            self.checkpointer.start()
+        self._conn.execute(f"PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES}")  # the Checkpointer's work
+        self.checkpointer = Checkpointer(self.path, self._synchronous, self._busy_timeout)
+        self.checkpointer.start()
         self._thread = threading.Thread(target=self._run, name="sqlite-writer", daemon=True)
         self._thread.start()
 
