@@ -111,10 +111,13 @@ class Checkpointer:
     of one descriptor) copies what was committed during the first: a few frames, and no writer can
     add more, so it completes and the next commit starts the WAL over. The WAL stays about as bounded
     as with autocheckpoint. The tail is short to copy but not to finish: SQLite fsyncs the file only
-    in a pass that no commit overtook, so the tail's fsync carries every page the first pass copied
-    (on a 2-million-event store 9 ms at the median, 234 ms at most; passes chasing the writer outside
-    the turn to fsync there were tried, README "tried and dropped"). Commits wait for that fsync,
-    no longer for the copy. Measured (10 interleaved
+    in a pass that no commit overtook, so the tail's fsync would carry every page the first pass
+    copied (on a 2-million-event store 9 ms at the median, 234 ms at most; passes chasing the writer
+    outside the turn to fsync there were tried, README "tried and dropped"). So before taking the
+    turn the checkpointer flushes those pages itself (_flush_file), and the fsync in the turn has only
+    the tail's: the turn held 1.6 ms at the median against 3.3, 5.7 at p99 against 10.3 (2 million
+    stored, 1000 POST-10 requests/s, 8 interleaved windows each). Commits wait for that short
+    fsync, no longer for the copy. Measured before the flush (10 interleaved
     5-second windows each, 640 POST-10 requests/s): median p99 4.4 against 7.9 ms on an empty store,
     5.7 against 12.1 ms with 2 million events stored; at saturation, in two interleaved runs, 0-4%
     fewer events/s and 4-9% more CPU an event (not taken apart further).
@@ -130,6 +133,8 @@ class Checkpointer:
         self.passes = 0  # checkpoints run, and of them inside the writers' turn (for tests)
         self.tails = 0
         self._failing = False
+        self._file: os.stat_result | None = None  # the database file, and a descriptor SQLite holds on it
+        self._fd: int | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -145,6 +150,7 @@ class Checkpointer:
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        self._file = os.stat(self._path)
         turns = os.open(turns_path(self._path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout)}")
@@ -174,12 +180,48 @@ class Checkpointer:
         # inside the turn, with no writer mid-transaction, leaves the WAL whole copied.
         if frames < WAL_AUTOCHECKPOINT_PAGES:
             return
+        self._flush_file()
         fcntl.flock(turns, fcntl.LOCK_EX)
         try:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
             self.tails += 1
         finally:
             fcntl.flock(turns, fcntl.LOCK_UN)
+
+    def _flush_file(self) -> None:
+        """Write the pages the first pass copied to disk outside the turn, so the tail's fsync is short.
+
+        Through a descriptor SQLite holds: opening one of our own would do, but closing it would drop
+        every POSIX lock this process holds on the file, SQLite's included (SQLite keeps a closed
+        connection's descriptor open while others hold locks, for that reason). An fdatasync on a
+        descriptor that was closed and reused since it was found flushes some other file: harmless.
+        """
+        file = self._file
+        if file is None:
+            return
+        try:
+            fd = self._fd
+            if fd is None or not _same_file(os.fstat(fd), file):
+                fd = self._fd = _descriptor_of(file)
+            if fd is not None:
+                os.fdatasync(fd)
+        except OSError:
+            self._fd = None
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _descriptor_of(file: os.stat_result) -> int | None:
+    """A descriptor this process has open on the file, or None (Linux's /proc)."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if _same_file(os.fstat(int(name)), file):
+                return int(name)
+        except OSError:
+            continue
+    return None
 
 
 def turns_path(path: Path) -> Path:

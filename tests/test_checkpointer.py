@@ -135,3 +135,32 @@ async def test_without_the_checkpointer_the_writers_backstop_bounds_the_wal(
     backstop = sq.BACKSTOP_PAGES * (4096 + 24) + 32  # frames of a 4 KiB page and the WAL header
     assert wal.restarts >= 1 and wal.largest <= backstop + 4 * MIB
     assert os.path.getsize(tmp_path / "events.db") > WRITTEN // 2  # the rows were copied back
+
+
+def test_the_descriptor_found_is_one_sqlite_holds_on_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "events.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    fd = sq._descriptor_of(os.stat(path))
+    assert fd is not None and sq._same_file(os.fstat(fd), os.stat(path))
+    conn.close()
+    # the same search once no connection holds the file finds nothing (it opens none of its own)
+    assert sq._descriptor_of(os.stat(path)) is None
+
+
+async def test_the_file_is_flushed_before_each_tail(
+    tmp_path: Path, far_backstop: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "events.db"
+    flushes = 0  # fdatasync calls from Python on the database file (SQLite's own are in C)
+    fdatasync = os.fdatasync
+
+    def counted(fd: int) -> None:
+        nonlocal flushes
+        flushes += path.exists() and sq._same_file(os.fstat(fd), os.stat(path))
+        fdatasync(fd)
+
+    monkeypatch.setattr(sq.os, "fdatasync", counted)
+    _wal, store = await _write(path)
+    assert store.checkpointer is not None and store.checkpointer.tails > 0
+    assert flushes == store.checkpointer.tails
