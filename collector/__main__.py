@@ -200,7 +200,7 @@ def lifecycle_now(cfg: Config, user_id: str | None, device_id: str | None) -> in
         if is_postgres(cfg.db):
             done = asyncio.run(on_postgres())
         else:
-            from storage.sqlite import connect
+            from storage.sqlite import connect, writers_turn
 
             assert isinstance(cfg.db, Path)
             if not cfg.db.exists():
@@ -208,7 +208,10 @@ def lifecycle_now(cfg: Config, user_id: str | None, device_id: str | None) -> in
             conn = connect(cfg.db, cfg.synchronous, cfg.busy_timeout)
             try:
                 if user_id is None and device_id is None:
-                    done = lifecycle.sqlite_run(conn, now_ms, cfg.retention_days, cfg.cookie_max_age)
+                    db = cfg.db
+                    done = lifecycle.sqlite_run(
+                        conn, now_ms, cfg.retention_days, cfg.cookie_max_age, lambda: writers_turn(db)
+                    )
                 else:
                     done = lifecycle.sqlite_erase(conn, now_ms, user_id, device_id)
             finally:

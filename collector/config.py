@@ -322,7 +322,7 @@ SETTINGS: tuple[Setting, ...] = (
         "lifecycle_interval",
         _int_range(1, 7 * 86400),
         "3600",
-        "Seconds between lifecycle runs inside the collector (retention, culling); one replica at a time.",
+        "Seconds between lifecycle runs inside the collector (retention, culling).",
     ),
     Setting(
         "gpc",

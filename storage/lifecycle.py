@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +27,7 @@ from collector.events import format_ms  # the stores' text form of a time
 
 CULL_MARGIN_S = 86400  # a day past the cookie's lifetime: clocks differ, a request may be in flight
 BATCH = 5000  # rows per DELETE transaction: the collector's writer never waits long for the lock
+CLOCK_MARGIN_MS = 86_400_000  # the writers' clocks agree within a day (retention's scan stops there)
 DAY_MS = 86_400_000
 
 
@@ -59,51 +61,91 @@ class Removed:
     retired: int = 0
 
 
-def _delete_in_batches(conn: sqlite3.Connection, table: str, column: str, before: str) -> int:
-    # Rows are appended in arrival order, so the oldest are the lowest rowids: each batch is cheap.
-    total = 0
-    while True:
+Turn = Callable[[], AbstractContextManager[object]]  # the writers' turn on this host (storage.sqlite)
+
+
+def _write(conn: sqlite3.Connection, turn: Turn, sql: str, params: Iterable[Sequence[Any]]) -> int:
+    """One short IMMEDIATE transaction in the writers' turn: the collector's writer, waiting on the
+    turn's flock, is woken the moment it ends (on SQLite's own lock it would sleep in steps)."""
+    with turn():
         conn.execute("BEGIN IMMEDIATE")
         try:
-            cur = conn.execute(
-                f"DELETE FROM {table} WHERE rowid IN "
-                f"(SELECT rowid FROM {table} WHERE {column} < ? ORDER BY rowid LIMIT {BATCH})",
-                (before,),
-            )
+            removed = conn.executemany(sql, params).rowcount
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        total += cur.rowcount
-        if cur.rowcount < BATCH:
+    return removed
+
+
+def _delete_before(
+    conn: sqlite3.Connection, turn: Turn, table: str, column: str, before: str, after: str
+) -> int:
+    """Delete a table's rows stamped before `before`, BATCH at a time, holding the lock only to delete.
+
+    Finding them is a read beside the writer (WAL), and it stops at the first row stamped `after` (a
+    day past the horizon): rows are appended in arrival order, stamped by the writers' clocks, which
+    agree within that margin, so no row older than the horizon follows it. Scanning for `column <
+    before` to the end instead read the whole table inside the write lock at every run (765 ms on 2
+    million events, the writer waiting). Each DELETE names the rowid range of one batch and checks
+    the stamp again, so rows inside the range that are not past the horizon stay.
+    """
+    (end,) = conn.execute(
+        f"SELECT coalesce((SELECT rowid FROM {table} WHERE {column} >= ? ORDER BY rowid LIMIT 1),"
+        f" (SELECT max(rowid) + 1 FROM {table}), 0)",
+        (after,),
+    ).fetchone()
+    total, last = 0, -1
+    while True:
+        first, last_found, n = conn.execute(
+            f"SELECT min(rowid), max(rowid), count(*) FROM (SELECT rowid FROM {table}"
+            f" WHERE rowid > ? AND rowid < ? AND {column} < ? ORDER BY rowid LIMIT {BATCH})",
+            (last, end, before),
+        ).fetchone()
+        if n == 0:
             return total
+        sql = f"DELETE FROM {table} WHERE rowid BETWEEN ? AND ? AND {column} < ?"
+        total += _write(conn, turn, sql, [(first, last_found, before)])
+        last = last_found
 
 
-def sqlite_run(conn: sqlite3.Connection, now_ms: int, retention_days: int, cookie_max_age_s: int) -> Removed:
+def _cull(conn: sqlite3.Connection, turn: Turn, table: str, key: str, where: str, param: object) -> int:
+    """Delete the rows `where` holds for, found by a read beside the writer, BATCH keys a transaction;
+    each DELETE checks `where` again (a device seen since the read stays)."""
+    keys = [k for (k,) in conn.execute(f"SELECT {key} FROM {table} WHERE {where}", (param,))]
+    sql = f"DELETE FROM {table} WHERE {key} = ? AND {where}"
+    return sum(
+        _write(conn, turn, sql, [(k, param) for k in keys[i : i + BATCH]]) for i in range(0, len(keys), BATCH)
+    )
+
+
+def sqlite_run(
+    conn: sqlite3.Connection,
+    now_ms: int,
+    retention_days: int,
+    cookie_max_age_s: int,
+    turn: Turn = nullcontext,
+) -> Removed:
     """One lifecycle run on SQLite: advance the horizon and remove what is past it, cull, reclaim."""
     out = Removed()
     horizon = horizon_ms(now_ms, retention_days)
     if horizon is not None:
-        before = format_ms(horizon)
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("UPDATE lifecycle SET horizon = max(horizon, ?) WHERE id = 1", (before,))
-        conn.execute("COMMIT")
+        _write(
+            conn, turn, "UPDATE lifecycle SET horizon = max(horizon, ?) WHERE id = 1", [(format_ms(horizon),)]
+        )
         (before,) = conn.execute("SELECT horizon FROM lifecycle").fetchone()
-        out.events = _delete_in_batches(conn, "events", "collector_tstamp", before)
-        out.bad_rows = _delete_in_batches(conn, "bad_rows", "received_at", before)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        out.devices = conn.execute(
-            "DELETE FROM device_state WHERE last_ms < ?", (cull_before_ms(now_ms, cookie_max_age_s),)
-        ).rowcount
-        out.retired = conn.execute("DELETE FROM retired_ids WHERE expires < ?", (month_of(now_ms),)).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("PRAGMA incremental_vacuum")  # freed pages back to the file system (new files)
+        after = format_ms(
+            int(datetime.fromisoformat(before).replace(tzinfo=UTC).timestamp() * 1000) + CLOCK_MARGIN_MS
+        )
+        out.events = _delete_before(conn, turn, "events", "collector_tstamp", before, after)
+        out.bad_rows = _delete_before(conn, turn, "bad_rows", "received_at", before, after)
+    out.devices = _cull(
+        conn, turn, "device_state", "device_id", "last_ms < ?", cull_before_ms(now_ms, cookie_max_age_s)
+    )
+    out.retired = _cull(conn, turn, "retired_ids", "value", "expires < ?", month_of(now_ms))
+    with turn():
+        conn.execute("PRAGMA incremental_vacuum")  # freed pages back to the file system (new files)
     return out
 
 

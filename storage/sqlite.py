@@ -18,7 +18,8 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,18 @@ def turns_path(path: Path) -> Path:
     return path.with_name(path.name + ".writer")
 
 
+@contextmanager
+def writers_turn(path: Path) -> Iterator[None]:
+    """A turn among this host's writers (SqliteStore._in_transaction), on a descriptor of its own
+    (flock does not exclude two holders of one descriptor); closing it ends the turn."""
+    turns = os.open(turns_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(turns, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(turns)
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     """A connection that cannot write: read-only file mode and query_only, whatever the SQL says."""
     if not path.exists():
@@ -429,12 +442,15 @@ class SqliteStore:
         return with_rejected(len(subs), bad, self._commit(rest, size_of(rest)) if rest else ())
 
     async def lifecycle(self, now_ms: int, retention_days: int, cookie_max_age_s: int) -> lifecycle.Removed:
-        """One lifecycle run (retention, culling), on a connection of its own, in short transactions."""
+        """One lifecycle run (retention, culling), on a connection of its own: reads beside the writer,
+        deletes in short transactions in the writers' turn."""
 
         def run() -> lifecycle.Removed:
             conn = connect(self.path, self._synchronous, self._busy_timeout)
             try:
-                return lifecycle.sqlite_run(conn, now_ms, retention_days, cookie_max_age_s)
+                return lifecycle.sqlite_run(
+                    conn, now_ms, retention_days, cookie_max_age_s, lambda: writers_turn(self.path)
+                )
             finally:
                 conn.close()
 

@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import orjson
 import pytest
 
 from collector.config import Config
+from collector.events import format_ms
 from collector.handlers import STATE
+from storage import lifecycle as lifecycle_rules
+from storage.sqlite import connect, writers_turn
 from tests.conftest import TP2, Clock, batch, ev, only, rows
 from tests.pg import run_sync
 from tests.procs import ROOT
@@ -119,6 +123,105 @@ async def test_the_file_stops_growing_once_the_horizon_is_reached(
     assert rows(cfg.db, "select count(*) from events")[0][0] == 4 * 500  # today and three days back
     assert sizes[-1] <= sizes[5] * 1.05, sizes  # flat after the horizon (a page or two either way)
     assert sizes[5] > sizes[0] * 2, sizes  # it did grow before the horizon was reached
+
+
+@only("sqlite")  # the order of rowids; PostgreSQL drops partitions
+async def test_retention_takes_rows_appended_out_of_order_within_the_clock_margin(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    now = clock.t
+    # a replica's clock half a day behind another's: rows stamped out of their arrival order (a scan
+    # that stopped at the first row inside the horizon, with no margin, would keep d365.3 and d365.1)
+    ages = (
+        ("d366", 366),
+        ("d364.9", 364.9),
+        ("d365.3", 365.3),
+        ("d364.6", 364.6),
+        ("d365.1", 365.1),
+        ("d10", 10),
+    )
+    for eid, age in ages:
+        clock.t = now - age * DAY
+        assert (await client.get("/i", params=ev(eid=eid))).status == 200
+    clock.t = now
+    removed = await lifecycle(client, clock, 365)
+    assert removed.events == 3
+    assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d364.6", "d364.9"]
+
+
+@only("sqlite")
+async def test_a_row_behind_a_clock_stepped_back_past_the_margin_leaves_at_a_later_run(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    # the margin's assumption broken on purpose: a clock stepped back 100 days. Its row is found once
+    # the horizon is within a day of the row appended before it, not earlier.
+    now = clock.t
+    for eid, age in (("d300", 300), ("d400", 400), ("d10", 10)):
+        clock.t = now - age * DAY
+        assert (await client.get("/i", params=ev(eid=eid))).status == 200
+    clock.t = now
+    assert (await lifecycle(client, clock, 365)).events == 0
+    clock.t = now + 64.5 * DAY  # the horizon half a day behind the row before it: within the margin
+    assert (await lifecycle(client, clock, 365)).events == 1
+    assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d300"]
+
+
+def _in_the_lock(db: Path, run: Callable[[sqlite3.Connection], object]) -> int:
+    """SQLite VM instructions, in hundreds, run while the connection is inside a write transaction:
+    the work the collector's writer waits behind, counted instead of timed."""
+    conn = connect(db)
+    inside = 0
+
+    def count() -> int:
+        nonlocal inside
+        inside += conn.in_transaction
+        return 0
+
+    conn.set_progress_handler(count, 100)
+    try:
+        run(conn)
+    finally:
+        conn.close()
+    return inside
+
+
+def _as_first_written(conn: sqlite3.Connection, before: str, cull_before: int) -> None:
+    """The lifecycle's statements before it read beside the writer: each a scan inside the lock."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(
+        "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE collector_tstamp < ? "
+        "ORDER BY rowid LIMIT 5000)",
+        (before,),
+    )
+    conn.execute("DELETE FROM device_state WHERE last_ms < ?", (cull_before,))
+    conn.execute("ROLLBACK")
+
+
+@only("sqlite")
+async def test_the_lifecycle_holds_the_lock_for_what_it_removes_not_for_the_tables_size(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    assert isinstance(cfg.db, Path)
+    db, now_ms = cfg.db, int(clock() * 1000)
+    before = format_ms(now_ms - 365 * 86_400_000)
+    cull_before = lifecycle_rules.cull_before_ms(now_ms, cfg.cookie_max_age)
+    now_run, first_run = [], []
+    for _ in range(2):  # 600 devices and events, then 1800: nothing old enough to leave
+        for i in range(600 * (1 + 2 * len(now_run))):
+            assert (await client.get("/i", params=ev(eid=f"{len(now_run)}-{i}"))).status == 200
+        now_run.append(
+            _in_the_lock(
+                db,
+                lambda c: lifecycle_rules.sqlite_run(
+                    c, now_ms, 365, cfg.cookie_max_age, lambda: writers_turn(db)
+                ),
+            )
+        )
+        first_run.append(_in_the_lock(db, lambda c: _as_first_written(c, before, cull_before)))
+    print("in the lock, hundreds of instructions: now", now_run, "as first written", first_run)
+    assert rows(db, "select count(*) from events")[0][0] == 2400  # nothing was removed
+    assert first_run[1] > 2 * first_run[0]  # the measure sees a scan grow with the tables
+    assert now_run[1] <= now_run[0] < first_run[0]
 
 
 async def test_culling_forgets_devices_that_cannot_come_back(
