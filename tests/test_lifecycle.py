@@ -166,6 +166,36 @@ async def test_a_row_behind_a_clock_stepped_back_past_the_margin_leaves_at_a_lat
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d300"]
 
 
+@only("sqlite")  # a file's pages
+async def test_retention_gives_the_freed_pages_back_to_the_file_system(
+    client: Any, cfg: Config, clock: Clock
+) -> None:
+    assert isinstance(cfg.db, Path)
+    now = clock.t
+    for day, age in enumerate((400, 1)):  # as many events past the horizon as inside it
+        clock.t = now - age * DAY
+        for i in range(20):
+            body = batch(*[ev(eid=f"{day}-{i}-{k}", url="https://shop.test/" + "p" * 300) for k in range(25)])
+            assert (await client.post(TP2, json=body)).status == 200
+    clock.t = now
+
+    def pages() -> tuple[int, int]:
+        conn = sqlite3.connect(cfg.db)
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            return conn.execute("PRAGMA page_count").fetchone()[0], conn.execute(
+                "PRAGMA freelist_count"
+            ).fetchone()[0]
+        finally:
+            conn.close()
+
+    before, _ = pages()
+    assert (await lifecycle(client, clock, 365)).events == 500
+    after, free = pages()
+    print(f"pages {before} -> {after}, {free} free")
+    assert free == 0 and after < before * 0.75  # half the events left, and the file shrank with them
+
+
 def _in_the_lock(db: Path, run: Callable[[sqlite3.Connection], object]) -> int:
     """SQLite VM instructions, in hundreds, run while the connection is inside a write transaction:
     the work the collector's writer waits behind, counted instead of timed."""
