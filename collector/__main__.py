@@ -206,14 +206,14 @@ def lifecycle_now(cfg: Config, user_id: str | None, device_id: str | None) -> in
             if not cfg.db.exists():
                 raise FileNotFoundError(f"no database at {cfg.db}")
             conn = connect(cfg.db, cfg.synchronous, cfg.busy_timeout)
+            db = cfg.db
             try:
                 if user_id is None and device_id is None:
-                    db = cfg.db
                     done = lifecycle.sqlite_run(
                         conn, now_ms, cfg.retention_days, cfg.cookie_max_age, lambda: writers_turn(db)
                     )
                 else:
-                    done = lifecycle.sqlite_erase(conn, now_ms, user_id, device_id)
+                    done = lifecycle.sqlite_erase(conn, now_ms, user_id, device_id, lambda: writers_turn(db))
             finally:
                 conn.close()
     except (sqlite3.Error, FileNotFoundError, OSError, asyncpg.PostgresError) as exc:

@@ -81,7 +81,7 @@ def _write(conn: sqlite3.Connection, turn: Turn, sql: str, params: Iterable[Sequ
 
 
 def _delete_before(
-    conn: sqlite3.Connection, turn: Turn, table: str, column: str, before: str, after: str
+    conn: sqlite3.Connection, turn: Turn, table: str, column: str, before: str, after: str, ahead: str
 ) -> int:
     """Delete a table's rows stamped before `before`, BATCH at a time, holding the lock only to delete.
 
@@ -89,13 +89,15 @@ def _delete_before(
     day past the horizon): rows are appended in arrival order, stamped by the writers' clocks, which
     agree within that margin, so no row older than the horizon follows it. Scanning for `column <
     before` to the end instead read the whole table inside the write lock at every run (765 ms on 2
-    million events, the writer waiting). Each DELETE names the rowid range of one batch and checks
-    the stamp again, so rows inside the range that are not past the horizon stay.
+    million events, the writer waiting). A row stamped later than `ahead` (a day past now) is no
+    place to stop: a clock set years ahead for one request would otherwise halt retention behind it
+    until the present caught up. Each DELETE names the rowid range of one batch and checks the stamp
+    again, so rows inside the range that are not past the horizon stay.
     """
     (end,) = conn.execute(
-        f"SELECT coalesce((SELECT rowid FROM {table} WHERE {column} >= ? ORDER BY rowid LIMIT 1),"
-        f" (SELECT max(rowid) + 1 FROM {table}), 0)",
-        (after,),
+        f"SELECT coalesce((SELECT rowid FROM {table} WHERE {column} >= ? AND {column} <= ?"
+        f" ORDER BY rowid LIMIT 1), (SELECT max(rowid) + 1 FROM {table}), 0)",
+        (after, ahead),
     ).fetchone()
     total, last = 0, -1
     while True:
@@ -112,13 +114,16 @@ def _delete_before(
 
 
 def _cull(conn: sqlite3.Connection, turn: Turn, table: str, key: str, where: str, param: object) -> int:
-    """Delete the rows `where` holds for, found by a read beside the writer, BATCH keys a transaction;
-    each DELETE checks `where` again (a device seen since the read stays)."""
-    keys = [k for (k,) in conn.execute(f"SELECT {key} FROM {table} WHERE {where}", (param,))]
+    """Delete the rows `where` holds for, found BATCH at a time in key order by a read beside the
+    writer (never all of them in memory at once); each DELETE checks `where` again, so a device seen
+    since the read stays."""
+    find = f"SELECT {key} FROM {table} WHERE {key} > ? AND {where} ORDER BY {key} LIMIT {BATCH}"
     sql = f"DELETE FROM {table} WHERE {key} = ? AND {where}"
-    return sum(
-        _write(conn, turn, sql, [(k, param) for k in keys[i : i + BATCH]]) for i in range(0, len(keys), BATCH)
-    )
+    total, last = 0, ""
+    while keys := [k for (k,) in conn.execute(find, (last, param))]:
+        total += _write(conn, turn, sql, [(k, param) for k in keys])
+        last = keys[-1]
+    return total
 
 
 def sqlite_run(
@@ -139,8 +144,9 @@ def sqlite_run(
         after = format_ms(
             int(datetime.fromisoformat(before).replace(tzinfo=UTC).timestamp() * 1000) + CLOCK_MARGIN_MS
         )
-        out.events = _delete_before(conn, turn, "events", "collector_tstamp", before, after)
-        out.bad_rows = _delete_before(conn, turn, "bad_rows", "received_at", before, after)
+        ahead = format_ms(now_ms + CLOCK_MARGIN_MS)
+        out.events = _delete_before(conn, turn, "events", "collector_tstamp", before, after, ahead)
+        out.bad_rows = _delete_before(conn, turn, "bad_rows", "received_at", before, after, ahead)
     out.devices = _cull(
         conn, turn, "device_state", "device_id", "last_ms < ?", cull_before_ms(now_ms, cookie_max_age_s)
     )
@@ -157,6 +163,7 @@ def reclaim(conn: sqlite3.Connection, turn: Turn = nullcontext) -> None:
     and incremental_vacuum frees one page a step (so each run freed one page, and the file kept
     every page retention had emptied).
     """
+    assert not conn.in_transaction  # executescript would commit it first
     if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:  # an older file reuses its free pages
         return
     free = None
@@ -183,51 +190,60 @@ def _needles(user_id: str | None, devices: Iterable[str | None]) -> list[str]:
     return sorted({n for v in (user_id, *devices) if v for n in identifiers.erasure_needles(v)})
 
 
-def sqlite_erase(conn: sqlite3.Connection, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:
+def sqlite_erase(
+    conn: sqlite3.Connection,
+    now_ms: int,
+    user_id: str | None,
+    device_id: str | None,
+    turn: Turn = nullcontext,
+) -> Erased:
     """Erase a person (their events, and every event of each device they were identified on, so the
     stitched sessions before their login too) or one device, in one recorded transaction."""
     selector = "user_id" if user_id is not None else "device_id"
     conn.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed, not left holding the rows
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        entry = conn.execute(
-            "INSERT INTO erasures (at, selector) VALUES (?, ?)", (format_ms(now_ms), selector)
-        ).lastrowid
-        if user_id is not None:
-            # the devices they were identified on: by their events, and by the device state that still
-            # names them once retention has taken those events
-            devices = {
-                d
-                for (d,) in conn.execute(
-                    "SELECT network_userid FROM events WHERE user_id = ? "
-                    "UNION SELECT device_id FROM device_state WHERE user_id = ?",
-                    (user_id, user_id),
-                )
-            }
-            devices.discard(None)
-        else:
-            devices = {device_id}
-        marks = ",".join("?" * len(devices))
-        where = f"network_userid IN ({marks})" if devices else "0"
-        params: list[str | None] = [*devices]
-        if user_id is not None:
-            where += " OR user_id = ?"
-            params.append(user_id)
-        events = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
-        bad = 0
-        for needle in _needles(user_id, devices):  # a refused event's payload may hold the id
-            bad += conn.execute("DELETE FROM bad_rows WHERE instr(payload || '&', ?) > 0", (needle,)).rowcount
-        gone = conn.execute(f"DELETE FROM device_state WHERE device_id IN ({marks})", [*devices]).rowcount
-        conn.execute(
-            "UPDATE erasures SET events = ?, bad_rows = ?, devices = ?, open = 0 WHERE id = ?",
-            (events, bad, gone, entry),
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    reclaim(conn)
+    with turn():  # the writers' turn: the collector's writer waits on a flock, not in sleeps
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            entry = conn.execute(
+                "INSERT INTO erasures (at, selector) VALUES (?, ?)", (format_ms(now_ms), selector)
+            ).lastrowid
+            if user_id is not None:
+                # the devices they were identified on: by their events, and by the device state that still
+                # names them once retention has taken those events
+                devices = {
+                    d
+                    for (d,) in conn.execute(
+                        "SELECT network_userid FROM events WHERE user_id = ? "
+                        "UNION SELECT device_id FROM device_state WHERE user_id = ?",
+                        (user_id, user_id),
+                    )
+                }
+                devices.discard(None)
+            else:
+                devices = {device_id}
+            marks = ",".join("?" * len(devices))
+            where = f"network_userid IN ({marks})" if devices else "0"
+            params: list[str | None] = [*devices]
+            if user_id is not None:
+                where += " OR user_id = ?"
+                params.append(user_id)
+            events = conn.execute(f"DELETE FROM events WHERE {where}", params).rowcount
+            bad = 0
+            for needle in _needles(user_id, devices):  # a refused event's payload may hold the id
+                bad += conn.execute(
+                    "DELETE FROM bad_rows WHERE instr(payload || '&', ?) > 0", (needle,)
+                ).rowcount
+            gone = conn.execute(f"DELETE FROM device_state WHERE device_id IN ({marks})", [*devices]).rowcount
+            conn.execute(
+                "UPDATE erasures SET events = ?, bad_rows = ?, devices = ?, open = 0 WHERE id = ?",
+                (events, bad, gone, entry),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    reclaim(conn, turn)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL no longer holds the erased pages
     return Erased(events, bad, gone)
 

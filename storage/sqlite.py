@@ -150,8 +150,19 @@ class Checkpointer:
         self._thread.join()
 
     def _run(self) -> None:
+        try:  # the descriptor this connection opens on the file: it lives as long as the thread
+            found = os.stat(self._path)
+            file: os.stat_result | None = found
+            held = _descriptors_of(found)
+        except OSError:  # no /proc (not Linux): no flush, the tail's fsync carries it all
+            file, held = None, set()
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-        self._file = os.stat(self._path)
+        if file is not None and self._synchronous.upper() not in ("OFF", "0"):  # OFF: SQLite never syncs
+            try:
+                mine = _descriptors_of(file) - held
+            except OSError:
+                mine = set()
+            self._file, self._fd = file, (min(mine) if len(mine) == 1 else None)
         turns = os.open(turns_path(self._path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout)}")
@@ -192,10 +203,12 @@ class Checkpointer:
     def _flush_file(self) -> None:
         """Write the pages the first pass copied to disk outside the turn, so the tail's fsync is short.
 
-        Through a descriptor SQLite holds: opening one of our own would do, but closing it would drop
-        every POSIX lock this process holds on the file, SQLite's included (SQLite keeps a closed
-        connection's descriptor open while others hold locks, for that reason). An fdatasync on a
-        descriptor that was closed and reused since it was found flushes some other file: harmless.
+        Through the descriptor the checkpointer's own connection opened (found as the one that was
+        new after it opened): a descriptor of our own would do, but closing it would drop every POSIX
+        lock this process holds on the file, SQLite's included (SQLite keeps a closed connection's
+        descriptor open while others hold locks, for that reason). Should that one not be found,
+        any descriptor on the file; one closed and reused since it was found flushes some other
+        file, which is harmless.
         """
         file = self._file
         if file is None:
@@ -214,15 +227,21 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def _descriptor_of(file: os.stat_result) -> int | None:
-    """A descriptor this process has open on the file, or None (Linux's /proc)."""
+def _descriptors_of(file: os.stat_result) -> set[int]:
+    """The descriptors this process has open on the file (Linux's /proc)."""
+    found = set()
     for name in os.listdir("/proc/self/fd"):
         try:
             if _same_file(os.fstat(int(name)), file):
-                return int(name)
+                found.add(int(name))
         except OSError:
             continue
-    return None
+    return found
+
+
+def _descriptor_of(file: os.stat_result) -> int | None:
+    """A descriptor this process has open on the file, or None."""
+    return min(_descriptors_of(file), default=None)
 
 
 def turns_path(path: Path) -> Path:

@@ -166,6 +166,40 @@ async def test_a_row_behind_a_clock_stepped_back_past_the_margin_leaves_at_a_lat
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d300"]
 
 
+@only("sqlite")
+async def test_a_row_stamped_in_the_future_does_not_halt_retention_behind_it(
+    client: Any, cfg: Config, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one request through a clock set five years ahead: the read must not stop at its row (it did,
+    # in a first version, and every row after it stayed until the present caught up)
+    monkeypatch.setattr(lifecycle_rules, "BATCH", 2)  # and several batches, each its own transaction
+    now = clock.t
+    for eid, age in (("old-0", 400), ("future", -5 * 365), *((f"old-{i}", 400) for i in range(1, 6))):
+        clock.t = now - age * DAY
+        assert (await client.get("/i", params=ev(eid=eid))).status == 200
+    clock.t = now
+    assert (await client.get("/i", params=ev(eid="today"))).status == 200
+    assert (await lifecycle(client, clock, 365)).events == 6
+    assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["future", "today"]
+
+
+@only("sqlite")
+async def test_culling_pages_through_the_devices_a_batch_at_a_time(
+    make_client: Any, cfg: Config, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lifecycle_rules, "BATCH", 2)
+    client = await make_client(cfg.replace(cookie_max_age=30 * 86400))
+    now = clock.t
+    clock.t = now - 40 * DAY
+    for i in range(5):
+        await Browser(client).send(ev(eid=f"g{i}"))
+    clock.t = now
+    kept = Browser(client)
+    await kept.send(ev(eid="k"))
+    assert (await lifecycle(client, clock, 0)).devices == 5
+    assert [r[0] for r in rows(cfg.db, "select device_id from device_state")] == [kept.device]
+
+
 @only("sqlite")  # a file's pages
 async def test_retention_gives_the_freed_pages_back_to_the_file_system(
     client: Any, cfg: Config, clock: Clock
