@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,16 @@ async def lifecycle(client: Any, clock: Clock, retention_days: int = 365) -> Any
     removed = await st.store.lifecycle(int(clock() * 1000), retention_days, st.cfg.cookie_max_age)
     st.metrics.lifecycle(removed)
     return removed
+
+
+async def pixels_aged(client: Any, clock: Clock, aged: Iterable[tuple[str, float]]) -> None:
+    """One pixel an event id, each through the test clock set that many days back (negative: ahead);
+    the clock is back at its start after."""
+    now = clock.t
+    for eid, age in aged:
+        clock.t = now - age * DAY
+        assert (await client.get("/i", params=ev(eid=eid))).status == 200
+    clock.t = now
 
 
 def plain_sql(db: Path | str, sql: str) -> str | None:
@@ -129,21 +139,9 @@ async def test_the_file_stops_growing_once_the_horizon_is_reached(
 async def test_retention_takes_rows_appended_out_of_order_within_the_clock_margin(
     client: Any, cfg: Config, clock: Clock
 ) -> None:
-    now = clock.t
     # a replica's clock half a day behind another's: rows stamped out of their arrival order (a scan
     # that stopped at the first row inside the horizon, with no margin, would keep d365.3 and d365.1)
-    ages = (
-        ("d366", 366),
-        ("d364.9", 364.9),
-        ("d365.3", 365.3),
-        ("d364.6", 364.6),
-        ("d365.1", 365.1),
-        ("d10", 10),
-    )
-    for eid, age in ages:
-        clock.t = now - age * DAY
-        assert (await client.get("/i", params=ev(eid=eid))).status == 200
-    clock.t = now
+    await pixels_aged(client, clock, ((f"d{a}", a) for a in (366, 364.9, 365.3, 364.6, 365.1, 10)))
     removed = await lifecycle(client, clock, 365)
     assert removed.events == 3
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d364.6", "d364.9"]
@@ -155,13 +153,9 @@ async def test_a_row_behind_a_clock_stepped_back_past_the_margin_leaves_at_a_lat
 ) -> None:
     # the margin's assumption broken on purpose: a clock stepped back 100 days. Its row is found once
     # the horizon is within a day of the row appended before it, not earlier.
-    now = clock.t
-    for eid, age in (("d300", 300), ("d400", 400), ("d10", 10)):
-        clock.t = now - age * DAY
-        assert (await client.get("/i", params=ev(eid=eid))).status == 200
-    clock.t = now
+    await pixels_aged(client, clock, (("d300", 300), ("d400", 400), ("d10", 10)))
     assert (await lifecycle(client, clock, 365)).events == 0
-    clock.t = now + 64.5 * DAY  # the horizon half a day behind the row before it: within the margin
+    clock.t += 64.5 * DAY  # the horizon half a day behind the row before it: within the margin
     assert (await lifecycle(client, clock, 365)).events == 1
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["d10", "d300"]
 
@@ -173,12 +167,8 @@ async def test_a_row_stamped_in_the_future_does_not_halt_retention_behind_it(
     # one request through a clock set five years ahead: the read must not stop at its row (it did,
     # in a first version, and every row after it stayed until the present caught up)
     monkeypatch.setattr(lifecycle_rules, "BATCH", 2)  # and several batches, each its own transaction
-    now = clock.t
-    for eid, age in (("old-0", 400), ("future", -5 * 365), *((f"old-{i}", 400) for i in range(1, 6))):
-        clock.t = now - age * DAY
-        assert (await client.get("/i", params=ev(eid=eid))).status == 200
-    clock.t = now
-    assert (await client.get("/i", params=ev(eid="today"))).status == 200
+    aged = (("old-0", 400), ("future", -5 * 365), *((f"old-{i}", 400) for i in range(1, 6)), ("today", 0))
+    await pixels_aged(client, clock, aged)
     assert (await lifecycle(client, clock, 365)).events == 6
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["future", "today"]
 
