@@ -8,7 +8,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -456,6 +457,185 @@ async def test_erasure_by_device(client: Any, cfg: Config) -> None:
     assert {r[0] for r in rows(cfg.db, "select event_id from events")} == {"other"}
     [entry] = rows(cfg.db, "select selector, events, devices from erasures")
     assert tuple(entry) == ("device_id", 2, 1)
+
+
+def _erase_in_thread(
+    client: Any, db: Path, user_id: str | None, device_id: str | None, meanwhile: Callable[[], Any]
+) -> tuple[Any, list[int]]:
+    """An erasure as the CLI runs it (its own connection, the writers' turn), with `meanwhile` (a
+    coroutine function, run on the test's loop) between its first read and its first turn; returns
+    the erasure's counts and, for each turn it took before its ledger entry (the later ones give the
+    freed pages back), the events' largest rowid then."""
+    loop = asyncio.get_running_loop()
+    tops: list[int] = []
+    recorded: list[int] = []  # the ledger's entries after `meanwhile`
+
+    @contextmanager
+    def turn() -> Iterator[None]:
+        if not recorded:
+            asyncio.run_coroutine_threadsafe(meanwhile(), loop).result(timeout=30)
+            recorded.append(rows(db, "select count(*) from erasures")[0][0])
+        with writers_turn(db):
+            if rows(db, "select count(*) from erasures")[0][0] == recorded[0]:
+                tops.append(rows(db, "select max(rowid) from events")[0][0])
+            yield
+
+    def run() -> Any:
+        conn = connect(db)
+        try:
+            return lifecycle_rules.sqlite_erase(conn, int(time.time() * 1000), user_id, device_id, turn)
+        finally:
+            conn.close()
+
+    return loop.run_in_executor(None, run), tops
+
+
+@only("sqlite")
+@pytest.mark.parametrize("reads", [lifecycle_rules.ERASE_READS, 1])
+async def test_erasure_takes_what_arrives_while_it_reads_on_a_device_it_already_knew_or_a_new_one(
+    client: Any, cfg: Config, monkeypatch: pytest.MonkeyPatch, reads: int
+) -> None:
+    # with one read allowed, the late login has the erasure scan inside its turn instead
+    monkeypatch.setattr(lifecycle_rules, "ERASE_READS", reads)
+    assert isinstance(cfg.db, Path)
+    phone, laptop, other = Browser(client), Browser(client), Browser(client)
+    await phone.send(ev(eid="p-in", uid="erin-5"))
+    await laptop.send(ev(eid="l-pre"))  # not yet hers: the first read does not look for it
+    await other.send(ev(eid="o-1"))
+
+    async def meanwhile() -> None:
+        await phone.send(ev(eid="p-late"))  # a device the read found
+        await laptop.send(ev(eid="l-in", uid="erin-5"))  # she logs in on another one
+
+    pending, tops = _erase_in_thread(client, cfg.db, "erin-5", None, meanwhile)
+    erased = await pending
+    assert {r[0] for r in rows(cfg.db, "select event_id from events")} == {"o-1"}
+    assert {r[0] for r in rows(cfg.db, "select device_id from device_state")} == {other.device}
+    assert (erased.events, erased.devices) == (4, 2)
+    assert len(tops) == min(2, reads)  # the late login sent it back to read once more, if it may
+
+
+@only("sqlite")
+async def test_erasure_finds_its_rows_again_when_a_rowid_it_read_is_reused(client: Any, cfg: Config) -> None:
+    assert isinstance(cfg.db, Path)
+    db = cfg.db
+    frank, last = Browser(client), Browser(client)
+    await frank.send(ev(eid="f-1", uid="frank-3"))
+    await last.send(ev(eid="z-1"), ev(eid="z-2"))  # the events' last rows as the erasure reads
+    read_top = rows(db, "select max(rowid) from events")[0][0]
+
+    async def meanwhile() -> None:
+        # another erasure takes the last rows, and frank's next event gets one of their rowids
+        assert "events=2" in await asyncio.to_thread(erase, db, "--device-id", last.device)
+        await frank.send(ev(eid="f-2"))
+        assert rows(db, "select rowid from events where event_id = 'f-2'")[0][0] <= read_top
+
+    pending, tops = _erase_in_thread(client, db, "frank-3", None, meanwhile)
+    erased = await pending
+    assert rows(db, "select count(*) from events")[0][0] == 0
+    assert len(tops) == 1 and erased.events == 2
+
+
+@only("sqlite")
+@pytest.mark.parametrize("reading", [False, True])
+async def test_erasure_truncates_the_wal_in_short_turns_while_an_analyst_reads(
+    client: Any, cfg: Config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, reading: bool
+) -> None:
+    assert isinstance(cfg.db, Path)
+    db = cfg.db
+    monkeypatch.setattr(lifecycle_rules, "TRUNCATE_TRIES", 3)
+    b = Browser(client)
+    await b.send(ev(eid="g-1"))
+    analyst = sqlite3.connect(db, isolation_level=None)
+    analyst.execute("BEGIN")
+    analyst.execute("SELECT count(*) FROM events").fetchone()  # holds its snapshot
+    if not reading:
+        analyst.execute("COMMIT")
+    await Browser(client).send(ev(eid="other"))  # frames past the analyst's snapshot
+    turns: list[int] = []
+
+    @contextmanager
+    def turn() -> Iterator[None]:
+        with writers_turn(db):
+            turns.append(1)
+            yield
+
+    conn = connect(db)
+    try:
+        erased = await asyncio.to_thread(
+            lifecycle_rules.sqlite_erase, conn, int(time.time() * 1000), None, b.device, turn
+        )
+    finally:
+        conn.close()
+        analyst.close()
+    assert erased.events == 1
+    wal = db.with_name(db.name + "-wal")
+    warned = [r for r in caplog.records if "kept the WAL" in r.getMessage()]
+    if reading:  # each try in a turn of its own, the writer going on between them
+        assert warned and wal.stat().st_size > 0 and len(turns) >= 1 + 3
+    else:
+        assert not warned and wal.stat().st_size == 0
+
+
+def _in_the_turn(db: Path, run: Callable[[sqlite3.Connection, lifecycle_rules.Turn], object]) -> int:
+    """SQLite VM instructions, in hundreds, run while the connection holds the writers' turn."""
+    conn = connect(db)
+    inside = 0
+    held = False
+
+    def count() -> int:
+        nonlocal inside
+        inside += held
+        return 0
+
+    @contextmanager
+    def turn() -> Iterator[None]:
+        nonlocal held
+        with writers_turn(db):
+            held = True
+            try:
+                yield
+            finally:
+                held = False
+
+    conn.set_progress_handler(count, 100)
+    try:
+        run(conn, turn)
+    finally:
+        conn.close()
+    return inside
+
+
+def _erase_as_first_written(conn: sqlite3.Connection, device: str, turn: lifecycle_rules.Turn) -> None:
+    """The erasure's scan as first written: a DELETE over the whole table inside the turn."""
+    with turn():
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO erasures (at, selector) VALUES ('2026-12-01 00:00:00.000', 'device_id')")
+        conn.execute("DELETE FROM events WHERE network_userid IN (?)", (device,))
+        conn.execute("ROLLBACK")
+
+
+@only("sqlite")
+async def test_erasure_holds_the_turn_for_what_it_removes_not_for_the_tables_size(
+    client: Any, cfg: Config
+) -> None:
+    assert isinstance(cfg.db, Path)
+    db, now_ms = cfg.db, int(time.time() * 1000)
+    now_run, first_run = [], []
+    for round_ in range(2):  # 600 other events, then 1800, beside one device's three
+        for i in range(600 * (1 + 2 * round_)):
+            assert (await client.get("/i", params=ev(eid=f"{round_}-{i}"))).status == 200
+        b = Browser(client)
+        await b.send(*(ev(eid=f"{round_}-b{k}") for k in range(3)))
+        device = b.device
+        first_run.append(_in_the_turn(db, lambda c, t, d=device: _erase_as_first_written(c, d, t)))  # type: ignore[misc]
+        now_run.append(
+            _in_the_turn(db, lambda c, t, d=device: lifecycle_rules.sqlite_erase(c, now_ms, None, d, t))  # type: ignore[misc]
+        )
+        assert rows(db, "select count(*) from events where network_userid = ?", (device,))[0][0] == 0
+    print("in the turn, hundreds of instructions: now", now_run, "as first written", first_run)
+    assert first_run[1] > 2 * first_run[0]  # the measure sees a scan grow with the table
+    assert now_run[1] <= now_run[0] * 1.2 and now_run[0] < first_run[0]
 
 
 async def test_the_collector_runs_the_lifecycle_by_itself(
