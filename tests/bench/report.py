@@ -75,6 +75,41 @@ def ratios(summary: list[dict[str, Any]], collector: str = "collector") -> list[
     return out
 
 
+def half_load_summary(windows: list[dict[str, Any]], collector: str = "collector") -> list[dict[str, Any]]:
+    """One row per target over its half-load windows: medians, each window's p99, and the p99 and
+    CPU an event against the one-worker collector's at the same rate (issue #14 compares `--workers
+    2` with one worker at the same offered load)."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for w in windows:
+        by.setdefault(w["target"], []).append(w)
+    out = []
+    for target, ws in by.items():
+        out.append(
+            {
+                "target": target,
+                "windows": len(ws),
+                "target_rate": median(w["target_rate"] for w in ws),
+                "achieved_rate": median(w["achieved_rate"] for w in ws),
+                "p50_ms": median(w["latency_us"]["p50"] / 1000 for w in ws),
+                "p99_ms": median(w["latency_us"]["p99"] / 1000 for w in ws),
+                "p99_each_ms": [w["latency_us"]["p99"] / 1000 for w in ws],
+                "p999_ms": median(w["latency_us"]["p999"] / 1000 for w in ws),
+                "service_p99_ms": median(w["service_us"]["p99"] / 1000 for w in ws),
+                "non2xx": sum(int(w["non2xx"]) for w in ws),
+                "cpu_us_per_event": median(w.get("cpu_us_per_event", 0.0) for w in ws),
+                "dirty_mib_max": max(w.get("dirty_mib_before", 0.0) for w in ws),
+            }
+        )
+    one = next((o for o in out if o["target"] == collector), None)
+    for o in out:
+        if one and o["target"] != collector and o["target"].startswith("collector"):
+            if one["p99_ms"]:
+                o[f"p99/{collector}"] = o["p99_ms"] / one["p99_ms"]
+            if one["cpu_us_per_event"]:
+                o[f"cpu/{collector}"] = o["cpu_us_per_event"] / one["cpu_us_per_event"]
+    return out
+
+
 def flatness(samples: list[tuple[float, int]]) -> dict[str, Any]:
     """RSS over a long run: first sample after warm-up, last, max, and the slope of the second half."""
     if len(samples) < 4:
@@ -137,25 +172,33 @@ def markdown(data: dict[str, Any]) -> str:
                 + " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in refs)
                 + " |"
             )
-    if data.get("half_load"):
+    if data.get("half_load_summary"):
+        rows = data["half_load_summary"]
+        n = max(r["windows"] for r in rows)
         lines += [
             "",
-            "Open-loop latency at half the collector's POST-10 saturation rate (latency from the "
-            "scheduled send time, i.e. corrected for coordinated omission; service = from actual "
-            "send; each window starts after every dirty page on the machine is written back, and the "
-            "last column says how much there was):",
+            f"Open-loop latency at half the collector's POST-10 saturation rate, medians of {n} windows "
+            "a target, the targets alternating (latency from the scheduled send time, i.e. corrected "
+            "for coordinated omission; service = from actual send; each window starts after every "
+            "dirty page on the machine is written back, the last column the most there was before "
+            "one); the ratios are against the one-worker collector at the same rate:",
             "",
-            "| target | rate req/s | achieved | p50 ms | p99 ms | p99.9 ms | service p99 ms | non-2xx "
+            "| target | rate req/s | achieved | p50 ms | p99 ms | p99 each window | p99.9 ms "
+            "| service p99 ms | non-2xx | server CPU µs/event | p99 / collector | CPU / collector "
             "| dirty MiB before |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for h in data["half_load"]:
-            lat, svc = h["latency_us"], h["service_us"]
+        for h in rows:
+            each = ", ".join(f"{v:.1f}" for v in h["p99_each_ms"])
+            p99r, cpur = h.get("p99/collector"), h.get("cpu/collector")
             lines.append(
                 f"| {h['target']} | {_fmt(h['target_rate'])} | {_fmt(h['achieved_rate'])} | "
-                f"{lat['p50'] / 1000:.2f} | {lat['p99'] / 1000:.2f} | {lat['p999'] / 1000:.2f} | "
-                f"{svc['p99'] / 1000:.2f} | {h['non2xx']} | "
-                + (f"{h['dirty_mib_before']:,.0f} |" if "dirty_mib_before" in h else "- |")
+                f"{h['p50_ms']:.2f} | {h['p99_ms']:.2f} | {each} | {h['p999_ms']:.2f} | "
+                f"{h['service_p99_ms']:.2f} | {h['non2xx']} | {h['cpu_us_per_event']:.0f} | "
+                + (f"{p99r:.2f}" if p99r is not None else "-")
+                + " | "
+                + (f"{cpur:.2f}" if cpur is not None else "-")
+                + f" | {h['dirty_mib_max']:,.0f} |"
             )
     if data.get("memory"):
         lines += [

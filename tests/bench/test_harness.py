@@ -15,7 +15,7 @@ from tests.bench import handler
 from tests.bench.drive import Round
 from tests.bench.payloads import EventIds, get_path, post_body
 from tests.bench.profile import top_self
-from tests.bench.report import flatness
+from tests.bench.report import flatness, half_load_summary
 from tests.bench.store import _check_round
 from tests.bench.threads import split
 
@@ -116,3 +116,36 @@ def test_thread_split_names_the_busiest_other_thread_the_writer() -> None:
 def test_handler_tool_answers_every_mocked_get_with_the_pixel() -> None:
     got = asyncio.run(handler.run(400, 1))  # asserts each app answered 200
     assert got["collector"] > 0 and got["baseline"] > 0
+
+
+def window(target: str, p99_ms: float, cpu_us: float) -> dict[str, Any]:
+    lat = {"p50": 1000.0, "p99": p99_ms * 1000, "p999": p99_ms * 2000}
+    return {
+        "target": target,
+        "target_rate": 800.0,
+        "achieved_rate": 799.0,
+        "latency_us": lat,
+        "service_us": lat,
+        "non2xx": 1,
+        "cpu_us_per_event": cpu_us,
+        "dirty_mib_before": 3.0,
+    }
+
+
+def test_half_load_summary_takes_medians_and_compares_with_one_worker_at_the_same_rate() -> None:
+    windows = [
+        window("collector", 10.0, 50.0),
+        window("collector-w2", 30.0, 60.0),
+        window("baseline", 1.0, 6.0),
+        window("collector", 20.0, 40.0),
+        window("collector-w2", 12.0, 66.0),
+        window("collector", 90.0, 45.0),  # one slow window does not set the median
+        window("collector-w2", 15.0, 54.0),
+    ]
+    rows = {r["target"]: r for r in half_load_summary(windows)}
+    one, w2 = rows["collector"], rows["collector-w2"]
+    assert (one["windows"], one["p99_ms"], one["cpu_us_per_event"]) == (3, 20.0, 45.0)
+    assert one["p99_each_ms"] == [10.0, 20.0, 90.0] and one["non2xx"] == 3
+    assert (w2["p99_ms"], w2["cpu_us_per_event"]) == (15.0, 60.0)
+    assert w2["p99/collector"] == 15.0 / 20.0 and w2["cpu/collector"] == 60.0 / 45.0
+    assert "p99/collector" not in one and "cpu/collector" not in rows["baseline"]
