@@ -27,13 +27,14 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
 
 from __future__ import annotations
 
+import base64
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import quote, quote_plus, unquote_plus
+from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
 import orjson
 
@@ -608,12 +609,112 @@ def _encodable(entities: Iterable[Any]) -> Iterable[Any]:
 
 
 def erasure_needles(value: str) -> tuple[str, ...]:
-    """What a bad row's payload holds when it holds `value` (a user or device id being erased): the
-    id as a JSON string (the refused params, or a refused body, as JSON), as a JSON string inside a
-    JSON string (an entity inside `co`), and as a query or form param's value (`=v&`, matched against
-    the payload with `&` appended). A value, not a substring: another person's text that merely
-    contains a short id is not theirs, and the match is exact in case on both stores."""
+    """How a text holds `value` (a user or device id being erased) as a value, not a substring: as a
+    JSON string, as a JSON string inside a JSON string (an entity inside `co`), and as a query or form
+    param's value (`=v&`, matched against the text with `&` appended). Another person's text that
+    merely contains a short id is not theirs, and the match is exact in case on both stores."""
     once = orjson.dumps(value).decode()
     forms = {once, orjson.dumps(once).decode()[1:-1]}
     forms.update(f"={enc}&" for enc in (quote_plus(value, safe=""), quote(value, safe="")))
     return tuple(sorted(forms))
+
+
+# A bad row keeps what the collector refused as it came (a body that would not parse) or as JSON of
+# the refused event's params, whose values hold the tracker's encodings: `co` and `ue_pr` are JSON in
+# a string, `cx` and `ue_px` base64 of it, a URL's query is percent-encoded, and JSON may spell any
+# character as `\uXXXX`. An erased id must be found in every spelling the collector would have read
+# it in, so a bad row's payload is read as the collector reads: each level decoded, up to
+# MAX_ENCODINGS deep, each string compared whole.
+_JSON_START = frozenset("{[")
+_BASE64 = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")  # a run that may be base64 or base64url
+_BASE64_WHOLE = re.compile(r"[A-Za-z0-9+/_-]+={0,2}").fullmatch  # a value that may be, whatever its length
+_JSON_LITERAL = re.compile(r'"(?:[^"\\]|\\.)*"')  # a JSON string, its escapes left as they are
+
+
+def _literals(text: str) -> Iterable[str]:
+    """The JSON strings in a text that does not parse as a whole (a body cut at the bad row's length,
+    or refused for its syntax), each decoded as JSON decodes it: its escapes read."""
+    for m in _JSON_LITERAL.finditer(text):
+        try:
+            value = orjson.loads(m.group(0))
+        except orjson.JSONDecodeError:  # a lone surrogate escape: not a string orjson reads
+            continue
+        if value.__class__ is str:
+            yield value
+
+
+def _decoded_base64(run: str) -> str | None:
+    """The text a base64 or base64url run decodes to, as protocol.decode_json reads `cx`/`ue_px`;
+    None when it is not base64 of UTF-8 text."""
+    try:
+        raw = base64.urlsafe_b64decode(run.replace("+", "-").replace("/", "_") + "=" * (-len(run) % 4))
+        return raw.decode()
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+        return None
+
+
+def _strings(value: Any, depth: int = 0) -> Iterable[str]:
+    """Every string in a parsed JSON value (an integer too, as its text: a refused `uid: 42`)."""
+    if depth > MAX_DEPTH:
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v, depth + 1)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        yield str(value)
+
+
+def _readings(text: str, depth: int) -> Iterable[tuple[str, bool]]:
+    """The strings a text holds as the collector reads it, each with whether it is a whole value (to
+    compare equal) or only text (to search with erasure_needles' forms)."""
+    yield text, True
+    if depth >= MAX_ENCODINGS:
+        yield text, False
+        return
+    stripped = text.lstrip()
+    parsed = False
+    if stripped[:1] in _JSON_START:
+        try:
+            doc = orjson.loads(stripped)
+            parsed = True
+        except orjson.JSONDecodeError:
+            doc = None
+        if parsed:
+            for s in _strings(doc):
+                yield from _readings(s, depth + 1)
+            return
+        for literal in _literals(text):  # what did not parse: its strings, each decoded
+            if literal != text:
+                yield from _readings(literal, depth + 1)
+    yield text, False
+    if "=" in text:  # a query, a form body, a URL: its values percent-decoded, as parse_qsl reads them
+        query = text.partition("?")[2] or text
+        for _, v in parse_qsl(query.replace("#", "&"), keep_blank_values=False):
+            if v != text:
+                yield from _readings(v, depth + 1)
+    runs = [text] if _BASE64_WHOLE(text) else _BASE64.findall(text)
+    for run in runs:
+        decoded = _decoded_base64(run)
+        if decoded is not None and decoded != text:
+            yield from _readings(decoded, depth + 1)
+
+
+def payload_holds(payload: str, values: Iterable[str]) -> bool:
+    """Whether a bad row's payload holds one of `values` (the ids an erasure removes) in any spelling
+    the collector reads: a value, not a substring (see erasure_needles), exact in case."""
+    wanted = {v for v in values if v}
+    if not wanted:
+        return False
+    needles = [n for v in wanted for n in erasure_needles(v)]
+    for text, whole in _readings(payload, 0):
+        if whole:
+            if text in wanted:
+                return True
+        elif any(n in text + "&" for n in needles):
+            return True
+    return False

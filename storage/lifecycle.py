@@ -187,9 +187,9 @@ class Erased:
     devices: int
 
 
-def _needles(user_id: str | None, devices: Iterable[str | None]) -> list[str]:
-    """The substrings that mark a bad row as holding the erased person's or devices' ids."""
-    return sorted({n for v in (user_id, *devices) if v for n in identifiers.erasure_needles(v)})
+def _erased_ids(user_id: str | None, devices: Iterable[str | None]) -> set[str]:
+    """The ids whose mention takes a bad row with the erasure: the person's and their devices'."""
+    return {v for v in (user_id, *devices) if v}
 
 
 # The last row of each table when an erasure read it: its rowid and what identifies that row, since a
@@ -225,10 +225,13 @@ def _events_of(user_id: str | None, devices: set[str]) -> tuple[str, list[str]]:
     return where, params
 
 
-def _bad_rows_of(user_id: str | None, devices: set[str]) -> tuple[str, list[str]]:
-    """The erased bad rows: a refused event's payload that holds the person's or a device's id."""
-    needles = _needles(user_id, devices)
-    return " OR ".join(["instr(payload || '&', ?) > 0"] * len(needles)) or "0", needles
+def _bad_rows_holding(rows: Iterable[tuple[int, str]], user_id: str | None, devices: set[str]) -> list[int]:
+    """The erased bad rows among (id, payload): a refused event's payload, or a refused body, that
+    holds the person's or a device's id in any spelling the collector reads (identifiers.payload_holds:
+    JSON escapes, `co` inside a string, base64 `cx`, a percent-encoded query). SQL cannot decode those,
+    so the payloads are read here; bad rows are few beside the events."""
+    ids = _erased_ids(user_id, devices)
+    return [i for i, payload in rows if identifiers.payload_holds(payload, ids)] if ids else []
 
 
 def _scan(
@@ -242,13 +245,25 @@ def _scan(
     """`column` of the table's rows up to the `top` row for which `where` holds, READ_ROWS rowids a
     statement: outside a transaction each is a read of its own, short, so the checkpointer can start
     the WAL over between them (one read of the whole table held the WAL's start for seconds)."""
+    for (value,) in _scan_rows(conn, table, column, where, params, top):
+        yield value
+
+
+def _scan_rows(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: str,
+    where: str,
+    params: list[str],
+    top: tuple[Any, ...] | None,
+) -> Iterator[tuple[Any, ...]]:
+    """_scan's rows, for several columns."""
     if top is None:
         return
     (low,) = conn.execute(f"SELECT min(rowid) FROM {table}").fetchone()
-    sql = f"SELECT {column} FROM {table} WHERE rowid >= ? AND rowid < ? AND ({where})"
+    sql = f"SELECT {columns} FROM {table} WHERE rowid >= ? AND rowid < ? AND ({where})"
     for start in range(low if low is not None else top[0] + 1, top[0] + 1, READ_ROWS):
-        for (value,) in conn.execute(sql, [start, min(start + READ_ROWS, top[0] + 1), *params]).fetchall():
-            yield value
+        yield from conn.execute(sql, [start, min(start + READ_ROWS, top[0] + 1), *params]).fetchall()
 
 
 def _find(conn: sqlite3.Connection, user_id: str | None, devices: set[str]) -> _Found:
@@ -267,8 +282,8 @@ def _find(conn: sqlite3.Connection, user_id: str | None, devices: set[str]) -> _
         devices.discard(None)
     where, params = _events_of(user_id, devices)
     events = list(_scan(conn, "events", "rowid", where, params, last["events"]))
-    where, params = _bad_rows_of(user_id, devices)
-    bad = list(_scan(conn, "bad_rows", "id", where, params, last["bad_rows"]))
+    payloads = _scan_rows(conn, "bad_rows", "id, payload", "payload IS NOT NULL", [], last["bad_rows"])
+    bad = _bad_rows_holding(payloads, user_id, devices)
     return _Found(devices, events, bad, last)
 
 
@@ -289,14 +304,23 @@ def _since(found: _Found, table: str) -> int:
 
 
 def _delete(
-    conn: sqlite3.Connection, table: str, rowids: list[int], since: int, where: str, params: list[str]
+    conn: sqlite3.Connection,
+    table: str,
+    rowids: list[int],
+    since: int | None = None,
+    where: str = "1",
+    params: Iterable[str] = (),
 ) -> int:
-    """Delete the rows found (each checked again) and the matching rows appended since the read."""
+    """Delete the rows found (each checked again against `where`) and, with `since`, the matching rows
+    appended after the read."""
+    params = list(params)
     n = 0
     for i in range(0, len(rowids), IN_CHUNK):
         part = rowids[i : i + IN_CHUNK]
         sql = f"DELETE FROM {table} WHERE rowid IN ({','.join('?' * len(part))}) AND ({where})"
         n += conn.execute(sql, [*part, *params]).rowcount
+    if since is None:
+        return n
     return n + conn.execute(f"DELETE FROM {table} WHERE rowid > ? AND ({where})", [since, *params]).rowcount
 
 
@@ -391,8 +415,12 @@ def _erase_found(
     ).lastrowid
     where, params = _events_of(user_id, found.devices)
     events = _delete(conn, "events", found.events, _since(found, "events"), where, params)
-    where, params = _bad_rows_of(user_id, found.devices)
-    bad = _delete(conn, "bad_rows", found.bad_rows, _since(found, "bad_rows"), where, params)
+    # bad rows: those the read found (never changed, and _unmoved showed their ids still theirs), and
+    # those since that hold an erased id
+    since = conn.execute(
+        "SELECT id, payload FROM bad_rows WHERE id > ? AND payload IS NOT NULL", (_since(found, "bad_rows"),)
+    )
+    bad = _delete(conn, "bad_rows", [*found.bad_rows, *_bad_rows_holding(since, user_id, found.devices)])
     marks = ",".join("?" * len(found.devices))
     gone = conn.execute(f"DELETE FROM device_state WHERE device_id IN ({marks})", [*found.devices]).rowcount
     conn.execute(
@@ -452,10 +480,15 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
                 )
             ).split()[-1]
         )
-        bad = 0
-        for needle in _needles(user_id, devices):
-            status = await conn.execute("DELETE FROM bad_rows WHERE strpos(payload || '&', $1) > 0", needle)
-            bad += int(status.split()[-1])
+        # read in the transaction and decoded here, as on SQLite (_bad_rows_holding)
+        ids = _erased_ids(user_id, devices)
+        held = [
+            r["id"]
+            async for r in conn.cursor("SELECT id, payload FROM bad_rows WHERE payload IS NOT NULL")
+            if identifiers.payload_holds(r["payload"], ids)
+        ]
+        status = await conn.execute("DELETE FROM bad_rows WHERE id = ANY($1::bigint[])", held)
+        bad = int(status.split()[-1])
         gone = int(
             (
                 await conn.execute("DELETE FROM device_state WHERE device_id = ANY($1::text[])", devices)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 import pytest
@@ -210,3 +211,63 @@ def test_what_a_form_s_fields_hold_is_dropped_their_names_kept() -> None:
     change = "iglu:com.snowplowanalytics.snowplow/change_form/jsonschema/1-0-0"
     keep, out = identifiers.scrub_data(change, {"formId": "f", "elementId": "e", "value": "secret"})
     assert keep and out == {"formId": "f", "elementId": "e"}
+
+
+# An erasure's reading of a bad row's payload: the id in each of the tracker's encodings, nested.
+def _json_string(text: str) -> str:
+    return orjson.dumps({"v": text}).decode()
+
+
+def _escaped_json(text: str) -> str:  # every character as `\uXXXX`, in a document that does not parse
+    units = text.encode("utf-16-be")  # past U+FFFF, a surrogate pair, as JSON spells it
+    escaped = "".join(f"\\u{units[i]:02x}{units[i + 1]:02x}" for i in range(0, len(units), 2))
+    return '{"uid":"' + escaped + '","cut'
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _query(text: str) -> str:
+    return "https://x.example/p?a=1&who=" + quote(text, safe="") + "#top"
+
+
+def _form(text: str) -> str:
+    return "e=pv&uid=" + quote_plus(text)
+
+
+ENCODINGS = (_json_string, _escaped_json, _b64, _query, _form)
+ids = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ids, st.lists(st.sampled_from(ENCODINGS), min_size=1, max_size=4))
+def test_a_payload_holds_an_id_in_any_nesting_of_the_trackers_encodings(value: str, chain: list[Any]) -> None:
+    payload = value
+    for encode in chain:
+        payload = encode(payload)
+    assert identifiers.payload_holds(payload, {value}), (chain, payload)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _json_string("alice-4f1e2"),  # a longer id
+        _json_string("ALICE-4F1E"),  # another case
+        _json_string("mail alice-4f1e today"),  # text that merely contains it
+        _b64(_json_string("alice-4f1e2")),
+        _query("alice-4f1e2"),
+        _form("alice-4f1ex"),
+        _escaped_json("alice-4f1e2"),
+        "",
+    ],
+)
+def test_a_payload_does_not_hold_an_id_it_only_contains(payload: str) -> None:
+    assert not identifiers.payload_holds(payload, {"alice-4f1e"})
+    assert identifiers.payload_holds(payload + _json_string("alice-4f1e"), {"alice-4f1e"})
+
+
+def test_a_payload_holds_an_id_as_a_json_number_and_nothing_for_no_ids() -> None:
+    assert identifiers.payload_holds('{"uid": 42, "e": "pv"}', {"42"})
+    assert not identifiers.payload_holds('{"uid": 421}', {"42"})
+    assert not identifiers.payload_holds(_json_string("x"), set())

@@ -4,6 +4,7 @@ devices and retired ids, and recorded erasure; with a controllable clock and rea
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 import subprocess
 import sys
@@ -434,6 +435,62 @@ async def test_erasure_finds_a_bad_row_by_the_id_as_a_value_escaped_or_not_and_n
     ]
 
 
+async def test_erasure_finds_a_bad_row_by_the_id_in_every_spelling_the_collector_reads(
+    client: Any, cfg: Config
+) -> None:
+    # A refused event's params are kept as JSON, its entities (`co`, base64 `cx`) decoded into `co`; but
+    # a URL's query stays percent-encoded, and a body that did not parse is kept as it came: JSON's
+    # `\u` escapes, base64 `cx`. The collector would have read the id out of each, so an erasure must
+    # find it in each; another person's id, or this one in another case, is not theirs.
+    who, other = "alice-4f1e", "alice-4f1e2"
+
+    def entity(uid: str, escaped: bool = False) -> str:
+        value = "".join(f"\\u{ord(c):04x}" for c in uid) if escaped else uid
+        return (
+            '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":[{"schema":'
+            '"iglu:com.acme/account/jsonschema/1-0-0","data":{"owner":"' + value + '"}}]}'
+        )
+
+    def b64(text: str) -> str:
+        return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    bad = {"se_va": {"x": 1}}  # refused: a param that is not a string
+    events = {
+        "co-escaped": {"co": entity(who, escaped=True)},
+        "cx": {"cx": b64(entity(who))},
+        "url": {"url": "https://shop.example/?owner=alice%2D4f1e"},
+        "cx-other": {"cx": b64(entity(other))},
+        "co-upper": {"co": entity(who.upper())},
+    }
+    for eid, params in events.items():
+        assert (await client.post(TP2, json=batch({**ev(eid=eid), **params, **bad}))).status == 400
+    schema = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+    head = '{"schema":"' + schema + '","data":[{"e":"pv",'
+    bodies = {  # cut short: refused as they came
+        "escaped": head + '"uid":"\\u0061lice-4f1e","page":"ord',
+        "cx": head + '"cx":"' + b64(entity(who)) + '","page":"ord',
+        "cx-other": head + '"cx":"' + b64(entity(other)) + '","page":"ord',
+    }
+    headers = {"Content-Type": "application/json"}
+    for body in bodies.values():
+        assert (await client.post(TP2, data=body, headers=headers)).status == 400
+    await client.get("/i", params=ev(eid="flush"))
+    payloads = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
+    assert len(payloads) == 8
+    # the spellings are where they were sent, and the id as a plain value is only in the decoded entities
+    for spelling in ("alice%2D4f1e", "\\u0061lice-4f1e", b64(entity(who))):
+        assert sum(spelling in p for p in payloads) == 1, spelling
+    in_co = orjson.dumps(orjson.dumps(who).decode()).decode()[1:-1]  # the id as a string inside `co`
+    assert sum(in_co in p for p in payloads) == 2  # co-escaped, cx
+
+    assert "bad_rows=5" in erase(cfg.db, "--user-id", who)
+    left = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
+    assert len(left) == 3 and sum(b64(entity(other)) in p for p in left) == 1
+    assert any(orjson.dumps(entity(other)).decode()[1:-1] in p for p in left)
+    assert any(who.upper() in p for p in left)
+    assert not any(s in p for p in left for s in ("alice%2D4f1e", "\\u0061lice", b64(entity(who)), in_co))
+
+
 async def test_erasure_by_user_id_takes_the_device_state_that_names_them_after_their_events_left(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
@@ -502,16 +559,24 @@ async def test_erasure_takes_what_arrives_while_it_reads_on_a_device_it_already_
     await phone.send(ev(eid="p-in", uid="erin-5"))
     await laptop.send(ev(eid="l-pre"))  # not yet hers: the first read does not look for it
     await other.send(ev(eid="o-1"))
+    refused = {"se_va": {"x": 1}}  # each makes a bad row
+    assert (await client.post(TP2, json=batch({**ev(eid="b-pre", uid="erin-5"), **refused}))).status == 400
 
     async def meanwhile() -> None:
         await phone.send(ev(eid="p-late"))  # a device the read found
         await laptop.send(ev(eid="l-in", uid="erin-5"))  # she logs in on another one
+        for url in ("https://x.example/?u=erin%2D5", "https://x.example/?u=erin-55"):  # hers, not hers
+            assert (
+                await client.post(TP2, json=batch({**ev(eid="b-late", url=url), **refused}))
+            ).status == 400
+        await other.send(ev(eid="o-2"))  # the bad rows are written with the next commit
 
     pending, tops = _erase_in_thread(client, cfg.db, "erin-5", None, meanwhile)
     erased = await pending
-    assert {r[0] for r in rows(cfg.db, "select event_id from events")} == {"o-1"}
+    assert {r[0] for r in rows(cfg.db, "select event_id from events")} == {"o-1", "o-2"}
     assert {r[0] for r in rows(cfg.db, "select device_id from device_state")} == {other.device}
-    assert (erased.events, erased.devices) == (4, 2)
+    assert (erased.events, erased.devices, erased.bad_rows) == (4, 2, 2)
+    assert ["erin-55" in r[0] for r in rows(cfg.db, "select payload from bad_rows")] == [True]
     assert len(tops) == min(2, reads)  # the late login sent it back to read once more, if it may
 
 
