@@ -271,3 +271,29 @@ def test_a_payload_holds_an_id_as_a_json_number_and_nothing_for_no_ids() -> None
     assert identifiers.payload_holds('{"uid": 42, "e": "pv"}', {"42"})
     assert not identifiers.payload_holds('{"uid": 421}', {"42"})
     assert not identifiers.payload_holds(_json_string("x"), set())
+
+
+PLAIN_LITERAL = r'"(?:[^"\\]|\\.)*"'  # the JSON string as the reference reads it (quadratic on `\"` runs)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(alphabet='"\\a\n{', max_size=16))
+def test_the_literals_of_an_unparsed_text_are_the_plain_pattern_s(text: str) -> None:
+    import re
+
+    want = []
+    for m in re.finditer(PLAIN_LITERAL, text):
+        try:
+            want.append(orjson.loads(m.group(0)))
+        except orjson.JSONDecodeError:
+            continue
+    assert list(identifiers._literals(text)) == want
+
+
+def test_an_id_after_a_long_run_of_escaped_quotes_is_found() -> None:
+    # `{"\"\"...` (64 KiB) took 14 s with the plain pattern; the literal reading is unchanged
+    value = "3f2b8c1e-9a4d-4c2e-8f1a-0b6d7e5c4a31"
+    run = '\\"' * 32000
+    assert identifiers.payload_holds('{"' + run + '", "uid": "' + value + '"}', [value])
+    assert not identifiers.payload_holds('{"' + run, [value])
+    assert not identifiers.payload_holds('{"' + run + '", "uid": "someone-else"}', [value])
