@@ -660,20 +660,22 @@ def _decoded_base64(run: str) -> str | None:
         return None
 
 
-def _strings(value: Any, depth: int = 0) -> Iterable[str]:
-    """Every string in a parsed JSON value (an integer too, as its text: a refused `uid: 42`)."""
-    if depth > MAX_DEPTH:
-        return
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v, depth + 1)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v, depth + 1)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        yield str(value)
+def _strings(value: Any) -> Iterable[str]:
+    """Every string in a parsed JSON value, keys too (an id may key a map: `{"<device>": ...}`), and an
+    integer as its text (a refused `uid: 42`). Walked with a stack, not recursion: orjson reads
+    documents nested far deeper than the scrub's MAX_DEPTH, and a bad row keeps what it reads."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, dict):
+            yield from v.keys()
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+        elif isinstance(v, int) and not isinstance(v, bool):
+            yield str(v)
 
 
 def _readings(text: str, depth: int) -> Iterable[tuple[str, bool]]:
@@ -704,26 +706,50 @@ def _readings(text: str, depth: int) -> Iterable[tuple[str, bool]]:
         for _, v in parse_qsl(query.replace("#", "&"), keep_blank_values=False):
             if v != text:
                 yield from _readings(v, depth + 1)
-    runs = [text] if _BASE64_WHOLE(text) else _BASE64.findall(text)
+    if _BASE64_WHOLE(text):
+        runs = [text]
+    else:
+        runs = _BASE64.findall(text)
+        if len(runs) > 1:  # base64 broken by line breaks or junk: the collector drops what is not of
+            runs.append(text)  # the alphabet and reads the rest (protocol.decode_json), so read it so
     for run in runs:
         decoded = _decoded_base64(run)
         if decoded is not None and decoded != text:
             yield from _readings(decoded, depth + 1)
 
 
+# A device id is a random UUID: found as a token anywhere in a text (a signed cookie `<uuid>.<mac>`, a
+# cookie header pasted into a field, free text naming it), not only as a whole value, since no other
+# person's text holds it by chance. A token: not inside a longer run of hex digits, letters or dashes.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}").fullmatch
+_TOKEN_EDGE = re.compile(r"[0-9A-Za-z-]")
+
+
+def _holds_token(text: str, token: str) -> bool:
+    at = text.find(token)
+    while at >= 0:
+        end = at + len(token)
+        if not (at and _TOKEN_EDGE.match(text, at - 1)) and not _TOKEN_EDGE.match(text, end):
+            return True
+        at = text.find(token, at + 1)
+    return False
+
+
 def payload_holds(payload: str, values: Iterable[str]) -> bool:
     """Whether a bad row's payload holds one of `values` (the ids an erasure removes) in any spelling
-    the collector reads: a value, not a substring (see erasure_needles), exact in case."""
+    the collector reads: a value, not a substring (see erasure_needles), exact in case; a UUID (a
+    device id) as a token too."""
     wanted = {v for v in values if v}
     if not wanted:
         return False
     needles = [n for v in wanted for n in erasure_needles(v)]
+    tokens = [v for v in wanted if _UUID(v)]
     for text, whole in _readings(payload, 0):
         if whole:
             if text in wanted:
                 return True
         else:
             padded = text + "&"  # once, not once a needle (an erasure may name hundreds of devices)
-            if any(n in padded for n in needles):
+            if any(n in padded for n in needles) or any(_holds_token(text, t) for t in tokens):
                 return True
     return False

@@ -202,6 +202,7 @@ ERASE_READS = 3  # reads beside the writer before the erasure scans inside the t
 IN_CHUNK = 500  # rowids a DELETE names
 TRUNCATE_WAIT_MS, TRUNCATE_TRIES = 100, 50  # the erasure's WAL truncation, in turns (10 s in all)
 READ_ROWS = 50_000  # rowids an erasure's read statement scans (some 15 ms on this machine)
+READ_PAYLOADS = 1_000  # bad rows a statement fetches whole: at most 64 MiB of payloads (not 3.2 GiB)
 
 
 @dataclass
@@ -256,14 +257,15 @@ def _scan_rows(
     where: str,
     params: list[str],
     top: tuple[Any, ...] | None,
+    step: int = READ_ROWS,
 ) -> Iterator[tuple[Any, ...]]:
-    """_scan's rows, for several columns."""
+    """_scan's rows, for several columns, `step` rowids a statement."""
     if top is None:
         return
     (low,) = conn.execute(f"SELECT min(rowid) FROM {table}").fetchone()
     sql = f"SELECT {columns} FROM {table} WHERE rowid >= ? AND rowid < ? AND ({where})"
-    for start in range(low if low is not None else top[0] + 1, top[0] + 1, READ_ROWS):
-        yield from conn.execute(sql, [start, min(start + READ_ROWS, top[0] + 1), *params]).fetchall()
+    for start in range(low if low is not None else top[0] + 1, top[0] + 1, step):
+        yield from conn.execute(sql, [start, min(start + step, top[0] + 1), *params]).fetchall()
 
 
 def _find(conn: sqlite3.Connection, user_id: str | None, devices: set[str]) -> _Found:
@@ -282,7 +284,9 @@ def _find(conn: sqlite3.Connection, user_id: str | None, devices: set[str]) -> _
         devices.discard(None)
     where, params = _events_of(user_id, devices)
     events = list(_scan(conn, "events", "rowid", where, params, last["events"]))
-    payloads = _scan_rows(conn, "bad_rows", "id, payload", "payload IS NOT NULL", [], last["bad_rows"])
+    payloads = _scan_rows(
+        conn, "bad_rows", "id, payload", "payload IS NOT NULL", [], last["bad_rows"], READ_PAYLOADS
+    )
     bad = _bad_rows_holding(payloads, user_id, devices)
     return _Found(devices, events, bad, last)
 

@@ -297,3 +297,56 @@ def test_an_id_after_a_long_run_of_escaped_quotes_is_found() -> None:
     assert identifiers.payload_holds('{"' + run + '", "uid": "' + value + '"}', [value])
     assert not identifiers.payload_holds('{"' + run, [value])
     assert not identifiers.payload_holds('{"' + run + '", "uid": "someone-else"}', [value])
+
+
+# What an adversarial review of the reading found it missing (each seen failing before the fix)
+DEVICE = "3f2b8c1e-9a4d-4c2e-8f1a-0b6d7e5c4a31"
+
+
+def test_a_device_id_in_its_signed_cookie_form_is_found() -> None:
+    from collector import identity
+
+    signed = identity.sign(DEVICE, b"k" * 32)
+    for payload in (
+        _json_string(signed),  # a nuid param, whole
+        _json_string(f"sp={signed}; _ga=GA1.2.3"),  # a cookie header pasted into a field
+        _form(signed),
+        _b64(_json_string(f"seen {DEVICE} twice")),  # free text naming the id
+    ):
+        assert identifiers.payload_holds(payload, {DEVICE}), payload
+    # a longer hex run or another id that merely contains it is not the device's
+    for other in (DEVICE + "0", "a" + DEVICE, DEVICE.replace("-", "")):
+        assert not identifiers.payload_holds(_json_string(f"x {other} y"), {DEVICE}), other
+
+
+def test_base64_the_collector_reads_through_line_breaks_is_read_so() -> None:
+    from collector import protocol
+
+    doc = orjson.dumps({"schema": CONTEXTS, "data": [{"schema": SESSION, "data": {"userId": "bob-7"}}]})
+    flat = base64.b64encode(doc).decode()
+    wrapped = "\n".join(flat[i : i + 19] for i in range(0, len(flat), 19))
+    assert protocol.decode_json(wrapped, "cx", base64=True)[0] == orjson.loads(doc)  # the collector reads it
+    payload = orjson.dumps({"e": "pv", "cx": wrapped}).decode()
+    assert identifiers.payload_holds(payload, {"bob-7"})
+    assert not identifiers.payload_holds(payload, {"bob-"})
+
+
+def test_an_id_deep_in_a_document_or_as_its_key_is_found() -> None:
+    deep = "[" * 200 + orjson.dumps("bob-7").decode() + "]" * 200
+    assert identifiers.payload_holds(deep, {"bob-7"})
+    assert identifiers.payload_holds(orjson.dumps({"devices": {DEVICE: 1}}).decode(), {DEVICE})
+    assert not identifiers.payload_holds(deep.replace("bob-7", "bob-8"), {"bob-7"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://x.example/p?next=/q?uid=bob-7",
+        "https://x.example/p?a?uid=bob-7&b=2",
+        "https://x.example/p?a=1;uid=bob-7",
+        "/p?x=%3Fuid%3Dbob-7",
+    ],
+)
+def test_an_id_in_a_query_after_another_question_mark_is_found(url: str) -> None:
+    assert identifiers.payload_holds(_json_string(url), {"bob-7"}), url
+    assert not identifiers.payload_holds(_json_string(url.replace("bob-7", "bob-77")), {"bob-7"})

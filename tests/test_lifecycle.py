@@ -20,7 +20,7 @@ import pytest
 
 from collector.config import Config
 from collector.events import format_ms
-from collector.handlers import STATE
+from collector.handlers import MAX_BAD_PAYLOAD, STATE
 from storage import lifecycle as lifecycle_rules
 from storage.sqlite import connect, writers_turn
 from tests.conftest import TP2, Clock, batch, ev, only, rows
@@ -491,6 +491,39 @@ async def test_erasure_finds_a_bad_row_by_the_id_in_every_spelling_the_collector
     assert not any(s in p for p in left for s in ("alice%2D4f1e", "\\u0061lice", b64(entity(who)), in_co))
 
 
+async def test_erasure_of_a_device_finds_its_signed_cookie_and_its_id_in_text_in_bad_rows(
+    client: Any, cfg: Config
+) -> None:
+    # the device id is a random UUID, so it is found as a token wherever a bad row keeps it: its signed
+    # cookie `<uuid>.<mac>` pasted into a field or a URL, free text naming it, a map keyed by it; not
+    # inside a longer run (another value that merely contains it)
+    mine, theirs = Browser(client), Browser(client)
+    await mine.send(ev(eid="m-in"))
+    await theirs.send(ev(eid="t-in"))
+    bad = {"se_va": {"x": 1}}  # refused: a param that is not a string
+    refused = {
+        "cookie": {"page": f"cookie sp={mine.cookie}; _ga=GA1.2"},
+        "url": {"url": f"https://shop.example/?sp={mine.cookie}"},
+        "text": {"se_la": f"device {mine.device} twice"},
+        "other": {"se_la": f"device {theirs.device}"},
+        "longer": {"se_la": f"device {mine.device}0"},
+    }
+    for eid, params in refused.items():
+        assert (await client.post(TP2, json=batch({**ev(eid=eid), **params, **bad}))).status == 400
+    schema = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+    body = '{"schema":"' + schema + '","data":[{"e":"pv","co":{"' + mine.device + '":1},"page":"ord'
+    assert (await client.post(TP2, data=body, headers={"Content-Type": "application/json"})).status == 400
+    await client.get("/i", params=ev(eid="flush"))
+    payloads = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
+    assert len(payloads) == 6 and sum(mine.device in p for p in payloads) == 5  # where it is
+
+    assert "bad_rows=4" in erase(cfg.db, "--device-id", mine.device)
+    left = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
+    assert (
+        len(left) == 2 and any(theirs.device in p for p in left) and any(mine.device + "0" in p for p in left)
+    )
+
+
 async def test_erasure_by_user_id_takes_the_device_state_that_names_them_after_their_events_left(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
@@ -723,3 +756,35 @@ async def test_the_collector_runs_the_lifecycle_by_itself(
             break
         await asyncio.sleep(0.1)
     assert line in metrics
+
+
+@only("sqlite")  # PostgreSQL's read is a cursor, fetched as it goes
+async def test_an_erasure_s_read_fetches_bad_rows_a_bounded_window_at_a_time(
+    client: Any, cfg: Config
+) -> None:
+    # a payload is up to 64 KiB: a statement of READ_ROWS of them could hold 3.2 GiB at once
+    await client.get("/i", params=ev(eid="flush"))  # the store's file, migrated
+    n = 2_500
+    conn = connect(cfg.db)
+    with conn:
+        conn.executemany(
+            "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous)"
+            " VALUES (?, ?, ?, ?, ?, 0)",
+            [("2026-12-04 00:00:00.000", "bad_json", "x", f'{{"uid":"u{i}"}}', 12) for i in range(n)],
+        )
+
+    fetched: list[int] = []
+
+    class Counting:  # the real connection, each statement's rows counted
+        def execute(self, sql: str, params: Any = ()) -> Any:
+            cur = conn.execute(sql, params)
+            if "payload FROM bad_rows" not in sql:
+                return cur
+            got = cur.fetchall()
+            fetched.append(len(got))
+            return type("Rows", (), {"fetchall": lambda self: got})()
+
+    found = lifecycle_rules._find(Counting(), "u7", set())  # type: ignore[arg-type]
+    conn.close()
+    assert len(found.bad_rows) == 1 and sum(fetched) == n
+    assert max(fetched) * MAX_BAD_PAYLOAD <= 64 * 1024**2  # what one statement can hold at most
