@@ -22,7 +22,8 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
   loses every trace of the tracker's identity too (`forget_tracker`): its duid, sid, vid, fingerprint
   and refr_domain_userid columns, its `forget` entities and the `_sp` link wherever it keeps a
   string, so that nothing kept from before the rotation ties the new device to the old. A named
-  request's bad row never keeps any of them (`without_tracker_ids`).
+  request's bad row never keeps any of them (`without_tracker_ids`; of a body refused whole,
+  `raw_without_tracker_ids`).
 """
 
 from __future__ import annotations
@@ -365,6 +366,87 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     }
     _rewrite_self_describing(out, _contexts_without_tracker_ids, cut_links, strict=False)
     return out
+
+
+# What a named request's refused body keeps (raw_without_tracker_ids): the param names whose values
+# go, wherever the body holds them; a number too (`"vid": 3`, an old tracker's numeric `fp`).
+_RAW_DROPPED = frozenset({*TRACKER_PARAMS, *NETWORK_PARAMS})
+_AFTER_KEY = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")  # JSON's whitespace
+_RAW_NUMBER = re.compile(r"-?[0-9][0-9.eE+-]*")
+
+
+def raw_without_tracker_ids(text: str) -> str:
+    """A named request's refused body (it would not parse, or was refused whole) as its bad row keeps
+    it: what without_tracker_ids keeps of each event, the body's own text otherwise. A body that parses
+    is scrubbed as its events would be. One that does not (bad JSON, cut at the bad row's length) is
+    read string by string: a value after a tracker or network param's name is emptied, `co`/`cx`/`ue_pr`
+    /`ue_px` are decoded and scrubbed (emptied when they do not decode: what cannot be read cannot be
+    scrubbed), every other string loses the `_sp` link, and a string cut short is left out with what
+    follows it. A body that is not JSON (a form) loses those params' pairs and the link."""
+    stripped = text.lstrip()
+    if stripped[:1] not in _JSON_START:
+        pairs = _without_link_pairs(text)
+        kept = [p for p in pairs.split("&") if unquote_plus(p.partition("=")[0]) not in _RAW_DROPPED]
+        return "&".join(kept)
+    try:
+        doc = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        return _raw_json_without_tracker_ids(text)
+    try:
+        return orjson.dumps(_doc_without_tracker_ids(doc)).decode()
+    except (orjson.JSONEncodeError, RecursionError):  # deeper than orjson writes: nothing is kept
+        return ""
+
+
+def _doc_without_tracker_ids(value: Any) -> Any:
+    if isinstance(value, dict):
+        kept = {k: _doc_without_tracker_ids(v) for k, v in value.items() if k not in NETWORK_PARAMS}
+        return without_tracker_ids(kept)  # the network params too: as scrub_event would, before it
+    if isinstance(value, list):
+        return [_doc_without_tracker_ids(v) for v in value]
+    return cut_links(value) if isinstance(value, str) else value
+
+
+def _raw_json_without_tracker_ids(text: str) -> str:
+    out: list[str] = []
+    at = 0  # the text up to here is in `out`
+    key: str | None = None  # the name the next value is of
+    for m in _JSON_LITERAL.finditer(text):
+        if m.group(1) is None:  # cut short: it and what follows go
+            return "".join(out) + text[at : m.start()]
+        try:
+            value = orjson.loads(m.group(0))
+        except orjson.JSONDecodeError:
+            value = None
+        sep = _AFTER_KEY.match(text, m.end())
+        if sep is not None:  # a name
+            key = value if isinstance(value, str) else None
+            if key in _RAW_DROPPED:  # its value, if it is a number, goes here (a string goes below)
+                number = _RAW_NUMBER.match(text, sep.end())
+                if number is not None:
+                    out.append(text[at : sep.end()] + '""')
+                    at = number.end()
+                    key = None
+            continue
+        replacement: str | None = None
+        if not isinstance(value, str) or key in _RAW_DROPPED:  # unreadable, or an id
+            replacement = '""'
+        elif key in SELF_DESCRIBING:
+            kept = without_tracker_ids({key: value})  # comes back as co / ue_pr: plain JSON
+            plain = next(iter(kept.values()), "")
+            if plain and key in ("cx", "ue_px"):  # the body's name stays: its encoding too
+                plain = base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
+            replacement = _dumps(plain)
+        else:
+            cut = cut_links(value)
+            if cut is not value and cut != value:
+                replacement = _dumps(cut)
+        if replacement is not None:
+            out.append(text[at : m.start()] + replacement)
+            at = m.end()
+        key = None
+    out.append(text[at:])
+    return "".join(out)
 
 
 def _contexts_without_tracker_ids(doc: Any) -> Any:

@@ -152,6 +152,13 @@ def scrub_bad_event(params: dict[str, Any], decision: Decision) -> dict[str, Any
     return kept if decision.anonymous else identifiers.without_tracker_ids(kept)
 
 
+def scrub_bad_body(text: str, decision: Decision) -> str | None:
+    """What a bad row keeps of a request refused whole (its body would not parse, or was refused as a
+    whole): nothing under SP-Anonymous, else the body without the tracker's ids
+    (`identifiers.raw_without_tracker_ids`)."""
+    return None if decision.anonymous else identifiers.raw_without_tracker_ids(text)
+
+
 def parse_ip(raw: str | None) -> IPAddress | None:
     """An address from a header or param entry (with optional port, brackets, quotes, zone); or None."""
     if not raw:

@@ -350,3 +350,72 @@ def test_an_id_deep_in_a_document_or_as_its_key_is_found() -> None:
 def test_an_id_in_a_query_after_another_question_mark_is_found(url: str) -> None:
     assert identifiers.payload_holds(_json_string(url), {"bob-7"}), url
     assert not identifiers.payload_holds(_json_string(url.replace("bob-7", "bob-77")), {"bob-7"})
+
+
+# A named request refused whole keeps its body, without the tracker's ids (raw_without_tracker_ids)
+DUID, SID = "5d1f0c2a-7b3e-4e8f-9a6d-2c4b1e0f3a57", "9e8d7c6b-5a49-4382-a716-0f1e2d3c4b5a"
+RAW_EVENT = {
+    "e": "pv",
+    "page": "Shop",
+    "duid": DUID,
+    "sid": SID,
+    "vid": "3",
+    "nuid": DUID + ".mac",
+    "url": f"https://shop.example/?a=1&_sp={DUID}.1799999999000",
+    "cx": _b64(
+        orjson.dumps(contexts((SESSION, {"userId": DUID, "sessionId": SID, "sessionIndex": 3}))).decode()
+    ),
+}
+RAW_BODY = orjson.dumps(
+    {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": [RAW_EVENT] * 2}
+).decode()
+
+
+def _holds_tracker_ids(text: str) -> bool:
+    return identifiers.payload_holds(text, {DUID, SID}) or DUID[:8] in text or SID[:8] in text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.integers(min_value=1, max_value=len(RAW_BODY)))
+def test_a_refused_body_cut_anywhere_keeps_no_tracker_id(cut: int) -> None:
+    body = RAW_BODY[:cut]
+    kept = identifiers.raw_without_tracker_ids(body)
+    assert not _holds_tracker_ids(kept), (body, kept)
+    assert RAW_BODY.startswith(kept[:10])  # what goes is after the envelope's start
+
+
+def test_a_refused_body_keeps_its_shape_and_the_check_finds_the_ids_in_it() -> None:
+    assert _holds_tracker_ids(RAW_BODY) and _holds_tracker_ids(RAW_BODY[:-40])  # the check can fail
+    for body in (RAW_BODY, RAW_BODY[:-40]):  # parses (refused whole: a bad schema), or cut short
+        kept = identifiers.raw_without_tracker_ids(body)
+        assert not _holds_tracker_ids(kept), kept
+        assert '"page":"Shop"' in kept and "https://shop.example/?a=1" in kept and '"e":"pv"' in kept
+    parsed = orjson.loads(identifiers.raw_without_tracker_ids(RAW_BODY))["data"][0]
+    assert parsed["co"] == orjson.dumps(contexts()).decode()  # the session entity forgotten, co kept
+    assert "duid" not in parsed and "sid" not in parsed and parsed["url"] == "https://shop.example/?a=1"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"data":[{"e":"pv","fp":1234567890,"vid":3, "d\\u0075id" : "'
+        + DUID
+        + '","page":"x',  # a number, an escape
+        '{"data":[{"e":"pv","co":"{\\"data\\":[{\\"schema\\":\\"x\\",\\"data\\":{\\"userId\\":\\"'
+        + DUID
+        + '\\"}',
+        "e=pv&duid=" + DUID + "&url=https%3A%2F%2Fs.example%2F%3F_sp%3D" + SID + ".1&page=x",  # a form
+    ],
+)
+def test_a_refused_body_loses_numbers_escaped_names_undecodable_entities_and_form_pairs(body: str) -> None:
+    kept = identifiers.raw_without_tracker_ids(body)
+    assert not _holds_tracker_ids(kept) and "1234567890" not in kept, kept
+    assert "pv" in kept
+
+
+def test_a_cut_body_s_base64_entities_stay_base64_without_the_ids() -> None:
+    cut = RAW_BODY[: RAW_BODY.rindex('"cx"')]  # the first event whole, its cx with it
+    kept = identifiers.raw_without_tracker_ids(cut)
+    value = kept.split('"cx":"')[1].split('"')[0]
+    assert identifiers._decoded_base64(value) == orjson.dumps(contexts()).decode()
+    assert not _holds_tracker_ids(kept)

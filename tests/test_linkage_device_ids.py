@@ -208,6 +208,38 @@ async def test_a_bad_row_after_a_rotation_keeps_no_retired_id(
     assert first["domain_userid"] == b.duid and b.previous_sid in first["contexts"]
 
 
+@pytest.mark.parametrize("kind", ["cut", "too_many", "bad_schema", "bad_type"])
+async def test_a_body_refused_whole_after_a_rotation_keeps_no_retired_id(
+    make_client: Any, cfg: Config, clock: Clock, kind: str
+) -> None:
+    # A request refused as a whole (its body cut short, too many events, a wrong envelope, not JSON)
+    # keeps its body as sent; from a tracker that kept its ids it must not keep them either.
+    b = await rotated_keeping_its_ids(make_client, cfg.replace(max_events=3), clock, later=60)
+    events = [{**b.event("pv", "/refused"), "vid": 7} for _ in range(2 if kind != "too_many" else 4)]
+    envelope = {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": events}
+    if kind == "bad_schema":
+        envelope["schema"] = "iglu:com.acme/payload/jsonschema/1-0-0"
+    body = orjson.dumps(envelope).decode()
+    if kind == "cut":
+        body = body[: body.rindex(b.duid) + 10]  # cut inside the last duid: the rest of it is kept too
+    headers = {"User-Agent": L.UA, "Cookie": f"sp={b.cookie}"}
+    headers["Content-Type"] = (
+        "application/x-www-form-urlencoded" if kind == "bad_type" else "application/json"
+    )
+    resp = await b.client.post("/com.snowplowanalytics.snowplow/tp2", data=body, headers=headers)
+    assert resp.status in (400, 413, 415), await resp.text()
+    await b.send(b.event("pv", "/after"))  # the store's queue flushed
+    db = cfg.db
+    [br] = rows(db, "select payload from bad_rows")
+    assert "refused" in br["payload"] and "pv" in br["payload"]  # the refused shape is kept
+    for value in (b.duid, b.sid, b.previous_sid, b.duid[:10]):
+        assert value not in br["payload"], (value, br["payload"])
+    # the same check finds them where they are: the body as sent, the rows before the rotation
+    assert b.duid in body and b.sid in body
+    [first] = rows(db, "select domain_userid, contexts from events where event_id = ?", (b.sent["old"][0],))
+    assert first["domain_userid"] == b.duid and b.previous_sid in first["contexts"]
+
+
 LINK_CLICK = "iglu:com.snowplowanalytics.snowplow/link_click/jsonschema/1-0-1"
 
 
