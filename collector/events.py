@@ -410,6 +410,10 @@ def build_row(
         row[COL["other_params"]] = orjson.dumps(other).decode()
     row[COL["derived_tstamp"]] = _derived(row, times)
     linked = _from_urls(row)
+    if not row[ANONYMOUS] and (
+        (co_text is not None and "_sp" in co_text) or (ue_text is not None and "_sp" in ue_text)
+    ):  # a substring test on text in hand: the walk is for the rare row that holds a link
+        linked = (*linked, *identifiers.entity_links(co, ue))
     more = (
         (fp, row[REFR_DUID], *linked, *(other.get(k) for k in identifiers.DEVICE_PARAMS))
         if other

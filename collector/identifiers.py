@@ -582,6 +582,28 @@ def tracker_ids(
     return tuple(dict.fromkeys(ids))[:TRACKER_IDS_PER_EVENT]
 
 
+_LINK_PAIR = re.compile(r"(?:^|[?&;#])_sp=([^&;#]*)")
+
+
+def entity_links(*docs: Any) -> list[str]:
+    """The duids of the cross-domain links (`_sp=<duid>.<ms>`) in the strings of the self-describing
+    event and contexts (an entity holding the landing URL, a link click's target), as their URLs would
+    be read (a URL inside another's query percent-decoded once): tracker ids to check against retired
+    ones, like the page URL's and the referrer's, since the link is the linking site's device. The
+    caller only looks when the JSON text holds `_sp` at all."""
+    found: list[str] = []
+    for doc in docs:
+        for text in _strings(doc) if doc is not None else ():
+            if "_sp" not in text:
+                continue
+            for reading in (text, unquote_plus(text)) if "%" in text else (text,):
+                for m in _LINK_PAIR.finditer(reading):
+                    duid = unquote_plus(m.group(1)).partition(".")[0]
+                    if duid and len(duid) <= TRACKER_ID_MAX:
+                        found.append(duid)
+    return found
+
+
 def device_ids(row: list[Any]) -> set[str]:
     """The ids in a row that belong to the device rather than to the tracker (DEVICE_PARAMS, the
     tracker fields of the `device` entities: the mobile ad and vendor ids, the GA client id)."""

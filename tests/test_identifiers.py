@@ -419,3 +419,16 @@ def test_a_cut_body_s_base64_entities_stay_base64_without_the_ids() -> None:
     value = kept.split('"cx":"')[1].split('"')[0]
     assert identifiers._decoded_base64(value) == orjson.dumps(contexts()).decode()
     assert not _holds_tracker_ids(kept)
+
+
+def test_entity_links_are_the_link_duids_in_any_string_of_the_docs() -> None:
+    ue = {"schema": "x", "data": {"schema": "y", "data": {"targetUrl": "https://b.example/?a=1&_sp=d1.17"}}}
+    co = contexts(("iglu:com.acme/landing/jsonschema/1-0-0", {"at": ["https://c.example/#/p?_sp=d2.1"]}))
+    inner = contexts(
+        ("iglu:com.acme/x/jsonschema/1-0-0", {"u": "https://a/?next=https%3A%2F%2Fb%2F%3F_sp%3Dd3.1"})
+    )
+    assert identifiers.entity_links(co, ue, inner) == ["d2", "d1", "d3"]
+    assert (
+        identifiers.entity_links(contexts(("iglu:a/b/jsonschema/1-0-0", {"u": "x_sp=d4.1 and ?sp=d5"})), None)
+        == []
+    )

@@ -27,6 +27,7 @@ from tests.conftest import Clock, rows
 STORES = ("sqlite", "postgres")
 MOBILE = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-2"
 GA = "iglu:com.google.analytics/cookies/jsonschema/1-0-0"
+LANDING = "iglu:com.acme/landing/jsonschema/1-0-0"
 
 
 def new_id() -> str:
@@ -48,6 +49,9 @@ class Device(L.Browser):
     # the landing URL (document.referrer), with the link, while its own URL is clean
     landing_only: bool = False
     in_fragment: bool = False  # the link after the URL's `#` (a hash-routed app), where trackers read it too
+    # after the rotation the landing URL, with its link, only in an entity the app adds (its own record
+    # of where the visit came in), the page URL and referrer clean
+    in_entity: bool = False
 
     def event(self, e: str, path: str, **params: str) -> dict[str, str]:
         out = super().event(e, path, **params)
@@ -56,6 +60,14 @@ class Device(L.Browser):
             out["url"] = out["refr"] = f"{L.SHOP}/{sep}utm_source=x&_sp={self.linker}.1799999999000"
             if self.landing_only and self.phase != "old":
                 out["url"] = f"{L.SHOP}{path}"
+            if self.in_entity and self.phase != "old":
+                landing, out["url"], out["refr"] = out["url"], f"{L.SHOP}{path}", f"{L.SHOP}/"
+                text = out.pop("co", None)
+                co = orjson.loads(
+                    text if text is not None else base64.urlsafe_b64decode(out.pop("cx") + "==")
+                )
+                co["data"].append({"schema": LANDING, "data": {"visit": {"entered": landing}}})
+                out["co"] = orjson.dumps(co).decode()
         if self.device_ids:
             text = out.pop("co", None)
             co = orjson.loads(text if text is not None else base64.urlsafe_b64decode(out.pop("cx") + "=="))
@@ -172,6 +184,26 @@ async def test_a_cross_domain_link_left_in_the_referrer_is_found_when_the_event_
     _, old, new, found = await run(
         make_client, cfg, clock, rotate=False, linker=linker, landing_only=True, in_fragment=in_fragment
     )
+    assert old == new
+    assert any(linker in value for value in found["old/new"]), L.report(found)
+
+
+async def test_a_cross_domain_link_left_in_an_entity_after_the_rotation_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    linker = new_id()
+    b, old, new, found = await run(make_client, cfg, clock, rotate=True, linker=linker, in_entity=True)
+    assert old != new
+    assert found == {}, L.report(found)
+    [last] = rows(cfg.db, "select contexts from events where event_id = ?", (b.sent["new"][-1],))
+    assert "com.acme/landing" in last["contexts"] and linker not in last["contexts"]  # the entity kept
+
+
+async def test_a_cross_domain_link_left_in_an_entity_is_found_when_the_event_does_not_rotate(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    linker = new_id()
+    _, old, new, found = await run(make_client, cfg, clock, rotate=False, linker=linker, in_entity=True)
     assert old == new
     assert any(linker in value for value in found["old/new"]), L.report(found)
 
