@@ -432,3 +432,9 @@ def test_entity_links_are_the_link_duids_in_any_string_of_the_docs() -> None:
         identifiers.entity_links(contexts(("iglu:a/b/jsonschema/1-0-0", {"u": "x_sp=d4.1 and ?sp=d5"})), None)
         == []
     )
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="_sSpP=%5fF7d3D0a9AcC\t\n\rx/?&", max_size=24))
+def test_may_link_is_its_scan_after_the_tests_it_implies(text: str) -> None:
+    assert bool(identifiers.may_link(text)) == bool(identifiers._MAY_LINK(text))
