@@ -151,7 +151,7 @@ async def track(request: web.Request) -> web.StreamResponse:
             # as text either store keeps: PostgreSQL refuses a NUL, and would refuse the record with it;
             # as the policy lets a bad row keep it (a named request's without the tracker's ids)
             text = body[:MAX_BAD_PAYLOAD].decode("utf-8", "replace").replace("\x00", "\ufffd")
-            payload = policy.scrub_bad_body(text, decision) if body else None
+            payload = policy.scrub_bad_body(text, decision) if body and decision.store else None
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
         if query:
             raw_events = [{**ev, **query} if isinstance(ev, dict) else ev for ev in raw_events]

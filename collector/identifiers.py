@@ -369,83 +369,147 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
 
 
 # What a named request's refused body keeps (raw_without_tracker_ids): the param names whose values
-# go, wherever the body holds them; a number too (`"vid": 3`, an old tracker's numeric `fp`).
+# go, wherever the body holds them; a number too (`"vid": 3`, an old tracker's numeric `fp`); an
+# object or array under one of them, or under a self-describing field's name, goes whole.
 _RAW_DROPPED = frozenset({*TRACKER_PARAMS, *NETWORK_PARAMS})
+_RAW_CONTAINED = _RAW_DROPPED | SELF_DESCRIBING
 _AFTER_KEY = re.compile(r"[ \t\n\r]*:[ \t\n\r]*")  # JSON's whitespace
 _RAW_NUMBER = re.compile(r"-?[0-9][0-9.eE+-]*")
+_FORM_SEPARATORS = re.compile(r"([&;])")
 
 
-def raw_without_tracker_ids(text: str) -> str:
+def raw_without_tracker_ids(text: str, depth: int = 0) -> str:
     """A named request's refused body (it would not parse, or was refused whole) as its bad row keeps
     it: what without_tracker_ids keeps of each event, the body's own text otherwise. A body that parses
-    is scrubbed as its events would be. One that does not (bad JSON, cut at the bad row's length) is
+    (a byte-order mark and whitespace before it aside; a JSON string too, a body encoded twice) is
+    scrubbed as its events would be. One that does not (bad JSON, cut at the bad row's length) is
     read string by string: a value after a tracker or network param's name is emptied, `co`/`cx`/`ue_pr`
     /`ue_px` are decoded and scrubbed (emptied when they do not decode: what cannot be read cannot be
     scrubbed), every other string loses the `_sp` link, and a string cut short is left out with what
-    follows it. A body that is not JSON (a form) loses those params' pairs and the link."""
-    stripped = text.lstrip()
-    if stripped[:1] not in _JSON_START:
-        pairs = _without_link_pairs(text)
-        kept = [p for p in pairs.split("&") if unquote_plus(p.partition("=")[0]) not in _RAW_DROPPED]
-        return "&".join(kept)
+    follows it. JSON inside a string is read the same way, up to MAX_ENCODINGS deep. A body that does
+    not start as JSON is read as a form too: those params' pairs go, the self-describing ones are
+    scrubbed, and the link is cut."""
+    stripped = text.lstrip(" \t\n\r\ufeff")
     try:
         doc = orjson.loads(stripped)
     except orjson.JSONDecodeError:
-        return _raw_json_without_tracker_ids(text)
-    try:
-        return orjson.dumps(_doc_without_tracker_ids(doc)).decode()
-    except (orjson.JSONEncodeError, RecursionError):  # deeper than orjson writes: nothing is kept
-        return ""
+        pass
+    else:
+        try:
+            return orjson.dumps(_doc_without_tracker_ids(doc, depth)).decode()
+        except (orjson.JSONEncodeError, RecursionError):  # deeper than orjson writes: nothing is kept
+            return ""
+    if '"' in text:
+        text = _raw_json_without_tracker_ids(text, depth)
+    if stripped[:1] not in _JSON_START:
+        text = _form_without_tracker_ids(text)
+    return text
 
 
-def _doc_without_tracker_ids(value: Any) -> Any:
+def _string_without_tracker_ids(value: str, depth: int) -> str:
+    """A string in a refused body: JSON in it read as a body is, else the link cut."""
+    if depth < MAX_ENCODINGS and value.lstrip()[:1] in _JSON_START:
+        return raw_without_tracker_ids(value, depth + 1)
+    cut = cut_links(value)
+    return cut if isinstance(cut, str) else ""
+
+
+def _doc_without_tracker_ids(value: Any, depth: int) -> Any:
+    """without_tracker_ids at every object of a parsed body, the network params out too (as
+    scrub_event would take them first), each string read once."""
     if isinstance(value, dict):
-        kept = {k: _doc_without_tracker_ids(v) for k, v in value.items() if k not in NETWORK_PARAMS}
-        return without_tracker_ids(kept)  # the network params too: as scrub_event would, before it
+        kept = {
+            k: v if k in SELF_DESCRIBING else _doc_without_tracker_ids(v, depth)
+            for k, v in value.items()
+            if k not in _RAW_DROPPED
+        }
+        _rewrite_self_describing(kept, _contexts_without_tracker_ids, cut_links, strict=False)
+        return kept
     if isinstance(value, list):
-        return [_doc_without_tracker_ids(v) for v in value]
-    return cut_links(value) if isinstance(value, str) else value
+        return [_doc_without_tracker_ids(v, depth) for v in value]
+    if isinstance(value, str):
+        return _string_without_tracker_ids(value, depth)
+    return value
 
 
-def _raw_json_without_tracker_ids(text: str) -> str:
+def _self_describing_kept(key: str, value: str) -> str:
+    """A `co`/`cx`/`ue_pr`/`ue_px` value without the tracker's ids, in its own encoding; "" when it
+    does not decode."""
+    kept = without_tracker_ids({key: value})  # comes back as co / ue_pr: plain JSON
+    plain = next(iter(kept.values()), "")
+    if plain and key in ("cx", "ue_px"):  # the body's name stays: its encoding too
+        plain = base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
+    return str(plain)
+
+
+def _raw_json_without_tracker_ids(text: str, depth: int) -> str:
     out: list[str] = []
     at = 0  # the text up to here is in `out`
     key: str | None = None  # the name the next value is of
+    level = 0  # objects and arrays open at `at` (counted outside strings)
+    emptied: int | None = None  # while level is above this, every value goes (a tracker name's object)
     for m in _JSON_LITERAL.finditer(text):
+        gap = text[at : m.start()]
+        level += gap.count("{") + gap.count("[") - gap.count("}") - gap.count("]")
+        if emptied is not None:
+            gap = _RAW_NUMBER.sub("0", gap)  # numbers inside what goes
+            if level <= emptied:
+                emptied = None
         if m.group(1) is None:  # cut short: it and what follows go
-            return "".join(out) + text[at : m.start()]
+            out.append(gap)
+            return "".join(out)
         try:
             value = orjson.loads(m.group(0))
         except orjson.JSONDecodeError:
             value = None
-        sep = _AFTER_KEY.match(text, m.end())
+        literal = m.group(0)
+        at = m.end()
+        sep = _AFTER_KEY.match(text, at)
         if sep is not None:  # a name
             key = value if isinstance(value, str) else None
-            if key in _RAW_DROPPED:  # its value, if it is a number, goes here (a string goes below)
+            if emptied is None and key in _RAW_CONTAINED and text[sep.end() : sep.end() + 1] in ("{", "["):
+                emptied = level  # what the next `{` or `[` opens goes
+            elif emptied is None and key in _RAW_DROPPED:  # its value, if a number, goes here
                 number = _RAW_NUMBER.match(text, sep.end())
                 if number is not None:
-                    out.append(text[at : sep.end()] + '""')
+                    out.append(gap + literal + text[at : sep.end()] + '""')
                     at = number.end()
                     key = None
+                    continue
+            out.append(gap + literal)
             continue
-        replacement: str | None = None
-        if not isinstance(value, str) or key in _RAW_DROPPED:  # unreadable, or an id
-            replacement = '""'
+        if emptied is not None or not isinstance(value, str) or key in _RAW_DROPPED:
+            literal = '""'  # what goes, what cannot be read, an id
         elif key in SELF_DESCRIBING:
-            kept = without_tracker_ids({key: value})  # comes back as co / ue_pr: plain JSON
-            plain = next(iter(kept.values()), "")
-            if plain and key in ("cx", "ue_px"):  # the body's name stays: its encoding too
-                plain = base64.urlsafe_b64encode(plain.encode()).decode().rstrip("=")
-            replacement = _dumps(plain)
+            literal = _dumps(_self_describing_kept(key, value))
         else:
-            cut = cut_links(value)
-            if cut is not value and cut != value:
-                replacement = _dumps(cut)
-        if replacement is not None:
-            out.append(text[at : m.start()] + replacement)
-            at = m.end()
+            kept = _string_without_tracker_ids(value, depth)
+            if kept != value:
+                literal = _dumps(kept)
+        out.append(gap + literal)
         key = None
-    out.append(text[at:])
+    out.append(text[at:] if emptied is None else _RAW_NUMBER.sub("0", text[at:]))
+    return "".join(out)
+
+
+def _form_without_tracker_ids(text: str) -> str:
+    """A form body's pairs (split on `&` and `;`, as _is_link reads them) without the tracker's and
+    network params, its self-describing values scrubbed, the link cut."""
+    parts = _FORM_SEPARATORS.split(_without_link_pairs(text))
+    out: list[str] = []
+    for i in range(0, len(parts), 2):
+        pair = parts[i]
+        name, eq, value = pair.partition("=")
+        name = unquote_plus(name)
+        if name in _RAW_DROPPED:
+            continue
+        if eq and name in SELF_DESCRIBING:
+            pair = (
+                f"{parts[i].partition('=')[0]}={quote_plus(_self_describing_kept(name, unquote_plus(value)))}"
+            )
+        if out:
+            out.append(parts[i - 1])
+        out.append(pair)
     return "".join(out)
 
 
@@ -835,9 +899,9 @@ def _readings(text: str, depth: int) -> Iterable[tuple[str, bool]]:
 
 # A device id is a random UUID: found as a token anywhere in a text (a signed cookie `<uuid>.<mac>`, a
 # cookie header pasted into a field, free text naming it), not only as a whole value, since no other
-# person's text holds it by chance. A token: not inside a longer run of hex digits, letters or dashes.
+# person's text holds it by chance. A token: not inside a longer run of letters, digits, `_` or `-`.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}").fullmatch
-_TOKEN_EDGE = re.compile(r"[0-9A-Za-z-]")
+_TOKEN_EDGE = re.compile(r"[0-9A-Za-z_-]")  # `_` too: `order_<uuid>` names something else
 
 
 def _holds_token(text: str, token: str) -> bool:
@@ -850,13 +914,25 @@ def _holds_token(text: str, token: str) -> bool:
     return False
 
 
-def payload_holds(payload: str, values: Iterable[str]) -> bool:
+def payload_holds(payload: str, values: Iterable[str], devices: Iterable[str] = ()) -> bool:
     """Whether a bad row's payload holds one of `values` (the ids an erasure removes) in any spelling
-    the collector reads: a value, not a substring (see erasure_needles), exact in case; a UUID (a
-    device id) as a token too."""
+    the collector reads: a value, not a substring (see erasure_needles), exact in case; one of
+    `devices` (the collector's UUIDs, among the values) as a token too. A user id shaped like a UUID
+    is the app's, perhaps a placeholder many share: only as a value."""
     wanted = {v for v in values if v}
     if not wanted:
         return False
+    needles = [n for v in wanted for n in erasure_needles(v)]
+    tokens = [v for v in devices if v in wanted and _UUID(v)]
+    for text, whole in _readings(payload, 0):
+        if whole:
+            if text in wanted:
+                return True
+        else:
+            padded = text + "&"  # once, not once a needle (an erasure may name hundreds of devices)
+            if any(n in padded for n in needles) or any(_holds_token(text, t) for t in tokens):
+                return True
+    return False
     needles = [n for v in wanted for n in erasure_needles(v)]
     tokens = [v for v in wanted if _UUID(v)]
     for text, whole in _readings(payload, 0):

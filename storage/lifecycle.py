@@ -232,7 +232,7 @@ def _bad_rows_holding(rows: Iterable[tuple[int, str]], user_id: str | None, devi
     JSON escapes, `co` inside a string, base64 `cx`, a percent-encoded query). SQL cannot decode those,
     so the payloads are read here; bad rows are few beside the events."""
     ids = _erased_ids(user_id, devices)
-    return [i for i, payload in rows if identifiers.payload_holds(payload, ids)] if ids else []
+    return [i for i, payload in rows if identifiers.payload_holds(payload, ids, devices)] if ids else []
 
 
 def _scan(
@@ -489,7 +489,7 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
         held = [
             r["id"]
             async for r in conn.cursor("SELECT id, payload FROM bad_rows WHERE payload IS NOT NULL")
-            if identifiers.payload_holds(r["payload"], ids)
+            if identifiers.payload_holds(r["payload"], ids, devices)
         ]
         status = await conn.execute("DELETE FROM bad_rows WHERE id = ANY($1::bigint[])", held)
         bad = int(status.split()[-1])

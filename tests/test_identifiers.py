@@ -313,10 +313,17 @@ def test_a_device_id_in_its_signed_cookie_form_is_found() -> None:
         _form(signed),
         _b64(_json_string(f"seen {DEVICE} twice")),  # free text naming the id
     ):
-        assert identifiers.payload_holds(payload, {DEVICE}), payload
+        assert identifiers.payload_holds(payload, {DEVICE}, {DEVICE}), payload
+        assert not identifiers.payload_holds(payload, {DEVICE})  # as a user id: a value only
     # a longer hex run or another id that merely contains it is not the device's
-    for other in (DEVICE + "0", "a" + DEVICE, DEVICE.replace("-", "")):
-        assert not identifiers.payload_holds(_json_string(f"x {other} y"), {DEVICE}), other
+    for other in (DEVICE + "0", "a" + DEVICE, DEVICE.replace("-", ""), "order_" + DEVICE, DEVICE + "_1"):
+        assert not identifiers.payload_holds(_json_string(f"x {other} y"), {DEVICE}, {DEVICE}), other
+
+
+def test_a_user_id_shaped_like_a_uuid_is_found_only_as_a_value() -> None:
+    nil = "00000000-0000-0000-0000-000000000000"  # an app's placeholder: many people's rows hold it
+    assert not identifiers.payload_holds(_json_string(f"https://a/?trace={nil}.1"), {nil})
+    assert identifiers.payload_holds(_json_string(nil), {nil})
 
 
 def test_base64_the_collector_reads_through_line_breaks_is_read_so() -> None:
@@ -438,3 +445,37 @@ def test_entity_links_are_the_link_duids_in_any_string_of_the_docs() -> None:
 @given(st.text(alphabet="_sSpP=%5fF7d3D0a9AcC\t\n\rx/?&", max_size=24))
 def test_may_link_is_its_scan_after_the_tests_it_implies(text: str) -> None:
     assert bool(identifiers.may_link(text)) == bool(identifiers._MAY_LINK(text))
+
+
+# What an adversarial review of raw_without_tracker_ids found it keeping (each seen failing first)
+CX = RAW_EVENT["cx"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "\ufeff" + RAW_BODY,  # a byte-order mark (.NET's UTF-8 writers): orjson refuses it
+        "\ufffd" + RAW_BODY,  # a first byte that is not UTF-8
+        orjson.dumps(RAW_BODY).decode(),  # the body encoded twice
+        f"e=pv&duid={DUID}&cx={CX}",  # a form keeps its entities
+        "e=pv&co=" + quote_plus(orjson.dumps(contexts((SESSION, {"userId": DUID}))).decode()),
+        f"e=pv;duid={DUID};page=x",
+        '{"schema":"x","data":"[{\\"duid\\":\\"' + DUID + '\\"}]"}',  # JSON in a string
+        '{"schema":"x","data":["{\\"duid\\":\\"' + DUID + '\\"}"],"e":"pv"}',
+        '{"data":[{"e":"pv","duid":["a","' + DUID + '"]',  # cut, an id in an array
+        '{"data":[{"e":"pv","duid":{"v":"' + DUID + '"}},{"sid":"x"',
+        '{"data":[{"e":"pv","co":{"data":[{"schema":"s","data":{"userId":"' + DUID + '"}}]},"page":"x',
+    ],
+)
+def test_a_refused_body_of_any_shape_keeps_no_tracker_id(body: str) -> None:
+    assert _holds_tracker_ids(body) or DUID in body
+    kept = identifiers.raw_without_tracker_ids(body)
+    assert not _holds_tracker_ids(kept) and DUID not in kept, kept
+    assert "pv" in kept or '"x"' in kept
+
+
+def test_a_form_body_keeps_its_entities_scrubbed() -> None:
+    kept = identifiers.raw_without_tracker_ids(f"e=pv&duid={DUID}&cx={CX}&page=Shop")
+    pairs = dict(p.split("=", 1) for p in kept.split("&"))
+    assert pairs["e"] == "pv" and pairs["page"] == "Shop" and "duid" not in pairs
+    assert identifiers._decoded_base64(pairs["cx"]) == orjson.dumps(contexts()).decode()
