@@ -933,14 +933,3 @@ def payload_holds(payload: str, values: Iterable[str], devices: Iterable[str] = 
             if any(n in padded for n in needles) or any(_holds_token(text, t) for t in tokens):
                 return True
     return False
-    needles = [n for v in wanted for n in erasure_needles(v)]
-    tokens = [v for v in wanted if _UUID(v)]
-    for text, whole in _readings(payload, 0):
-        if whole:
-            if text in wanted:
-                return True
-        else:
-            padded = text + "&"  # once, not once a needle (an erasure may name hundreds of devices)
-            if any(n in padded for n in needles) or any(_holds_token(text, t) for t in tokens):
-                return True
-    return False
