@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -275,7 +274,7 @@ def _derived(row: list[Any], times: dict[str, int]) -> str:
 
 
 # `_sp` after a URL's `#` (a hash-routed app's query), where the trackers read it too
-_FRAGMENT_LINK = re.compile(r"(?:^|[?&;#])_sp=([^&;#]*)")
+_FRAGMENT_LINK = identifiers.LINK_PAIR
 
 
 def _link_duid(value: str) -> str | None:

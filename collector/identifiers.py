@@ -657,7 +657,7 @@ def tracker_ids(
     return tuple(dict.fromkeys(ids))[:TRACKER_IDS_PER_EVENT]
 
 
-_LINK_PAIR = re.compile(r"(?:^|[?&;#])_sp=([^&;#]*)")
+LINK_PAIR = re.compile(r"(?:^|[?&;#])_sp=([^&;#]*)")  # a link pair (events.py reads fragments with it)
 
 
 def entity_links(*docs: Any) -> list[str]:
@@ -672,7 +672,7 @@ def entity_links(*docs: Any) -> list[str]:
             if "_sp" not in text:
                 continue
             for reading in (text, unquote_plus(text)) if "%" in text else (text,):
-                for m in _LINK_PAIR.finditer(reading):
+                for m in LINK_PAIR.finditer(reading):
                     duid = unquote_plus(m.group(1)).partition(".")[0]
                     if duid and len(duid) <= TRACKER_ID_MAX:
                         found.append(duid)
