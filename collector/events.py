@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
-from urllib.parse import parse_qsl, unquote_plus, urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
@@ -246,6 +246,20 @@ def _query_fields(query: str) -> tuple[tuple[int, str], ...]:
 
 _cached_url_parts = lru_cache(maxsize=1024)(_url_parts)
 _cached_query_fields = lru_cache(maxsize=1024)(_query_fields)
+
+
+def _link_duids(url: str) -> tuple[str, ...]:
+    return tuple(identifiers.link_duids(url))
+
+
+_cached_link_duids = lru_cache(maxsize=1024)(_link_duids)
+
+
+def url_links(url: str) -> tuple[str, ...]:
+    """identifiers.link_duids of a page URL or referrer, cached like its parts (the same few repeat)."""
+    return _cached_link_duids(url) if len(url) <= CACHED_URL else _link_duids(url)
+
+
 _COLLECTOR_MS: dict[str, int] = {}
 
 
@@ -273,36 +287,15 @@ def _derived(row: list[Any], times: dict[str, int]) -> str:
     return format_ms(ms) if ms >= 0 else collector
 
 
-# `_sp` after a URL's `#` (a hash-routed app's query), where the trackers read it too
-_FRAGMENT_LINK = identifiers.LINK_PAIR
-
-
-def _link_duid(value: str) -> str | None:
-    duid = value.partition(".")[0]
-    return duid if duid and len(duid) <= identifiers.TRACKER_ID_MAX else None
-
-
-def _fragment_link(fragment: str | None) -> str | None:
-    if fragment is None or "_sp=" not in fragment:
-        return None
-    found = _FRAGMENT_LINK.search(fragment)
-    return _link_duid(unquote_plus(found.group(1))) if found else None
-
-
-def _from_urls(row: list[Any]) -> tuple[str | None, ...]:
+def _from_urls(row: list[Any]) -> tuple[str, ...]:
     """The URL-derived columns: page_url*/refr_url* components, mkt_* and the cross-domain link; return
-    the duids of the links the refr_domain_userid column does not hold (the page URL's fragment, the
-    referrer's query and fragment: the landing page's URL, as the next page's document.referrer
-    keeps it), tracker ids to check against retired ones like the column's."""
-    if row[ANONYMOUS]:  # an anonymous row has every link cut already, and keeps no tracker id
-        linked: list[str | None] = []
-    else:
-        linked = [None, None, None]
+    the duids of every link in the page URL and the referrer (the page URL's query, as the
+    refr_domain_userid column holds it, its fragment, the referrer's: the landing page's URL, as the next
+    page's document.referrer keeps it), in any spelling `without_link` would cut: tracker ids to check
+    against retired ones like the column's."""
     url = row[PAGE_URL]
     parts = url_parts(url) if url else None
     if parts is not None:
-        if linked:
-            linked[0] = _fragment_link(parts[5])
         row[PAGE_SLICE] = parts
         if parts[4] is not None:
             for idx, value in query_fields(parts[4]):
@@ -318,12 +311,9 @@ def _from_urls(row: list[Any]) -> tuple[str | None, ...]:
     parts = url_parts(refr) if refr else None
     if parts is not None:
         row[REFR_SLICE] = parts
-        if linked:
-            linked[2] = _fragment_link(parts[5])
-            for idx, value in query_fields(parts[4]) if parts[4] is not None else ():
-                if idx < 0:
-                    linked[1] = _link_duid(value)
-    return tuple(linked)
+    if row[ANONYMOUS]:  # an anonymous row has every link cut already, and keeps no tracker id
+        return ()
+    return (*(url_links(url) if url else ()), *(url_links(refr) if refr else ()))
 
 
 def _refuse(key: str, value: object) -> None:
@@ -410,8 +400,9 @@ def build_row(
     row[COL["derived_tstamp"]] = _derived(row, times)
     linked = _from_urls(row)
     if not row[ANONYMOUS] and (
-        (co_text is not None and "_sp" in co_text) or (ue_text is not None and "_sp" in ue_text)
-    ):  # a substring test on text in hand: the walk is for the rare row that holds a link
+        (co_text is not None and identifiers.json_may_link(co_text))
+        or (ue_text is not None and identifiers.json_may_link(ue_text))
+    ):  # substring tests on text in hand: the walk is for the rare row that may hold a link
         linked = (*linked, *identifiers.entity_links(co, ue))
     more = (
         (fp, row[REFR_DUID], *linked, *(other.get(k) for k in identifiers.DEVICE_PARAMS))

@@ -441,6 +441,40 @@ def test_entity_links_are_the_link_duids_in_any_string_of_the_docs() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "https://b.example/?a=1&_sp=d1.17",
+        "https://b.example/?a=1&%5Fsp=d1.17",  # the name percent-encoded
+        "https://b.example/#/p?_S%50=d1.17",  # in a hash route, any case
+        "https://b.example/?_s\tp=d1.17",  # a tab URL parsers drop
+        "https://b.example/?a=1&_sp%3Dd1.17",  # the `=` encoded
+        "https://a.example/go?next=" + quote(quote("https://b.example/?_sp=d1.17", safe=""), safe=""),
+        "https://a.example/x%3F_sp%3Dd1.17",  # a whole URL encoded into the path
+    ],
+)
+def test_link_duids_finds_every_spelling_without_link_cuts(text: str) -> None:
+    assert identifiers.link_duids(text) == ["d1"]
+    assert "d1" not in identifiers.without_link(text) or "/x%3F" in text  # the cut takes what it finds
+
+
+def test_link_duids_stop_at_the_encodings_they_read() -> None:
+    link = "_sp=d1.17"
+    for _ in range(identifiers.MAX_ENCODINGS + 1):  # the pair itself is read decoded once
+        link = quote(link, safe="")
+    assert identifiers.link_duids(f"https://a/?next={link}") == ["d1"]
+    # one more is not read (each level costs a pass over the value; known-open in the README)
+    assert identifiers.link_duids(f"https://a/?next={quote(link, safe='')}") == []
+    assert identifiers.link_duids("https://b.example/?x_sp=d1.17&sp=d2&_sp") == []
+
+
+def test_json_may_link_sees_what_orjson_reads_as_a_link() -> None:
+    for text in ('{"u":"?\\u005f\\u0073\\u0070=d1.1"}', '{"u":"?_S\\u0050=d1.1"}', '{"u":"?_s\\tp=d1.1"}'):
+        assert identifiers.json_may_link(text) and not identifiers.may_link(text)
+        assert identifiers.entity_links(orjson.loads(text)) == ["d1"]
+    assert not identifiers.json_may_link(orjson.dumps({"u": "https://a/?q=caf%C3%A9", "p": "x"}).decode())
+
+
 @settings(max_examples=3000, deadline=None)
 @given(st.text(alphabet="_sSpP=%5fF7d3D0a9AcC\t\n\rx/?&", max_size=24))
 def test_may_link_is_its_scan_after_the_tests_it_implies(text: str) -> None:
