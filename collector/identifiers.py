@@ -21,7 +21,9 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
   one of the device's own loses those (`forget_device_ids`); one that carries one of the tracker's
   loses every trace of the tracker's identity too (`forget_tracker`): its duid, sid, vid, fingerprint
   and refr_domain_userid columns, its `forget` entities and the `_sp` link wherever it keeps a
-  string, so that nothing kept from before the rotation ties the new device to the old. A named
+  string, so that nothing kept from before the rotation ties the new device to the old; then the
+  row's own ids (of CUT_MIN characters or more) are cut wherever else it copies them, under names
+  of the app's own (`cut_everywhere`). A named
   request's bad row never keeps any of them (`without_tracker_ids`; of a body refused whole,
   `raw_without_tracker_ids`).
 """
@@ -358,14 +360,37 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     one before. What it is kept for, the shape that was refused, needs none of them. Contexts that
     cannot be decoded are left out, since what cannot be read cannot be scrubbed.
     """
+    ids = [params.get(k) for k in TRACKER_PARAMS]
+
+    def contexts(doc: Any) -> Any:
+        ids.extend(_tracker_fields(doc))  # before `ue_pr`'s turn: the loop takes the contexts first
+        return without_values(_contexts_without_tracker_ids(doc), cuttable(ids))
+
     out = {
         # an object or a list (what made it non_string_value) is walked too
         k: v if k in SELF_DESCRIBING else cut_links(v)
         for k, v in params.items()
         if k not in TRACKER_PARAMS
     }
-    _rewrite_self_describing(out, _contexts_without_tracker_ids, cut_links, strict=False)
+    _rewrite_self_describing(
+        out, contexts, lambda doc: without_values(cut_links(doc), cuttable(ids)), strict=False
+    )
+    # ...and their copies under other names (an app's own entity or param that repeats the duid)
+    needles = cuttable(ids)
+    if needles:
+        out = {
+            _cut(k, needles): v if k in ("co", "ue_pr") else without_values(v, needles)
+            for k, v in out.items()
+        }
     return out
+
+
+def _tracker_fields(contexts: Any) -> Iterable[Any]:
+    """The values of the tracker fields (EntityRule.tracker) of a contexts document's entities."""
+    for entity in contexts.get("data", ()) if isinstance(contexts, dict) else ():
+        rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
+        if rule is not None and rule.tracker and isinstance(data := entity.get("data"), dict):
+            yield from (data.get(name) for name in rule.tracker)
 
 
 # What a named request's refused body keeps (raw_without_tracker_ids): the param names whose values
@@ -396,14 +421,87 @@ def raw_without_tracker_ids(text: str, depth: int = 0) -> str:
         pass
     else:
         try:
-            return orjson.dumps(_doc_without_tracker_ids(doc, depth)).decode()
+            kept = _doc_without_tracker_ids(doc, depth)
+            if depth == 0:  # the ids' copies under other names, once for the whole body
+                kept = _json_without_values(kept, cuttable(_named_ids(doc)), 0)
+            return orjson.dumps(kept).decode()
         except (orjson.JSONEncodeError, RecursionError):  # deeper than orjson writes: nothing is kept
             return ""
     if '"' in text:
+        ids = cuttable(_raw_named_ids(text)) if depth == 0 else ()
         text = _raw_json_without_tracker_ids(text, depth)
+        # cut from the text as it stands: only ids that JSON writes as they are (no quote, backslash
+        # or control character), so that a cut cannot reach outside a string's content
+        text = _cut(text, tuple(i for i in ids if orjson.dumps(i)[1:-1] == i.encode()))
     if stripped[:1] not in _JSON_START:
         text = _form_without_tracker_ids(text)
     return text
+
+
+def _named_ids(doc: Any) -> Iterable[Any]:
+    """The values a parsed body holds under a tracker param's name, at any depth (a number as its text)."""
+    stack = [doc]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            for k, item in v.items():
+                if k in TRACKER_PARAMS and (item.__class__ is str or item.__class__ is int):
+                    yield str(item)
+                elif isinstance(item, dict | list):
+                    stack.append(item)
+        elif isinstance(v, list):
+            stack.extend(v)
+
+
+def _loads_or_none(literal: str) -> Any:
+    try:
+        return orjson.loads(literal)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _raw_named_ids(text: str) -> Iterable[str]:
+    """The string values a body that does not parse holds right after a tracker param's name."""
+    name: str | None = None
+    end = -1
+    for m in _JSON_LITERAL.finditer(text):
+        if m.group(1) is None:
+            return
+        if name is not None and m.start() == end:
+            value = _loads_or_none(m.group(0))
+            if value is not None:
+                yield value
+        name = None
+        sep = _AFTER_KEY.match(text, m.end())
+        if sep is not None:
+            try:
+                key = orjson.loads(m.group(0))  # its escapes read, as the scrub reads the name
+            except orjson.JSONDecodeError:
+                continue
+            if key in TRACKER_PARAMS:
+                name, end = key, sep.end()
+
+
+def _json_without_values(value: Any, needles: tuple[str, ...], encodings: int) -> Any:
+    """without_values, a string that is JSON (a `co` kept as text, a body encoded twice) read and cut
+    inside as such, up to MAX_ENCODINGS deep, so that a cut never reaches outside a string."""
+    if not needles:
+        return value
+    if value.__class__ is str:
+        if encodings < MAX_ENCODINGS and value.lstrip()[:1] in _JSON_START:
+            try:
+                doc = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return _cut(value, needles)
+            return orjson.dumps(_json_without_values(doc, needles, encodings + 1)).decode()
+        return _cut(value, needles)
+    if isinstance(value, dict):
+        return {_cut(k, needles): _json_without_values(v, needles, encodings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_without_values(v, needles, encodings) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in needles:
+        return None
+    return value
 
 
 def _string_without_tracker_ids(value: str, depth: int) -> str:
@@ -742,9 +840,69 @@ def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str
     device = device_ids(row) if hit else set()
     forget_device_ids(row)
     if hit <= device:
+        cut_everywhere(row, cuttable(device))
         return tuple(v for v in ids if v not in device)
     forget_tracker(row)
+    cut_everywhere(row, cuttable((*ids, *device)))
     return ()
+
+
+# A tracker id shorter than this is common text (a `vid`, a short fingerprint): it goes from the fields
+# that hold it by name, but is not cut from every other string, where it would take a title's digits.
+CUT_MIN = 8
+_KEY_COLUMNS = frozenset({COL["event_id"], COL["network_userid"]})  # the row's own keys: never cut
+_JSON_COLUMNS = frozenset({COL["unstruct_event"], COL["contexts"], COL["other_params"]})
+
+
+def cuttable(values: Iterable[Any]) -> tuple[str, ...]:
+    """The ids among `values` that cut_everywhere and without_values cut: strings of CUT_MIN or more."""
+    return tuple(dict.fromkeys(v for v in values if v.__class__ is str and len(v) >= CUT_MIN))
+
+
+def _cut(text: str, needles: tuple[str, ...]) -> str:
+    for needle in needles:
+        while needle in text:  # a cut can join two halves into another occurrence
+            text = text.replace(needle, "")
+    return text
+
+
+def without_values(value: Any, needles: tuple[str, ...], depth: int = 0) -> Any:
+    """A JSON value with every needle cut from its strings, keys too (an id may key a map), and an
+    integer whose text is one dropped; what is nested deeper than MAX_DEPTH is dropped, as cut_links
+    drops it."""
+    if value.__class__ is str:
+        return _cut(value, needles)
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {_cut(k, needles): without_values(v, needles, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_values(v, needles, depth + 1) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and str(value) in needles:
+        return None
+    return value
+
+
+def cut_everywhere(row: list[Any], needles: tuple[str, ...]) -> None:
+    """Every needle (ids a rotation retired) cut from every string a row keeps: a URL's query, a title,
+    an app's own entity that copies the tracker's duid under a name of its own (`visitorRef`), and
+    the JSON columns parsed, so that an escaped spelling (`\\u0061...`) is read as the id it is. The
+    fields that hold the ids by name are emptied before this; this takes the copies."""
+    if not needles:
+        return
+    for i, value in enumerate(row):
+        if value.__class__ is not str or i in _KEY_COLUMNS:
+            continue
+        if i in _JSON_COLUMNS:
+            if "\\" in value or any(n in value for n in needles):
+                doc = _loads_or_none(value)  # the row's own JSON; as text, should it ever not parse
+                row[i] = (
+                    _cut(value, needles)
+                    if doc is None
+                    else orjson.dumps(without_values(doc, needles)).decode()
+                )
+        elif any(n in value for n in needles):
+            row[i] = _cut(value, needles) or None
 
 
 def forget_device_ids(row: list[Any]) -> None:

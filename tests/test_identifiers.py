@@ -513,3 +513,78 @@ def test_a_form_body_keeps_its_entities_scrubbed() -> None:
     pairs = dict(p.split("=", 1) for p in kept.split("&"))
     assert pairs["e"] == "pv" and pairs["page"] == "Shop" and "duid" not in pairs
     assert identifiers._decoded_base64(pairs["cx"]) == orjson.dumps(contexts()).decode()
+
+
+COPIED = "5f1c2d3e-0000-4aaa-8bbb-123456789abc"  # a tracker id its app repeats elsewhere
+
+
+def test_cuttable_keeps_only_ids_long_enough_to_cut_from_text() -> None:
+    assert identifiers.cuttable([COPIED, "23", "1234567", None, 12345678, COPIED]) == (COPIED,)
+    assert identifiers.cuttable(["12345678"]) == ("12345678",)
+
+
+def test_without_values_cuts_every_copy_keys_and_numbers_too() -> None:
+    doc = {
+        "ref": f"v:{COPIED}",
+        COPIED: [COPIED, {"n": 12345678, "k": 12345678.0}],
+        "keep": "gold",
+        "b": True,
+    }
+    out = identifiers.without_values(doc, (COPIED, "12345678"))
+    assert out == {"ref": "v:", "": ["", {"n": None, "k": 12345678.0}], "keep": "gold", "b": True}
+    # a cut that joins two halves into another copy takes that too
+    assert identifiers.without_values(f"x{COPIED[:5]}{COPIED}{COPIED[5:]}y", (COPIED,)) == "xy"
+    assert identifiers.without_values(doc, ()) == doc
+
+
+def test_cut_everywhere_takes_copies_from_text_and_json_columns_but_not_the_rows_keys() -> None:
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["event_id"]] = row[COL["network_userid"]] = COPIED  # a hostile tracker's choice: keys stay
+    row[COL["page_url"]] = f"https://shop.test/?visitor={COPIED}"
+    row[COL["page_title"]] = COPIED
+    escaped = "".join(f"\\u{ord(c):04x}" for c in COPIED)
+    row[COL["contexts"]] = (
+        '{"schema":"c","data":[{"schema":"v","data":{"ref":"' + escaped + '","plan":"gold"}}]}'
+    )
+    row[COL["unstruct_event"]] = orjson.dumps({"data": {"data": {"to": f"/u/{COPIED}"}}}).decode()
+    assert COPIED not in row[COL["contexts"]]  # only as escapes: a substring test alone would miss it
+    identifiers.cut_everywhere(row, (COPIED,))
+    assert row[COL["event_id"]] == row[COL["network_userid"]] == COPIED
+    assert row[COL["page_url"]] == "https://shop.test/?visitor=" and row[COL["page_title"]] is None
+    assert orjson.loads(row[COL["contexts"]])["data"][0]["data"] == {"ref": "", "plan": "gold"}
+    assert orjson.loads(row[COL["unstruct_event"]]) == {"data": {"data": {"to": "/u/"}}}
+
+
+def test_forget_cuts_the_rows_tracker_ids_from_everything_it_keeps() -> None:
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["domain_userid"]] = COPIED
+    row[COL["contexts"]] = orjson.dumps(
+        contexts(("iglu:com.acme/v/jsonschema/1-0-0", {"ref": COPIED}))
+    ).decode()
+    assert identifiers.forget(row, {COPIED}, (COPIED,)) == ()
+    assert row[COL["domain_userid"]] is None and COPIED not in row[COL["contexts"]]
+    assert orjson.loads(row[COL["contexts"]])["data"][0]["data"] == {"ref": ""}
+
+
+def test_a_refused_events_tracker_ids_go_from_its_other_params_and_entities() -> None:
+    co = contexts(("iglu:com.acme/v/jsonschema/1-0-0", {"ref": COPIED, "plan": "gold"}))
+    params = {"duid": COPIED, "tv": f"js {COPIED}", "co": orjson.dumps(co).decode(), "p": "BAD", "vid": "2"}
+    out = identifiers.without_tracker_ids(params)
+    assert COPIED not in orjson.dumps(out).decode() and out["tv"] == "js " and out["p"] == "BAD"
+    assert orjson.loads(out["co"])["data"][0]["data"] == {"ref": "", "plan": "gold"}
+    # a short one (`vid`) goes by name only
+    assert identifiers.without_tracker_ids({"vid": "2", "page": "Page 2"})["page"] == "Page 2"
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_refused_bodys_tracker_ids_go_from_its_other_strings(cut: bool) -> None:
+    event = {
+        "duid": COPIED,
+        "tv": f"js {COPIED}",
+        "co": orjson.dumps(contexts(("v", {"ref": COPIED}))).decode(),
+    }
+    body = orjson.dumps({"schema": "s", "data": [event, event]}).decode()
+    if cut:
+        body = body[:-3]
+    out = identifiers.raw_without_tracker_ids(body)
+    assert COPIED in body and COPIED not in out and '"tv":"js ' in out and "ref" in out

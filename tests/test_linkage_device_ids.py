@@ -361,3 +361,83 @@ async def test_a_tracker_that_keeps_its_ids_loses_them_everywhere_after_a_rotati
     # the same search finds the duid where it is kept: the rows before the rotation
     [first] = rows(cfg.db, "select domain_userid from events where event_id = ?", (b.sent["old"][0],))
     assert first["domain_userid"] == b.duid
+
+
+VISITOR = "iglu:com.acme/visitor/jsonschema/1-0-0"
+
+
+def with_copies(b: L.Browser, path: str, escaped: bool = False) -> dict[str, str]:
+    """An event whose app repeats the tracker's duid and sid under names of its own: in a custom
+    entity (a field, nested, a list item, a map's key), the page URL's query and the title; with
+    `escaped`, the entity's duid spelled in JSON escapes."""
+    ev = b.event("pv", path)
+    text = ev.pop("co", None)
+    co = orjson.loads(text if text is not None else base64.urlsafe_b64decode(ev.pop("cx") + "=="))
+    data = {"visitorRef": b.duid, "plan": "gold", "visit": {"ref": f"s:{b.sid}"}, "seen": [b.duid], b.sid: 1}
+    co["data"].append({"schema": VISITOR, "data": data})
+    ev["co"] = orjson.dumps(co).decode()
+    if escaped:
+        ev["co"] = ev["co"].replace(f'"{b.duid}"', '"' + "".join(f"\\u{ord(c):04x}" for c in b.duid) + '"')
+    ev["url"] = f"{L.SHOP}{path}?visitor={b.duid}"
+    ev["page"] = f"Account {b.sid}"
+    return ev
+
+
+@pytest.mark.parametrize("escaped", [False, True])
+async def test_copies_of_a_kept_duid_leave_no_link_after_a_rotation(
+    make_client: Any, cfg: Config, clock: Clock, escaped: bool
+) -> None:
+    # A tracker that keeps its ids, on a site that copies them into its own entity, URL and title: the
+    # row after the rotation loses the copies too, wherever it holds them, and keeps the rest.
+    b = L.Browser(await make_client(cfg), clock, ("alice", "bob"), vid=23)
+    before = with_copies(b, "/before", escaped)
+    await b.send(before)
+    await L.a_login(b)
+    clock.t += 5
+    await L.a_anonymize(b)
+    clock.t += 60
+    b.phase = "new"
+    after = with_copies(b, "/after", escaped)
+    await b.send(after)
+    for value in (b.duid, b.sid):
+        assert holding(cfg.db, [after["eid"]], value) == {}, value
+    [row] = rows(cfg.db, "select contexts, page_url from events where event_id = ?", (after["eid"],))
+    [visitor] = [e["data"] for e in orjson.loads(row["contexts"])["data"] if e["schema"] == VISITOR]
+    assert visitor["plan"] == "gold" and row["page_url"] == f"{L.SHOP}/after?visitor="
+    # the same search finds them where they are kept: the event before the rotation
+    found = holding(cfg.db, [before["eid"]], b.duid)[before["eid"]]
+    assert {"page_url", "domain_userid"} <= set(found) and (escaped or "contexts" in found)
+    assert {"page_title", "contexts"} <= set(holding(cfg.db, [before["eid"]], b.sid)[before["eid"]])
+
+
+@pytest.mark.parametrize("kind", ["beside", "cut", "bad_schema"])
+async def test_copies_of_a_kept_duid_stay_out_of_bad_rows_after_a_rotation(
+    make_client: Any, cfg: Config, clock: Clock, kind: str
+) -> None:
+    # The same copies in a refused event: beside a stored one, or in a body refused whole (cut short,
+    # a wrong envelope). The bad row keeps its shape, not the ids.
+    b = await rotated_keeping_its_ids(make_client, cfg, clock, later=60)
+    refused = {**with_copies(b, "/refused"), "p": "BAD", "tv": f"js-3.0 {b.duid}"}
+    if kind == "beside":
+        await b.send(b.event("pv", "/x"), refused)
+        body = orjson.dumps(refused).decode()
+    else:
+        envelope = {"schema": PAYLOAD, "data": [refused, refused]}
+        if kind == "bad_schema":
+            envelope["schema"] = "iglu:com.acme/payload/jsonschema/1-0-0"
+        body = orjson.dumps(envelope).decode()
+        if kind == "cut":
+            body = body[:-20]
+        headers = {"User-Agent": L.UA, "Cookie": f"sp={b.cookie}", "Content-Type": "application/json"}
+        resp = await b.client.post("/com.snowplowanalytics.snowplow/tp2", data=body, headers=headers)
+        assert resp.status == 400, await resp.text()
+        await b.send(b.event("pv", "/after"))  # the store's queue flushed
+    [br] = rows(cfg.db, "select payload from bad_rows")
+    assert "visitorRef" in br["payload"] and "gold" in br["payload"] and "refused" in br["payload"]
+    for value in (b.duid, b.sid):
+        assert value not in br["payload"], (value, br["payload"])
+    # the same check finds them in what was sent
+    assert b.duid in body and b.sid in body
+
+
+PAYLOAD = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
