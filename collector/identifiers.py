@@ -10,9 +10,9 @@ Read this file to audit what the collector keeps. Three kinds of identifier:
   cookies). Under SP-Anonymous they are removed from contexts and from the self-describing event.
   Every entity, listed or not, also loses the fields named in `GENERIC_FIELDS` or `DATA_FIELDS` or
   containing one of `GENERIC_PARTS` (letters and digits compared, case and accents ignored), at any
-  depth, and keeps nothing beside its `schema` and `data`: a custom entity that carries an
-  identifier under another name keeps it, so name it here or do not send it. Strings lose the
-  cross-domain link (`_sp`).
+  depth, and keeps nothing beside its `schema` (only if it is an Iglu URI: `kept_schema`) and `data`:
+  a custom entity that carries an identifier under another name keeps it, so name it here or do not
+  send it. Strings lose the cross-domain link (`_sp`).
 * **Tracker ids** (`tracker_ids`): the ids a tracker keeps for itself (duid, sid, the fingerprint
   `fp`, the cross-domain `refr_domain_userid`, and the client_session entity's userId / sessionId /
   previousSessionId, the page and screen view ids, the tab id), and the device's own ids that outlive
@@ -247,6 +247,16 @@ def _generic(value: Any, drop: frozenset[str], depth: int = 0) -> Any:
     return value
 
 
+# The schema an anonymous row or bad row keeps: an Iglu URI in Iglu's own alphabet. Anything else in
+# its place (an object, a query, an email) is not a schema and could carry an identifier: it goes.
+_IGLU_URI = re.compile(r"iglu:[A-Za-z0-9._-]+/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+/[A-Za-z0-9._-]+\Z")
+
+
+def kept_schema(schema: Any) -> str | None:
+    """`schema` if it is an Iglu URI (`iglu:vendor/name/format/version`), else None."""
+    return schema if schema.__class__ is str and _IGLU_URI.match(schema) else None
+
+
 def scrub_contexts(contexts: Any) -> Any:
     """Contexts (`{schema, data: [entities]}`) without identifying entities and fields; each entity, and
     the envelope, keep only their `schema` and `data` (nothing a client adds beside them)."""
@@ -257,19 +267,20 @@ def scrub_contexts(contexts: Any) -> Any:
         schema = entity.get("schema")
         keep, data = scrub_data(schema, entity.get("data"))
         if keep:
-            kept.append({"schema": schema, "data": data})
-    return {"schema": contexts.get("schema"), "data": kept}
+            kept.append({"schema": kept_schema(schema), "data": data})
+    return {"schema": kept_schema(contexts.get("schema")), "data": kept}
 
 
 def scrub_unstruct(ue: Any) -> Any:
     """A self-describing event (`{schema, data: {schema, data}}`) without identifying fields, and
     without anything beside `schema` and `data` at either level."""
     inner = ue.get("data")
+    outer = kept_schema(ue.get("schema"))
     if not isinstance(inner, dict):
-        return {"schema": ue.get("schema"), "data": None}
+        return {"schema": outer, "data": None}
     schema = inner.get("schema")
     keep, data = scrub_data(schema, inner.get("data"))
-    return {"schema": ue.get("schema"), "data": {"schema": schema, "data": data if keep else {}}}
+    return {"schema": outer, "data": {"schema": kept_schema(schema), "data": data if keep else {}}}
 
 
 def _dumps(obj: Any) -> str:

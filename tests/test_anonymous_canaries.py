@@ -153,6 +153,29 @@ def probes(c: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
         "a refused event's array data": post(
             ev(eid="ok2"), {**ev(p="BAD"), "co": ctx({"schema": CUSTOM, "data": [{"userId": c}]})}
         ),
+        "an object as an entity's schema": post(ev(co=ctx({"schema": {"userId": c}, "data": {}}))),
+        "an object as the contexts' schema": post(
+            ev(co=orjson.dumps({"schema": {"userId": c}, "data": [{"schema": CUSTOM, "data": {}}]}).decode())
+        ),
+        "an _sp in an entity's schema": post(ev(co=ctx({"schema": f"{CUSTOM}?_sp={sp}", "data": {"n": 1}}))),
+        "an email in an entity's schema": post(
+            ev(co=ctx({"schema": f"iglu:com.acme/{c}@mail.test/jsonschema/1-0-0", "data": {"n": 1}}))
+        ),
+        "an object as the event's outer schema": post(
+            ev(
+                "ue",
+                ue_pr=orjson.dumps(
+                    {"schema": {"userId": c}, "data": {"schema": CUSTOM, "data": {}}}
+                ).decode(),
+            )
+        ),
+        "an object as a refused event's inner schema": post(
+            ev(eid="ok5"),
+            ev("ue", ue_pr=ue({"userId": c}, {})),  # type: ignore[arg-type]
+        ),
+        "a refused event's inner schema that is not an iglu URI": post(
+            ev(eid="ok6"), ev("ue", ue_pr=ue(f"urn:{c}:x", {}))
+        ),
         "a repeated uid param": ("GET", f"/i?e=pv&p=web&tv=js&uid=a&uid={c}&duid={c}", {}),
         "a duplicate schema key": (
             "POST",

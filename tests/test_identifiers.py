@@ -588,3 +588,34 @@ def test_a_refused_bodys_tracker_ids_go_from_its_other_strings(cut: bool) -> Non
         body = body[:-3]
     out = identifiers.raw_without_tracker_ids(body)
     assert COPIED in body and COPIED not in out and '"tv":"js ' in out and "ref" in out
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
+        "iglu:com.acme-co.app_x/my_thing/jsonschema/10-2-33",
+    ],
+)
+def test_an_iglu_uri_is_kept_as_the_schema(schema: str) -> None:
+    assert identifiers.kept_schema(schema) == schema
+    scrubbed = identifiers.scrub_contexts({"schema": schema, "data": [{"schema": schema, "data": {}}]})
+    assert scrubbed == {"schema": schema, "data": [{"schema": schema, "data": {}}]}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"userId": "u1"},
+        ["iglu:com.acme/x/jsonschema/1-0-0"],
+        "iglu:com.acme/x/jsonschema/1-0-0?_sp=abc.1",
+        "iglu:com.acme/alice@mail.test/jsonschema/1-0-0",
+        "iglu:com.acme/x/jsonschema/1-0-0\nx",
+        "urn:x:u1",
+        "iglu:com.acme/x/jsonschema",
+    ],
+)
+def test_a_schema_that_is_not_an_iglu_uri_goes(schema: Any) -> None:
+    assert identifiers.kept_schema(schema) is None
+    scrubbed = identifiers.scrub_unstruct({"schema": schema, "data": {"schema": schema, "data": {}}})
+    assert scrubbed == {"schema": None, "data": {"schema": None, "data": {}}}
