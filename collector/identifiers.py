@@ -851,6 +851,11 @@ def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str
     device = device_ids(row) if hit else set()
     forget_device_ids(row)
     if hit <= device:
+        # the tracker's columns too, where it uses a device id as its own (an app's duid = IDFV),
+        # however short: the rest of the tracker's ids are new, and stay
+        for name in ("domain_userid", "domain_sessionid", *ROW_IDS):
+            if row[COL[name]] in device:
+                row[COL[name]] = None
         cut_everywhere(row, cuttable(device))
         return tuple(v for v in ids if v not in device)
     forget_tracker(row)

@@ -470,3 +470,32 @@ async def test_a_link_in_a_campaign_param_after_a_rotation_leaves_no_link(
         assert row["mkt_source"] == "mail"
     else:  # the control: the same check finds the link in the campaign column
         assert "mkt_content" in found[after["eid"]], found
+
+
+@pytest.mark.parametrize("which", ["idfv", "mac", "ga"])
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_a_duid_that_is_a_device_id_leaves_no_link_after_a_rotation(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool, which: str
+) -> None:
+    # An app that uses one of the device's own ids as the tracker's duid: it outlives the rotation
+    # (clearUserData() clears the rest), so the row after it carries the retired id as its duid too.
+    client = await make_client(cfg if rotate else cfg.replace(anonymize_events=("x",)))
+    b, third = (
+        Device(client, clock, users, vid=vid, device_ids=True)
+        for users, vid in ((("a", "b"), 23), (("c", "d"), 41))
+    )
+    for d in (b, third):
+        d.duid = getattr(d, which)
+
+    async def clear_keeping_the_duid(d: L.Browser) -> None:
+        duid = d.duid
+        await clear_after_anonymize(d)
+        d.duid = duid
+
+    await L.run_flow(clock, [b, third], [L.a_login, L.a_browse, clear_keeping_the_duid, L.a_other_user])
+    found = L.linkage(cfg.db, b, third, [("old", "new")])
+    if rotate:
+        assert found == {}, L.report(found)
+        assert holding(cfg.db, b.sent["new"], b.duid) == {}
+    else:  # the control: the same check finds it on both sides
+        assert b.duid in found["old/new"], L.report(found)
