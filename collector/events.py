@@ -316,6 +316,10 @@ def _from_urls(row: list[Any]) -> tuple[str, ...]:
     return (*(url_links(url) if url else ()), *(url_links(refr) if refr else ()))
 
 
+# The self-describing params an anonymous request's rewrite puts back (identifiers.anonymous_params)
+REWRITTEN = frozenset({"co", "ue_pr"})
+
+
 def _refuse(key: str, value: object) -> None:
     """Raise BadInput for a param whose value is not a string or is too long."""
     if value.__class__ is not str:
@@ -335,7 +339,10 @@ def build_row(
     for key, value in params.items():
         # one pass both checks and copies (a str subclass cannot come from JSON); the keys PLACE
         # knows are short, so only an unknown key's length is checked
-        if value.__class__ is not str or len(value) > MAX_VALUE:
+        # (an anonymous row's entities are the collector's rewrite, checked as sent by the policy)
+        if (value.__class__ is not str or len(value) > MAX_VALUE) and not (
+            row[ANONYMOUS] and key in REWRITTEN and value.__class__ is str
+        ):
             _refuse(key, value)
         idx = PLACE.get(key)
         if idx is None:
@@ -405,9 +412,9 @@ def build_row(
     ):  # substring tests on text in hand: the walk is for the rare row that may hold a link
         linked = (*linked, *identifiers.entity_links(co, ue))
     more = (
-        (fp, row[REFR_DUID], *linked, *(other.get(k) for k in identifiers.DEVICE_PARAMS))
+        (fp, row[REFR_DUID], *(other.get(k) for k in identifiers.DEVICE_PARAMS))
         if other
-        else (fp, row[REFR_DUID], *linked)
+        else (fp, row[REFR_DUID])
     )
-    ids = identifiers.tracker_ids(duid, sid, co, more)
+    ids = identifiers.tracker_ids(duid, sid, co, more, linked)
     return row, anonymize, ids

@@ -69,9 +69,12 @@ LINK_PART_COLUMNS = ("page_urlquery", "page_urlfragment", "refr_urlquery", "refr
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
-# The tracker ids one event may bring to a lookup or a retirement: a tracker sends a handful; an event
+# The tracker ids of an event a device remembers for its rotation: a tracker sends a handful; an event
 # stuffed with session entities must not retire hundreds of values.
 TRACKER_IDS_PER_EVENT = 24
+# The tracker ids an event may bring to the check against retired ones: every one is checked (one left
+# out could be the retired one), and an event with more is refused. A tracker sends up to some 20.
+TRACKER_IDS_CHECKED = 64
 MAX_DEPTH = 64  # nesting the anonymous scrub walks into; orjson re-encodes at most 254 levels anyway
 
 
@@ -338,6 +341,9 @@ def _rewrite_self_describing(
         try:
             if not isinstance(value, str):
                 raise BadInput("non_string_value", f"value of {name!r} is not a string")
+            # the limit is on what was sent: the rewrite may write it longer (`1e5` as 100000.0)
+            if len(value) > protocol.MAX_VALUE:
+                raise BadInput("value_too_long", f"value of {name!r} is longer than the limit")
             doc, _ = protocol.decode_json(value, name, base64=name == encoded)
             protocol.check_self_describing(doc, contexts=plain == "co")
             out[plain] = _dumps(rewrite(doc))
@@ -762,13 +768,20 @@ def cut_links(value: Any, depth: int = 0) -> Any:
 
 
 def tracker_ids(
-    duid: str | None, sid: str | None, contexts: Any, more: tuple[str | None, ...] = ()
+    duid: str | None,
+    sid: str | None,
+    contexts: Any,
+    more: tuple[str | None, ...] = (),
+    links: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
-    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped).
+    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped),
+    most telling first (what a device remembers is the first TRACKER_IDS_PER_EVENT); BadInput beyond
+    TRACKER_IDS_CHECKED.
 
     `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid; DEVICE_PARAMS),
     retired with the device like duid, since any would tie the device's rows before a rotation to
-    those after.
+    those after. `links`: the duids of the cross-domain links the row holds, last: a URL can carry
+    any number of them, and they must not push the tracker's own ids out of what is remembered.
     """
     ids = [v for v in (duid, sid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
     if contexts is not None:
@@ -783,7 +796,11 @@ def tracker_ids(
                 value = data.get(name)
                 if isinstance(value, str) and value and len(value) <= TRACKER_ID_MAX:
                     ids.append(value)
-    return tuple(dict.fromkeys(ids))[:TRACKER_IDS_PER_EVENT]
+    ids.extend(v for v in links if v and len(v) <= TRACKER_ID_MAX)
+    out = tuple(dict.fromkeys(ids))
+    if len(out) > TRACKER_IDS_CHECKED:
+        raise BadInput("too_many_tracker_ids", f"an event carries at most {TRACKER_IDS_CHECKED} tracker ids")
+    return out
 
 
 def link_duids(text: str, depth: int = 0) -> list[str]:

@@ -142,6 +142,31 @@ async def test_json_nested_300_deep_is_a_4xx_or_stored(client: Any, cfg: Config,
     assert resp.status in (200, 400)
 
 
+@pytest.mark.parametrize("anonymous", [False, True])
+async def test_contexts_within_the_limit_as_sent_are_stored_though_read_back_longer(
+    client: Any, cfg: Config, anonymous: bool
+) -> None:
+    # `1e5` is read as the float 100000.0 and written back so: the limit is on what the tracker sent,
+    # not on the collector's own re-encoding (an anonymous request's entities are rewritten).
+    from collector.protocol import MAX_VALUE
+
+    headers = {"SP-Anonymous": "*"} if anonymous else {}
+    numbers = ",".join(["1e5"] * ((MAX_VALUE - 200) // 4))
+    co = '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":[' + (
+        '{"schema":"iglu:com.acme/n/jsonschema/1-0-0","data":{"n":[' + numbers + "]}}]}"
+    )
+    assert len(co) <= MAX_VALUE < len(orjson.dumps(orjson.loads(co)))
+    resp = await client.post(TP2, json=batch(ev(eid="long", co=co)), headers=headers)
+    assert resp.status == 200, await resp.text()
+    [row] = rows(cfg.db, "select contexts from events")
+    assert len(orjson.loads(row[0])["data"][0]["data"]["n"]) == (MAX_VALUE - 200) // 4
+    # the control: one past the limit as sent is refused, anonymous or not
+    over = co.replace("[1e5,", "[1e5," + "1," * 100, 1)
+    assert len(over) > MAX_VALUE
+    resp = await client.post(TP2, json=batch(ev(eid="over", co=over)), headers=headers)
+    assert resp.status == 400 and (await error_of(resp))["reason"] == "value_too_long"
+
+
 @pytest.mark.parametrize(
     "target",
     [

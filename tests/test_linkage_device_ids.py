@@ -29,6 +29,7 @@ STORES = ("sqlite", "postgres")
 MOBILE = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-2"
 GA = "iglu:com.google.analytics/cookies/jsonschema/1-0-0"
 LANDING = "iglu:com.acme/landing/jsonschema/1-0-0"
+UNSTRUCT = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0"
 
 
 def new_id() -> str:
@@ -499,3 +500,73 @@ async def test_a_duid_that_is_a_device_id_leaves_no_link_after_a_rotation(
         assert holding(cfg.db, b.sent["new"], b.duid) == {}
     else:  # the control: the same check finds it on both sides
         assert b.duid in found["old/new"], L.report(found)
+
+
+@pytest.mark.parametrize("field", ["co", "ue_pr"])
+async def test_a_retired_id_under_a_duplicate_key_leaves_no_link_after_a_rotation(
+    make_client: Any, cfg: Config, clock: Clock, field: str
+) -> None:
+    # JSON that names a key twice: the collector (and PostgreSQL's jsonb) reads the last, SQLite's
+    # json_extract the first. An old id first (the old session's id, a link to the old device),
+    # something new after, must not pass as new while the row keeps the old.
+    client = await make_client(cfg)
+    b = L.Browser(client, clock, ("a", "b"), vid=23)
+    await L.a_login(b)
+    clock.t += 5
+    old_sid, old_duid = b.sid, b.duid
+    await clear_after_anonymize(b)
+    clock.t += 60
+    b.phase = "new"
+    after = b.event("pv", "/after")
+    text = after.pop("co", None)
+    co = orjson.loads(text if text is not None else base64.urlsafe_b64decode(after.pop("cx") + "=="))
+    after["co"] = orjson.dumps(co).decode()
+    if field == "co":
+        new_sid = f'"sessionId":"{b.sid}"'
+        after["co"] = after["co"].replace(new_sid, f'"sessionId":"{old_sid}",{new_sid}')
+        old = old_sid
+    else:
+        click = {"targetUrl": "https://other.test/"}
+        ue = {"schema": UNSTRUCT, "data": {"schema": LINK_CLICK, "data": click}}
+        link = f'"targetUrl":"https://other.test/?_sp={old_duid}.1799999999000",'
+        after["e"], after["ue_pr"] = (
+            "ue",
+            orjson.dumps(ue).decode().replace('"targetUrl"', link + '"targetUrl"'),
+        )
+        old = old_duid
+    assert after[field].count(old) == 1
+    await b.send(after)
+    [row] = rows(cfg.db, "select * from events where event_id = ?", (after["eid"],))
+    assert row["domain_sessionid"] == b.sid  # stored, under the new ids
+    assert [k for k, v in dict(row).items() if isinstance(v, str) and old in v] == []
+    # the same search finds it before the rotation
+    assert holding(cfg.db, b.sent["old"], old)
+
+
+@pytest.mark.parametrize("links", [30, 100])
+async def test_links_stuffed_before_a_retired_id_leave_no_link_after_a_rotation(
+    make_client: Any, cfg: Config, clock: Clock, links: int
+) -> None:
+    # A page URL crafted with many cross-domain links (each a new duid) ahead of the old session's id
+    # in the client_session entity: the links must not push it out of the check against retired ids.
+    client = await make_client(cfg)
+    b = L.Browser(client, clock, ("a", "b"), vid=23)
+    await L.a_login(b)
+    clock.t += 5
+    old_sid = b.sid
+    await clear_after_anonymize(b)
+    b.previous_sid = old_sid  # the new session's previousSessionId: the old one's id
+    clock.t += 60
+    b.phase = "new"
+    after = b.event("pv", "/after")
+    after["url"] = f"{L.SHOP}/after?" + "&".join(f"_sp={new_id()}.{i}" for i in range(links))
+    good = b.event("pv", "/other")
+    await b.send(after, good)
+    assert rows(cfg.db, "select event_id from events where event_id = ?", (good["eid"],))
+    stored = rows(cfg.db, "select * from events where event_id = ?", (after["eid"],))
+    assert [k for r in stored for k, v in dict(r).items() if isinstance(v, str) and old_sid in v] == []
+    bad = rows(cfg.db, "select payload from bad_rows")
+    assert [r for r in bad if old_sid in r["payload"]] == []
+    assert len(stored) + len(bad) == 1  # stored without it, or refused
+    # the same search finds it before the rotation
+    assert holding(cfg.db, b.sent["old"], old_sid)

@@ -219,19 +219,51 @@ async def test_text_postgresql_refuses_costs_only_its_own_request(cfg: Config) -
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["good-1", "good-2"]
 
 
-# A number PostgreSQL's numeric (so jsonb) cannot hold, which orjson reads: data only PostgreSQL refuses.
-UNSTORABLE_CO = (
+# A number PostgreSQL's numeric (so jsonb) cannot hold, which orjson reads (as 0.0). The collector
+# stores the JSON it read, re-encoded, so the number is kept as read rather than refused.
+TINY_CO = (
     '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",'
     '"data":[{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"n":1e-20000}}]}'
 )
 
 
+async def test_a_number_numeric_cannot_hold_is_kept_as_the_collector_read_it(
+    client: Any, cfg: Config
+) -> None:
+    resp = await client.post(TP2, json=batch(ev(eid="tiny", co=TINY_CO)))
+    assert resp.status == 200, await resp.text()
+    [row] = rows(cfg.db, "select contexts::text from events")
+    assert '"n": 0.0' in row[0] and "1e-20000" not in row[0]
+
+
+# Data PostgreSQL refuses (SQLSTATE class 22) that the collector cannot see beforehand: a trigger
+# the test adds stands in for it (a domain, a check an operator added), so the path stays tested.
+REFUSE = """
+create function refuse_marked() returns trigger language plpgsql as $$
+begin
+  if new.page_title = 'refuse-me' then
+    raise exception 'refused for the test' using errcode = '22023';
+  end if;
+  return new;
+end $$;
+create trigger refuse_marked before insert on events for each row execute function refuse_marked();
+"""
+
+
 async def test_data_postgresql_refuses_in_a_request_is_a_400_for_that_request(
     client: Any, cfg: Config
 ) -> None:
-    resp = await client.post(TP2, json=batch(ev(eid="nul", co=UNSTORABLE_CO)))
+    async def add_trigger() -> None:
+        conn = await asyncpg.connect(str(cfg.db))
+        try:
+            await conn.execute(REFUSE)
+        finally:
+            await conn.close()
+
+    run_sync(add_trigger())
+    resp = await client.post(TP2, json=batch(ev(eid="refused", page="refuse-me")))
     assert resp.status == 400 and (await resp.json())["error"]["reason"] == "unstorable"
-    assert (await client.get("/i", params=ev(eid="after"))).status == 200
+    assert (await client.get("/i", params=ev(eid="after", page="fine"))).status == 200
     assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["after"]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+import pytest
 
 from collector import identifiers
 from collector.config import Config
@@ -148,13 +149,22 @@ async def test_each_logout_in_one_batch_rotates(client: Any, cfg: Config) -> Non
     assert dev["x1"] == dev["a1"] and dev["x2"] == dev["b1"] and dev["x3"] == dev["c1"]
 
 
-async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Config) -> None:
+@pytest.mark.parametrize("stuffed", [30, 100])
+async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Config, stuffed: int) -> None:
+    # Every tracker id an event carries is checked against the retired ones (one left out could be
+    # the retired one), so an event with more than TRACKER_IDS_CHECKED is refused; an anonymize event
+    # within it retires its own ids and those its device remembered (TRACKER_IDS_PER_EVENT an event).
     session = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
     entities = [
         {"schema": session, "data": {"userId": f"u{i:03}" * 30, "sessionId": f"s{i:03}" * 30}}
-        for i in range(100)
+        for i in range(stuffed)
     ]
     co = orjson.dumps({"schema": "iglu:x/contexts/jsonschema/1-0-0", "data": entities}).decode()
     resp = await client.post(TP2, json=batch(ev("ue", eid="stuffed", ue_pr=ANON_UE, co=co)))
-    assert resp.status == 200
-    assert 0 < count(cfg, "retired_ids") <= identifiers.TRACKER_IDS_PER_EVENT < 100
+    if 2 * stuffed <= identifiers.TRACKER_IDS_CHECKED:
+        assert resp.status == 200
+        bound = identifiers.TRACKER_IDS_CHECKED + identifiers.TRACKER_IDS_PER_EVENT
+        assert 2 * stuffed <= count(cfg, "retired_ids") <= bound
+    else:
+        assert resp.status == 400 and (await resp.json())["error"]["reason"] == "too_many_tracker_ids"
+        assert count(cfg, "retired_ids") == 0 and count(cfg, "events") == 0
