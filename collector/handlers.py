@@ -148,9 +148,11 @@ async def track(request: web.Request) -> web.StreamResponse:
                     status=413,
                 )
         except BadInput as exc:
-            # as text either store keeps: PostgreSQL refuses a NUL, and would refuse the record with it;
-            # as the policy lets a bad row keep it (a named request's without the tracker's ids)
-            text = body[:MAX_BAD_PAYLOAD].decode("utf-8", "replace").replace("\x00", "\ufffd")
+            # as text either store keeps: PostgreSQL refuses a NUL, and would refuse the record with it.
+            # NULs are dropped, not replaced: between characters they are UTF-16's (or UTF-32's) ASCII,
+            # which then reads as sent, so the tracker's ids in it are found and cut like any others.
+            # As the policy lets a bad row keep it (a named request's without the tracker's ids).
+            text = body[:MAX_BAD_PAYLOAD].decode("utf-8", "replace").replace("\x00", "")
             payload = policy.scrub_bad_body(text, decision) if body and decision.store else None
             raise refuse(st, exc, decision, payload, len(body) or (request.content_length or 0)) from None
         if query:
