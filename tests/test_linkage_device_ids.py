@@ -505,6 +505,23 @@ async def test_a_duid_that_is_a_device_id_leaves_no_link_after_a_rotation(
         assert b.duid in found["old/new"], L.report(found)
 
 
+async def rotated_browser(
+    make_client: Any, cfg: Config, clock: Clock, previous: bool = False
+) -> tuple[L.Browser, str, str]:
+    """A browser logged in, then rotated by a tracker that clears its ids, a minute on in its new
+    phase; with the old session's id and duid. `previous`: its new session names the old one."""
+    b = L.Browser(await make_client(cfg), clock, ("a", "b"), vid=23)
+    await L.a_login(b)
+    clock.t += 5
+    old_sid, old_duid = b.sid, b.duid
+    await clear_after_anonymize(b)
+    if previous:
+        b.previous_sid = old_sid
+    clock.t += 60
+    b.phase = "new"
+    return b, old_sid, old_duid
+
+
 @pytest.mark.parametrize("field", ["co", "ue_pr"])
 async def test_a_retired_id_under_a_duplicate_key_leaves_no_link_after_a_rotation(
     make_client: Any, cfg: Config, clock: Clock, field: str
@@ -512,14 +529,7 @@ async def test_a_retired_id_under_a_duplicate_key_leaves_no_link_after_a_rotatio
     # JSON that names a key twice: the collector (and PostgreSQL's jsonb) reads the last, SQLite's
     # json_extract the first. An old id first (the old session's id, a link to the old device),
     # something new after, must not pass as new while the row keeps the old.
-    client = await make_client(cfg)
-    b = L.Browser(client, clock, ("a", "b"), vid=23)
-    await L.a_login(b)
-    clock.t += 5
-    old_sid, old_duid = b.sid, b.duid
-    await clear_after_anonymize(b)
-    clock.t += 60
-    b.phase = "new"
+    b, old_sid, old_duid = await rotated_browser(make_client, cfg, clock)
     after = b.event("pv", "/after")
     text = after.pop("co", None)
     co = orjson.loads(text if text is not None else base64.urlsafe_b64decode(after.pop("cx") + "=="))
@@ -552,15 +562,8 @@ async def test_links_stuffed_before_a_retired_id_leave_no_link_after_a_rotation(
 ) -> None:
     # A page URL crafted with many cross-domain links (each a new duid) ahead of the old session's id
     # in the client_session entity: the links must not push it out of the check against retired ids.
-    client = await make_client(cfg)
-    b = L.Browser(client, clock, ("a", "b"), vid=23)
-    await L.a_login(b)
-    clock.t += 5
-    old_sid = b.sid
-    await clear_after_anonymize(b)
-    b.previous_sid = old_sid  # the new session's previousSessionId: the old one's id
-    clock.t += 60
-    b.phase = "new"
+    # the new session's previousSessionId is the old one's id
+    b, old_sid, _ = await rotated_browser(make_client, cfg, clock, previous=True)
     after = b.event("pv", "/after")
     after["url"] = f"{L.SHOP}/after?" + "&".join(f"_sp={new_id()}.{i}" for i in range(links))
     good = b.event("pv", "/other")
