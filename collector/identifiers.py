@@ -344,7 +344,7 @@ def _rewrite_self_describing(
             # the limit is on what was sent: the rewrite may write it longer (`1e5` as 100000.0)
             if len(value) > protocol.MAX_VALUE:
                 raise BadInput("value_too_long", f"value of {name!r} is longer than the limit")
-            doc, _ = protocol.decode_json(value, name, base64=name == encoded)
+            doc = protocol.read_json(value, name, base64=name == encoded)  # rewritten below
             protocol.check_self_describing(doc, contexts=plain == "co")
             out[plain] = _dumps(rewrite(doc))
         except BadInput:

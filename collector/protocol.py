@@ -169,6 +169,22 @@ def parse_body(body: bytes, content_type: str) -> list[object]:
     return data
 
 
+def read_json(value: str, field: str, base64: bool = False) -> Any:
+    """A JSON param decoded, or its base64url form; raise BadInput if it is neither."""
+    if not base64:
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            raise BadInput("bad_json", f"{field} is not valid JSON") from None
+    # Trackers send base64url without padding; older ones send standard base64: accept both.
+    try:
+        return orjson.loads(
+            _b64.urlsafe_b64decode(value.replace("+", "-").replace("/", "_") + "=" * (-len(value) % 4))
+        )
+    except (binascii.Error, ValueError):
+        raise BadInput("bad_base64", f"{field} is not base64url-encoded JSON") from None
+
+
 def decode_json(value: str, field: str, base64: bool = False) -> tuple[Any, str]:
     """(decoded, JSON text) of a JSON param, or of its base64url form; raise BadInput if it is neither.
 
@@ -176,18 +192,7 @@ def decode_json(value: str, field: str, base64: bool = False) -> tuple[Any, str]
     as its last value here and as its first in SQLite's json_extract, so the text kept must hold only
     what the collector read (the ids it checked against a rotation's). About 0.7 us a KiB.
     """
-    if not base64:
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            raise BadInput("bad_json", f"{field} is not valid JSON") from None
-    else:
-        # Trackers send base64url without padding; older ones send standard base64: accept both.
-        try:
-            raw = _b64.urlsafe_b64decode(value.replace("+", "-").replace("/", "_") + "=" * (-len(value) % 4))
-            doc = orjson.loads(raw)
-        except (binascii.Error, ValueError):
-            raise BadInput("bad_base64", f"{field} is not base64url-encoded JSON") from None
+    doc = read_json(value, field, base64)
     try:
         return doc, orjson.dumps(doc).decode()
     except orjson.JSONEncodeError:  # nested deeper than orjson writes (254)
