@@ -191,7 +191,8 @@ class Bench:
                 print(
                     f"half-load {target:13} round {rnd + 1}: {rate:8,.0f} req/s open loop: "
                     f"p50 {lat['p50'] / 1000:.2f} ms p99 {lat['p99'] / 1000:.2f} ms, "
-                    f"{cpu_us:.0f} us CPU an event (written back first: {dirty:,.0f} MiB in {sync_s:.1f} s)",
+                    f"{cpu_us:.0f} us CPU an event, others {r.other_cpu:.0%} "
+                    f"(written back first: {dirty:,.0f} MiB in {sync_s:.1f} s)",
                     flush=True,
                 )
                 out.append(
@@ -202,6 +203,7 @@ class Bench:
                         **r.result,
                         "server_cpu": r.server_cpu,
                         "cpu_us_per_event": cpu_us,
+                        "other_cpu": r.other_cpu,
                         "dirty_mib_before": dirty,
                         "sync_seconds_before": sync_s,
                     }

@@ -118,7 +118,7 @@ def test_handler_tool_answers_every_mocked_get_with_the_pixel() -> None:
     assert got["collector"] > 0 and got["baseline"] > 0
 
 
-def window(target: str, p99_ms: float, cpu_us: float) -> dict[str, Any]:
+def window(target: str, p99_ms: float, cpu_us: float, other: float = 0.0) -> dict[str, Any]:
     lat = {"p50": 1000.0, "p99": p99_ms * 1000, "p999": p99_ms * 2000}
     return {
         "target": target,
@@ -129,6 +129,7 @@ def window(target: str, p99_ms: float, cpu_us: float) -> dict[str, Any]:
         "non2xx": 1,
         "cpu_us_per_event": cpu_us,
         "dirty_mib_before": 3.0,
+        "other_cpu": other,
     }
 
 
@@ -139,13 +140,14 @@ def test_half_load_summary_takes_medians_and_compares_with_one_worker_at_the_sam
         window("baseline", 1.0, 6.0),
         window("collector", 20.0, 40.0),
         window("collector-w2", 12.0, 66.0),
-        window("collector", 90.0, 45.0),  # one slow window does not set the median
+        window("collector", 90.0, 45.0, other=0.4),  # one slow window does not set the median
         window("collector-w2", 15.0, 54.0),
     ]
     rows = {r["target"]: r for r in half_load_summary(windows)}
     one, w2 = rows["collector"], rows["collector-w2"]
     assert (one["windows"], one["p99_ms"], one["cpu_us_per_event"]) == (3, 20.0, 45.0)
     assert one["p99_each_ms"] == [10.0, 20.0, 90.0] and one["non2xx"] == 3
+    assert one["other_cpu_each"] == [0.0, 0.0, 0.4]  # what else ran on the machine, window by window
     assert (w2["p99_ms"], w2["cpu_us_per_event"]) == (15.0, 60.0)
     assert w2["p99/collector"] == 15.0 / 20.0 and w2["cpu/collector"] == 60.0 / 45.0
     assert "p99/collector" not in one and "cpu/collector" not in rows["baseline"]
