@@ -168,13 +168,22 @@ NAME_CACHED_MAX = 64
 
 
 def _name(key: str) -> tuple[str, bool]:
-    """(the name normalised, whether it names an identifier as GENERIC_FIELDS and GENERIC_PARTS say)."""
+    """(the name normalised, whether it names an identifier as GENERIC_FIELDS and GENERIC_PARTS say,
+    or carries the cross-domain link: a map keyed by URLs, a param named by one, holds the linking
+    site's duid in its name, where cutting the value alone leaves it)."""
     try:
         return _NAMES_SEEN[key]
     except KeyError:
         pass
     norm = _norm(key)
-    seen = norm, norm in GENERIC_FIELDS or any(part in norm for part in GENERIC_PARTS)
+    seen = (
+        norm,
+        (
+            norm in GENERIC_FIELDS
+            or any(part in norm for part in GENERIC_PARTS)
+            or (may_link(key) and without_link(key) != key)
+        ),
+    )
     if len(key) <= NAME_CACHED_MAX:
         if len(_NAMES_SEEN) >= _NAMES_SEEN_MAX:
             _NAMES_SEEN.clear()
@@ -221,10 +230,12 @@ def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
     """
     rule = rule_of(schema)
     if rule is None:
-        return True, _generic(data, frozenset())
-    if rule.whole or not isinstance(data, dict):
+        kept = _generic(data, frozenset())
+    elif rule.whole or not isinstance(data, dict):
         return False, None
-    return True, _generic(data, _normed(rule.fields))
+    else:
+        kept = _generic(data, _normed(rule.fields))
+    return (False, None) if kept is _GONE else (True, kept)  # its data an entity its rule drops whole
 
 
 @lru_cache(maxsize=64)  # one entry per rule: the rules' field sets are fixed
@@ -232,19 +243,34 @@ def _normed(fields: frozenset[str]) -> frozenset[str]:
     return frozenset(_norm(f) for f in fields)
 
 
+_GONE = object()  # what _generic returns for a nested entity its rule drops whole: left out of its parent
+
+
 def _generic(value: Any, drop: frozenset[str], depth: int = 0) -> Any:
     """Data without the fields named like identifiers or (normalised) in `drop`, and strings without
-    the cross-domain link, at any depth (up to MAX_DEPTH)."""
+    the cross-domain link, at any depth (up to MAX_DEPTH).
+
+    An object with a `schema` that has a rule is the entity its schema names, wherever it sits (in
+    another entity's data, contexts inside contexts, an event wrapping another): its rule holds
+    there as at the top, its fields dropped below it and, for a rule that drops the entity whole or
+    data that is not an object, the object itself (_GONE); a client must not dodge a rule by nesting."""
     if depth > MAX_DEPTH:  # deeper than anything a tracker sends: refused rather than half scrubbed
         raise BadInput("nested_too_deep", "a JSON value is nested too deeply")
     if isinstance(value, dict):
-        return {
-            k: _generic(v, drop, depth + 1)
-            for k, v in value.items()
-            if not (isinstance(k, str) and ((n := _name(k))[1] or n[0] in drop or n[0] in DATA_FIELDS))
-        }
+        schema = value.get("schema")
+        if schema is not None and (rule := rule_of(schema)) is not None:
+            if rule.whole or not isinstance(value.get("data"), dict):
+                return _GONE
+            drop = drop | _normed(rule.fields)
+        out = {}
+        for k, v in value.items():
+            if isinstance(k, str) and ((n := _name(k))[1] or n[0] in drop or n[0] in DATA_FIELDS):
+                continue
+            if (kept := _generic(v, drop, depth + 1)) is not _GONE:
+                out[k] = kept
+        return out
     if isinstance(value, list):
-        return [_generic(v, drop, depth + 1) for v in value]
+        return [kept for v in value if (kept := _generic(v, drop, depth + 1)) is not _GONE]
     if isinstance(value, str) and may_link(value):
         return without_link(value)
     return value
@@ -317,9 +343,10 @@ def _anonymous_value(value: Any) -> Any:
     if isinstance(value, str):  # _generic's own string case, without its call: every param takes it
         return without_link(value) if may_link(value) else value
     try:
-        return _generic(value, frozenset())
+        kept = _generic(value, frozenset())
     except BadInput:
         return None
+    return None if kept is _GONE else kept
 
 
 SELF_DESCRIBING = frozenset({"co", "cx", "ue_pr", "ue_px"})
