@@ -910,7 +910,27 @@ def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str
 # A tracker id shorter than this is common text (a `vid`, a short fingerprint): it goes from the fields
 # that hold it by name, but is not cut from every other string, where it would take a title's digits.
 CUT_MIN = 8
-_KEY_COLUMNS = frozenset({COL["event_id"], COL["network_userid"]})  # the row's own keys: never cut
+# Never cut: the row's own keys, and what the collector writes itself (times it formatted, its version,
+# the session it assigned, the event and platform it checked against their codes), which hold no copy
+# of a tracker's id: a duid shaped like a time would otherwise rewrite collector_tstamp.
+_KEY_COLUMNS = frozenset(
+    COL[c]
+    for c in (
+        "event_id",
+        "network_userid",
+        "collector_tstamp",
+        "dvce_created_tstamp",
+        "dvce_sent_tstamp",
+        "true_tstamp",
+        "derived_tstamp",
+        "v_collector",
+        "event",
+        "platform",
+    )
+)
+# A column the store requires (NOT NULL) is cut to "" rather than NULL: a client's copy of a retired id
+# in its tracker version must not fail the commit of every request in the group.
+_REQUIRED_COLUMNS = frozenset({COL["v_tracker"]})
 _JSON_COLUMNS = frozenset({COL["unstruct_event"], COL["contexts"], COL["other_params"]})
 
 
@@ -962,7 +982,7 @@ def cut_everywhere(row: list[Any], needles: tuple[str, ...]) -> None:
                     else orjson.dumps(without_values(doc, needles)).decode()
                 )
         elif any(n in value for n in needles):
-            row[i] = _cut(value, needles) or None
+            row[i] = _cut(value, needles) or ("" if i in _REQUIRED_COLUMNS else None)
 
 
 def forget_device_ids(row: list[Any]) -> None:

@@ -168,3 +168,19 @@ async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Co
     else:
         assert resp.status == 400 and (await resp.json())["error"]["reason"] == "too_many_tracker_ids"
         assert count(cfg, "retired_ids") == 0 and count(cfg, "events") == 0
+
+
+async def test_a_retired_id_copied_into_a_required_column_is_no_store_fault(client: Any, cfg: Config) -> None:
+    """A client that sends a retired duid as its tracker version too: the cut of copies must not empty a
+    column the store requires (a NOT NULL failure would answer the whole group 503, and mark the store
+    failing), nor touch the collector's own columns (a duid shaped like a time rewrote collector_tstamp)."""
+    v, t = "V0123456789abcdef", "2027-01-15 0"
+    b = Browser(client)
+    await b.send(ev(eid="p1", duid=v), ev(eid="p2", duid=t))
+    await b.send(ev("ue", eid="rot", duid=v, ue_pr=ANON_UE))
+    resp = await client.post(TP2, json=batch(ev(eid="after", duid=v, tv=v), ev(eid="time", duid=t)))
+    assert resp.status == 200
+    assert (await client.get("/ready")).status == 200
+    got = {r["event_id"]: r for r in rows(cfg.db, "select * from events where event_id in ('after', 'time')")}
+    assert v not in got["after"]["v_tracker"] and got["after"]["domain_userid"] is None
+    assert got["time"]["collector_tstamp"].startswith("20")
