@@ -911,7 +911,7 @@ def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str
 # that hold it by name, but is not cut from every other string, where it would take a title's digits.
 CUT_MIN = 8
 # Never cut: the row's own keys, and what the collector writes itself (times it formatted, its version,
-# the session it assigned, the event and platform it checked against their codes), which hold no copy
+# the event and platform it checked against their codes), which hold no copy
 # of a tracker's id: a duid shaped like a time would otherwise rewrite collector_tstamp.
 _KEY_COLUMNS = frozenset(
     COL[c]
