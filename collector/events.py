@@ -330,7 +330,7 @@ def _refuse(key: str, value: object) -> None:
 
 def build_row(
     params: dict[str, str], base: list[Any], anonymize_names: tuple[str, ...]
-) -> tuple[list[Any], bool, tuple[str, ...]]:
+) -> tuple[list[Any], bool, identifiers.TrackerIds]:
     """The stored row for an event (params already scrubbed by the policy), whether it is an anonymize
     event, and the tracker ids it carries; raise BadInput if malformed."""
     row = base.copy()
@@ -416,5 +416,8 @@ def build_row(
         if other
         else (fp, row[REFR_DUID])
     )
-    ids = identifiers.tracker_ids(duid, sid, co, more, linked)
+    nested = identifiers.may_nest(co_text, co, contexts=True) or identifiers.may_nest(
+        ue_text, ue, contexts=False
+    )
+    ids = identifiers.tracker_ids(duid, sid, co, more, linked, ue, nested)
     return row, anonymize, ids

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from collector import cors, identity, policy, protocol
+from collector import cors, identifiers, identity, policy, protocol
 from collector.config import Config
 from collector.errors import BadInput, Unavailable
 from collector.events import INT_MAX, base_row, build_row, format_ms
@@ -236,7 +236,7 @@ async def ingest(
     request_device = cookie_device  # the request's own device: the cookie the answer sets
     minted = False
     rows: list[list[Any]] = []
-    ids: list[tuple[str, ...]] = []
+    ids: list[identifiers.TrackerIds] = []
     anonymize_at: list[int] = []
     bad: list[BadRow] = []
     for raw in raw_events:

@@ -69,9 +69,15 @@ LINK_PART_COLUMNS = ("page_urlquery", "page_urlfragment", "refr_urlquery", "refr
 # Tracker ids longer than this are refused (Snowplow's atomic columns hold 128 characters); it also
 # bounds what a retired value may cost.
 TRACKER_ID_MAX = 128
-# The tracker ids of an event a device remembers for its rotation: a tracker sends a handful; an event
-# stuffed with session entities must not retire hundreds of values.
-TRACKER_IDS_PER_EVENT = 24
+# The tracker ids a device remembers for its rotation (DeviceState), newest first, each kind bounded so
+# that device_state stays small and an event stuffed with ids cannot retire hundreds of values. The
+# brief ones (the session's, the page and screen views') change with every view and session: only the
+# newest matter, the ones a tracker may still send after the rotation (a page ping, a second tab's view,
+# the next screen view's previousId). The lasting ones (the device's and tracker's own, a tab's id, a
+# landing link's) stay as long as the tab or the app does: the views must not push them out, so
+# an idle tab's id or a link landed forty pages back is still retired.
+BRIEF_IDS_KEPT = 24
+LASTING_IDS_KEPT = 48
 # The tracker ids an event may bring to the check against retired ones: every one is checked (one left
 # out could be the retired one), and an event with more is refused. A tracker sends up to some 20.
 TRACKER_IDS_CHECKED = 64
@@ -85,6 +91,7 @@ class EntityRule:
     fields: frozenset[str] = frozenset()  # removed under SP-Anonymous
     whole: bool = False  # the entity itself identifies: dropped under SP-Anonymous
     tracker: tuple[str, ...] = ()  # the tracker's own ids: checked against retired ids
+    brief: frozenset[str] = frozenset()  # those of `tracker` that change with each view or session
     forget: bool = False  # dropped from a row that carries a retired tracker id
     device: bool = False  # its tracker ids are the device's own, not the tracker's: see forget()
 
@@ -97,6 +104,7 @@ ENTITY_RULES: dict[str, EntityRule] = {
     CLIENT_SESSION: EntityRule(
         frozenset({"userId", "previousSessionId", "firstEventId"}),
         tracker=("userId", "sessionId", "previousSessionId"),
+        brief=frozenset({"sessionId", "previousSessionId"}),
         forget=True,
     ),
     # The ad and vendor ids outlive any rotation (the IDFV is the app's for as long as it is installed):
@@ -109,8 +117,16 @@ ENTITY_RULES: dict[str, EntityRule] = {
     # The page view id (web) and screen view id (mobile) last until the next view: kept under
     # SP-Anonymous (page pings belong to their view), but a rotation or opt-out retires them, since the
     # tracker keeps sending the same one across a logout in a single-page app.
-    "com.snowplowanalytics.snowplow/web_page": EntityRule(tracker=("id",), forget=True),
-    "com.snowplowanalytics.mobile/screen": EntityRule(tracker=("id",), forget=True),
+    "com.snowplowanalytics.snowplow/web_page": EntityRule(
+        tracker=("id",), brief=frozenset({"id"}), forget=True
+    ),
+    "com.snowplowanalytics.mobile/screen": EntityRule(tracker=("id",), brief=frozenset({"id"}), forget=True),
+    # The mobile trackers' screen view event names its screen and the one before it: after a rotation
+    # the next screen view's previousId is the old device's last screen. As the self-describing event
+    # (not an entity) it is not dropped from a row that is forgotten; these two fields are.
+    "com.snowplowanalytics.mobile/screen_view": EntityRule(
+        tracker=("id", "previousId"), brief=frozenset({"id", "previousId"}), forget=True
+    ),
     # tabId lives as long as the browser tab: an identifier of it, and a tracker id to retire
     "com.snowplowanalytics.snowplow/browser_context": EntityRule(
         frozenset({"tabId"}), tracker=("tabId",), forget=True
@@ -397,7 +413,8 @@ TRACKER_PARAMS = ("duid", "sid", "vid", "fp", *DEVICE_PARAMS)
 
 def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     """A named request's refused event as its bad row keeps it: without the tracker's ids (TRACKER_PARAMS,
-    the `_sp` link, the contexts' `forget` entities and tracker fields).
+    the `_sp` link, the `forget` entities and every entity's and the event's tracker fields, wherever
+    they sit), nor their copies elsewhere.
 
     A bad row is never checked against retired ids, and it shares its request's time with the rows
     stored beside it: were it to keep a retired duid, it would tie the device after a rotation to the
@@ -406,9 +423,20 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     """
     ids = [params.get(k) for k in TRACKER_PARAMS]
 
+    def collect(doc: Any) -> Any:
+        ids.extend(_tracker_fields(doc))
+        return doc
+
+    # first every tracker field, of the contexts and the event both: either may copy the other's
+    _rewrite_self_describing(
+        {k: v for k, v in params.items() if k in SELF_DESCRIBING}, collect, collect, False
+    )
+
     def contexts(doc: Any) -> Any:
-        ids.extend(_tracker_fields(doc))  # before `ue_pr`'s turn: the loop takes the contexts first
-        return without_values(_contexts_without_tracker_ids(doc), cuttable(ids))
+        return without_values(_bad_row_contexts(doc), cuttable(ids))
+
+    def unstruct(doc: Any) -> Any:
+        return without_values(_bad_row_event(doc), cuttable(ids))
 
     out = {
         # an object or a list (what made it non_string_value) is walked too
@@ -416,9 +444,7 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
         for k, v in params.items()
         if k not in TRACKER_PARAMS
     }
-    _rewrite_self_describing(
-        out, contexts, lambda doc: without_values(cut_links(doc), cuttable(ids)), strict=False
-    )
+    _rewrite_self_describing(out, contexts, unstruct, strict=False)
     # ...and their copies under other names (an app's own entity or param that repeats the duid)
     needles = cuttable(ids)
     if needles:
@@ -429,12 +455,27 @@ def without_tracker_ids(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _tracker_fields(contexts: Any) -> Iterable[Any]:
-    """The values of the tracker fields (EntityRule.tracker) of a contexts document's entities."""
-    for entity in contexts.get("data", ()) if isinstance(contexts, dict) else ():
-        rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
-        if rule is not None and rule.tracker and isinstance(data := entity.get("data"), dict):
-            yield from (data.get(name) for name in rule.tracker)
+def _tracker_fields(doc: Any) -> Iterable[Any]:
+    """The values of the tracker fields (EntityRule.tracker) of every entity in a document, and of the
+    event in a self-describing event's, wherever they sit."""
+    for rule, data in _ruled(doc):
+        yield from (data.get(name) for name in rule.tracker)
+
+
+def _bad_row_entity(entity: Any, rule: EntityRule) -> Any:
+    return _GONE if rule.forget else _without_tracker_fields(entity)
+
+
+def _bad_row_contexts(doc: Any) -> Any:
+    """Contexts as a named request's bad row keeps them: without the `forget` entities, the other
+    entities' tracker fields or the `_sp` link, wherever they sit."""
+    return cut_links(_entities_rewritten(doc, _bad_row_entity, event=False))
+
+
+def _bad_row_event(doc: Any) -> Any:
+    """A self-describing event as a named request's bad row keeps it: as _bad_row_contexts, and
+    without the event's own tracker fields."""
+    return cut_links(_entities_rewritten(doc, _bad_row_entity, event=True))
 
 
 # What a named request's refused body keeps (raw_without_tracker_ids): the param names whose values
@@ -565,7 +606,7 @@ def _doc_without_tracker_ids(value: Any, depth: int) -> Any:
             for k, v in value.items()
             if k not in _RAW_DROPPED
         }
-        _rewrite_self_describing(kept, _contexts_without_tracker_ids, cut_links, strict=False)
+        _rewrite_self_describing(kept, _bad_row_contexts, _bad_row_event, strict=False)
         return kept
     if isinstance(value, list):
         return [_doc_without_tracker_ids(v, depth) for v in value]
@@ -653,11 +694,6 @@ def _form_without_tracker_ids(text: str) -> str:
             out.append(parts[i - 1])
         out.append(pair)
     return "".join(out)
-
-
-def _contexts_without_tracker_ids(doc: Any) -> Any:
-    kept = [_without_tracker_fields(e) for e in doc["data"] if not _forgotten(e)]
-    return cut_links({**doc, "data": kept})
 
 
 def without_link(url: str) -> str:
@@ -794,40 +830,112 @@ def cut_links(value: Any, depth: int = 0) -> Any:
     return value
 
 
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond an event
+class TrackerIds:
+    """The tracker's own ids an event carries (tracker_ids), by how long they last (BRIEF_IDS_KEPT)."""
+
+    lasting: tuple[str, ...] = ()
+    brief: tuple[str, ...] = ()
+
+    @property
+    def every(self) -> tuple[str, ...]:
+        return self.lasting + self.brief
+
+    def without(self, gone: set[str]) -> TrackerIds:
+        return TrackerIds(
+            tuple(v for v in self.lasting if v not in gone), tuple(v for v in self.brief if v not in gone)
+        )
+
+
+NO_TRACKER_IDS = TrackerIds()
+
+
 def tracker_ids(
     duid: str | None,
     sid: str | None,
     contexts: Any,
     more: tuple[str | None, ...] = (),
     links: tuple[str, ...] = (),
-) -> tuple[str, ...]:
-    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped),
-    most telling first (what a device remembers is the first TRACKER_IDS_PER_EVENT); BadInput beyond
-    TRACKER_IDS_CHECKED.
+    event: Any = None,
+    nested: bool = False,
+) -> TrackerIds:
+    """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped,
+    each once); BadInput beyond TRACKER_IDS_CHECKED.
 
-    `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid; DEVICE_PARAMS),
-    retired with the device like duid, since any would tie the device's rows before a rotation to
-    those after. `links`: the duids of the cross-domain links the row holds, last: a URL can carry
-    any number of them, and they must not push the tracker's own ids out of what is remembered.
+    `contexts` and `event` (the self-describing event: a screen view's own id and previousId) are
+    parsed documents; with `nested` (may_nest found more schemas than the top level holds) every
+    object with a rule is read wherever it sits, as the anonymous scrub reads it, else the top level
+    only. `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid;
+    DEVICE_PARAMS), retired with the device like duid, since any would tie the device's rows before a
+    rotation to those after. `links`: the duids of the cross-domain links the row holds.
     """
-    ids = [v for v in (duid, sid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
-    if contexts is not None:
-        for entity in contexts.get("data", ()):
-            if not isinstance(entity, dict):
-                continue
-            rule = rule_of(entity.get("schema"))
-            data = entity.get("data")
-            if rule is None or not rule.tracker or not isinstance(data, dict):
-                continue
-            for name in rule.tracker:
-                value = data.get(name)
-                if isinstance(value, str) and value and len(value) <= TRACKER_ID_MAX:
-                    ids.append(value)
-    ids.extend(v for v in links if v and len(v) <= TRACKER_ID_MAX)
-    out = tuple(dict.fromkeys(ids))
-    if len(out) > TRACKER_IDS_CHECKED:
+    lasting = [v for v in (duid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
+    brief = [sid] if sid and len(sid) <= TRACKER_ID_MAX else []
+    for rule, data in (*_ruled(contexts), *_ruled(event)) if nested else _top_ruled(contexts, event):
+        for name in rule.tracker:
+            value = data.get(name)
+            if value.__class__ is str and value and len(value) <= TRACKER_ID_MAX:
+                if name in rule.brief:
+                    brief.append(value)
+                else:
+                    lasting.append(value)
+    if links:
+        lasting.extend(v for v in links if v and len(v) <= TRACKER_ID_MAX)
+    kept = dict.fromkeys(lasting)
+    out = TrackerIds(tuple(kept), tuple(v for v in dict.fromkeys(brief) if v not in kept))
+    if len(out.lasting) + len(out.brief) > TRACKER_IDS_CHECKED:
         raise BadInput("too_many_tracker_ids", f"an event carries at most {TRACKER_IDS_CHECKED} tracker ids")
     return out
+
+
+def _top_ruled(contexts: Any, event: Any) -> list[tuple[EntityRule, dict[str, Any]]]:
+    """The entities with a tracker rule at the top level of contexts, and the self-describing event's
+    own data (`{schema, data: {schema, data}}`), each with its data: a list built in one loop, as this
+    runs for every event."""
+    found = []
+    for entity in contexts["data"] if contexts is not None else ():
+        if (
+            entity.__class__ is dict
+            and (rule := rule_of(entity.get("schema"))) is not None
+            and rule.tracker
+            and (data := entity.get("data")).__class__ is dict
+        ):
+            found.append((rule, data))
+    if event is not None and (inner := event["data"]).__class__ is dict:
+        rule = rule_of(inner.get("schema"))
+        if rule is not None and rule.tracker and (data := inner.get("data")).__class__ is dict:
+            found.append((rule, data))
+    return found
+
+
+def _ruled(doc: Any) -> Iterable[tuple[EntityRule, dict[str, Any]]]:
+    """Every object in a parsed JSON value whose `schema` has a rule and whose data is an object, with
+    that data, wherever it sits (in another entity's data, contexts inside contexts). Walked with a
+    stack: a document may nest as deep as orjson writes (254)."""
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            rule = rule_of(value.get("schema"))
+            if rule is not None and isinstance(data := value.get("data"), dict):
+                yield rule, data
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+_SCHEMA_KEY = '"schema"'
+
+
+def may_nest(text: str | None, doc: Any, contexts: bool) -> bool:
+    """Whether a self-describing field's JSON text (as protocol.decode_json writes it, so every key
+    `schema` is spelled so) may hold an object with a schema below its top level: more of them than
+    the envelope and its entities (or the event) are. A substring count on text in hand: the walk
+    (_ruled) is for the rare document that nests one."""
+    if text is None:
+        return False
+    top = 1 + (len(doc["data"]) if contexts else 1)
+    return text.count(_SCHEMA_KEY) > top
 
 
 def link_duids(text: str, depth: int = 0) -> list[str]:
@@ -874,16 +982,15 @@ def device_ids(row: list[Any]) -> set[str]:
     if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
         params = orjson.loads(other)
         found.update(v for p in DEVICE_PARAMS if isinstance(v := params.get(p), str))
-    text = row[COL["contexts"]]
-    for entity in orjson.loads(text).get("data", ()) if text is not None else ():
-        rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
-        if rule is None or not rule.device or not isinstance(data := entity.get("data"), dict):
-            continue
-        found.update(v for f in rule.tracker if isinstance(v := data.get(f), str))
+    for name in ("contexts", "unstruct_event"):  # wherever the entity sits, as tracker_ids reads it
+        text = row[COL[name]]
+        for rule, data in _ruled(orjson.loads(text)) if text is not None else ():
+            if rule.device:
+                found.update(v for f in rule.tracker if isinstance(v := data.get(f), str))
     return found
 
 
-def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str, ...]:
+def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds:
     """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps.
 
     When the only retired ones are the device's own (an IDFV, an ad id, `mac`: they outlive any
@@ -891,7 +998,7 @@ def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str
     are its own. Otherwise the tracker kept ids from before the rotation, and the row loses the
     tracker's whole identity (`forget_tracker`).
     """
-    hit = retired.intersection(ids)
+    hit = retired.intersection(ids.every)
     device = device_ids(row) if hit else set()
     forget_device_ids(row)
     if hit <= device:
@@ -901,10 +1008,10 @@ def forget(row: list[Any], retired: set[str], ids: tuple[str, ...]) -> tuple[str
             if row[COL[name]] in device:
                 row[COL[name]] = None
         cut_everywhere(row, cuttable(device))
-        return tuple(v for v in ids if v not in device)
+        return ids.without(device)
     forget_tracker(row)
-    cut_everywhere(row, cuttable((*ids, *device)))
-    return ()
+    cut_everywhere(row, cuttable((*ids.every, *device)))
+    return NO_TRACKER_IDS
 
 
 # A tracker id shorter than this is common text (a `vid`, a short fingerprint): it goes from the fields
@@ -992,7 +1099,7 @@ def forget_device_ids(row: list[Any]) -> None:
     if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
         params = {k: v for k, v in orjson.loads(other).items() if k not in DEVICE_PARAMS}
         row[COL["other_params"]] = orjson.dumps(params).decode() if params else None
-    _rewrite_contexts(row, _without_device_ids, cut=False)
+    _rewrite_entities(row, _without_device_ids, cut=False)
 
 
 def forget_tracker(row: list[Any]) -> None:
@@ -1012,30 +1119,74 @@ def forget_tracker(row: list[Any]) -> None:
     if other is not None:
         params = cut_links({k: v for k, v in orjson.loads(other).items() if k != "vid"})
         row[COL["other_params"]] = orjson.dumps(params).decode() if params else None
-    ue = row[COL["unstruct_event"]]
-    if ue is not None and may_link(ue):
-        row[COL["unstruct_event"]] = orjson.dumps(cut_links(orjson.loads(ue))).decode()
-    _rewrite_contexts(row, lambda e: None if _forgotten(e) else e, cut=True)
+    _rewrite_entities(row, _unforgotten, cut=True)
 
 
-def _rewrite_contexts(row: list[Any], each: Callable[[Any], Any], cut: bool) -> None:
-    text = row[COL["contexts"]]
-    if text is None:
-        return
-    contexts = orjson.loads(text)
-    kept = [k for e in contexts.get("data", ()) if (k := each(e)) is not None]
-    contexts["data"] = [cut_links(e) for e in kept] if cut else kept
-    try:
-        row[COL["contexts"]] = orjson.dumps(contexts).decode()
-    except orjson.JSONEncodeError:  # one entity nested too deep to re-encode: keep those that can be
-        row[COL["contexts"]] = orjson.dumps({**contexts, "data": list(_encodable(contexts["data"]))}).decode()
+def _rewrite_entities(row: list[Any], each: Callable[[Any, EntityRule], Any], cut: bool) -> None:
+    """The row's contexts and self-describing event rewritten by _entities_rewritten; with `cut`, the
+    `_sp` link cut from every string."""
+    for name in ("contexts", "unstruct_event"):
+        text = row[COL[name]]
+        if text is None:
+            continue
+        doc = _entities_rewritten(orjson.loads(text), each, event=name == "unstruct_event")
+        if cut:
+            doc = cut_links(doc)
+        try:
+            row[COL[name]] = orjson.dumps(doc).decode()
+        except orjson.JSONEncodeError:  # nested too deep to re-encode: keep the entities that can be
+            if name == "contexts" and isinstance(doc.get("data"), list):
+                row[COL[name]] = orjson.dumps({**doc, "data": list(_encodable(doc["data"]))}).decode()
+            else:
+                row[COL[name]] = None
 
 
-def _without_device_ids(entity: Any) -> Any:
-    rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
-    if rule is None or not rule.device:
+def _entities_rewritten(doc: Any, each: Callable[[Any, EntityRule], Any], event: bool) -> Any:
+    """A document with `each` applied to every object with a rule, wherever it sits: the object,
+    rewritten, or _GONE to leave it out of its parent. With `event` the document is a self-describing
+    event, whose own object is never left out: only its tracker fields go (a forgotten screen view is
+    still a screen view)."""
+    if not (event and isinstance(doc, dict) and isinstance(doc.get("data"), dict)):
+        return _with_entities(doc, each)
+    inner = doc["data"]
+    rule = rule_of(inner.get("schema"))
+    kept = inner if rule is None else each(inner, rule)
+    if not isinstance(kept, dict):  # _GONE
+        kept = _without_tracker_fields(inner)
+    return {**_children(doc, each), "data": _children(kept, each)}
+
+
+def _with_entities(value: Any, each: Callable[[Any, EntityRule], Any], depth: int = 0) -> Any:
+    """_entities_rewritten's walk; what is nested deeper than MAX_DEPTH is dropped, as cut_links drops it
+    (a refused body may nest as deep as orjson reads)."""
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        rule = rule_of(value.get("schema"))
+        if rule is not None:
+            value = each(value, rule)
+            if value is _GONE or not isinstance(value, dict):
+                return value
+        return _children(value, each, depth)
+    if isinstance(value, list):
+        return [v for item in value if (v := _with_entities(item, each, depth + 1)) is not _GONE]
+    return value
+
+
+def _children(
+    value: dict[str, Any], each: Callable[[Any, EntityRule], Any], depth: int = 0
+) -> dict[str, Any]:
+    return {k: v for k, item in value.items() if (v := _with_entities(item, each, depth + 1)) is not _GONE}
+
+
+def _without_device_ids(entity: Any, rule: EntityRule) -> Any:
+    if not rule.device:
         return entity
-    return None if rule.forget else _without_tracker_fields(entity)
+    return _GONE if rule.forget else _without_tracker_fields(entity)
+
+
+def _unforgotten(entity: Any, rule: EntityRule) -> Any:
+    return _GONE if rule.forget else entity
 
 
 def _without_tracker_fields(entity: Any) -> Any:
@@ -1043,11 +1194,6 @@ def _without_tracker_fields(entity: Any) -> Any:
     if rule is None or not rule.tracker or not isinstance(entity.get("data"), dict):
         return entity
     return {**entity, "data": {k: v for k, v in entity["data"].items() if k not in rule.tracker}}
-
-
-def _forgotten(entity: Any) -> bool:
-    rule = rule_of(entity.get("schema")) if isinstance(entity, dict) else None
-    return rule is not None and rule.forget
 
 
 def _encodable(entities: Iterable[Any]) -> Iterable[Any]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # collector.identifiers reads this module's column map
+    from collector.identifiers import TrackerIds
 
 # Event rows are lists in this column order (the conventional Snowplow names); building them as
 # plain lists keeps the hot path free of per-event dicts.
@@ -146,7 +149,7 @@ class Submission:
     rows: list[list[Any]] = field(default_factory=list)
     anonymize_at: tuple[int, ...] = ()  # indexes of rows that rotate their device
     # Per row, the tracker's own ids it carries (duid, sid, session entity): checked against retired ids.
-    tracker_ids: list[tuple[str, ...]] = field(default_factory=list)
+    tracker_ids: list[TrackerIds] = field(default_factory=list)
     # A device whose cookie came with SP-Anonymous: it opted out, so it is retired (its session ends,
     # its tracker ids are retired). Submitted on its own, never with the anonymous rows.
     opted_out: str | None = None

@@ -75,7 +75,7 @@ def wanted(subs: Sequence[Submission]) -> Wanted:
     """The lookups a group needs."""
     return Wanted(
         {dedupe_key(r) for s in subs for r in s.rows},
-        {v for s in subs for ids in s.tracker_ids for v in ids},
+        {v for s in subs for ids in s.tracker_ids for v in ids.every},
         {d for s in subs for d in (*(r[NETWORK_USERID] for r in s.rows), s.opted_out) if d},
     )
 
@@ -111,8 +111,8 @@ def decide(
         rotated: set[str] = set()
         for i, original in enumerate(sub.rows):
             row = original.copy()  # a retried transaction decides again from the same submissions
-            ids = sub.tracker_ids[i] if sub.tracker_ids else ()
-            if retired and not retired.isdisjoint(ids):
+            ids = sub.tracker_ids[i] if sub.tracker_ids else identifiers.NO_TRACKER_IDS
+            if retired and not retired.isdisjoint(ids.every):
                 ids = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
             device = row[NETWORK_USERID]
             if device is not None:
@@ -132,7 +132,7 @@ def decide(
             state = assign(
                 states.get(device), sub.now_ms, row[DOMAIN_SESSIONID], row[USER_ID], rules, row[DOMAIN_USERID]
             )
-            remember(state, ids, identifiers.TRACKER_IDS_PER_EVENT)
+            remember(state, ids)
             states[device] = out.states[device] = state
             row[SESSION_ID], row[SESSION_INDEX] = state.session_id, state.session_index
             if i not in sub.anonymize_at:
@@ -141,7 +141,7 @@ def decide(
             if device in rotated:  # a second anonymize event with nothing between: nothing to rotate
                 res.ignored += 1
                 continue
-            retire_values([*ids, *retire(state)])
+            retire_values([*ids.every, *retire(state)])
             new = new_device_id()  # a new random id: nothing derives it from the old
             rotated.add(new)
             for old, current in moved.items():

@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 
+from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, TrackerIds
 from storage.ids import UuidPool
 
 # Session ids are minted on the writer thread only: this pool is that thread's.
@@ -28,10 +29,12 @@ class DeviceState:
     # without a device, so a late answer can neither undo the rotation nor tie what follows to it.
     closed: bool = False
     tracker_duid: str | None = None
-    # The tracker ids (identifiers.tracker_ids) of the device's latest events, newest first: retired
-    # with the device even when the retiring request carries none (an opt-out, a mobile tracker that
-    # keeps its installation id only in the session entity).
+    # The tracker ids (identifiers.tracker_ids) of the device's latest events, newest first, lasting
+    # and brief ones apart (identifiers.BRIEF_IDS_KEPT says why): retired with the device even when
+    # the retiring request carries none (an opt-out, a mobile tracker that keeps its installation id
+    # only in the session entity).
     tracker_ids: tuple[str, ...] = ()
+    brief_ids: tuple[str, ...] = ()
 
 
 # device_state's columns, named in every statement (never `SELECT *`): a later migration may add one
@@ -46,12 +49,14 @@ STATE_COLUMNS = (
     "closed",
     "tracker_duid",
     "tracker_ids",
+    "brief_ids",
 )
 
 
 def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
-    """A device_state row, in STATE_COLUMNS order (tracker_ids as a JSON array)."""
+    """A device_state row, in STATE_COLUMNS order (tracker_ids and brief_ids as JSON arrays)."""
     ids = orjson.dumps(st.tracker_ids).decode()
+    brief = orjson.dumps(st.brief_ids).decode()
     closed = int(st.closed)
     return (
         device,
@@ -63,13 +68,16 @@ def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
         closed,
         st.tracker_duid,
         ids,
+        brief,
     )
 
 
 def state_of(row: Sequence[Any]) -> tuple[str, DeviceState]:
     """(device id, state) from a device_state row in STATE_COLUMNS order."""
-    dev, sess, idx, last, sid, uid, closed, duid, ids = row
-    return dev, DeviceState(sess, idx, last, sid, uid, bool(closed), duid, tuple(orjson.loads(ids)))
+    dev, sess, idx, last, sid, uid, closed, duid, ids, brief = row
+    state = DeviceState(sess, idx, last, sid, uid, bool(closed), duid, tuple(orjson.loads(ids)))
+    state.brief_ids = tuple(orjson.loads(brief))
+    return dev, state
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,17 +117,21 @@ def assign(
         return state
     index = state.session_index + 1 if state is not None else 1
     last_duid = duid or (state.tracker_duid if state is not None else None)
-    kept = state.tracker_ids if state is not None else ()
-    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid, kept)
+    if state is None:
+        return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid)
+    kept, brief = state.tracker_ids, state.brief_ids
+    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid, kept, brief)
 
 
-def remember(state: DeviceState, ids: tuple[str, ...], most: int) -> None:
-    """Keep an event's tracker ids on its device's state (newest first, at most `most`)."""
-    if ids:
-        state.tracker_ids = tuple(dict.fromkeys((*ids, *state.tracker_ids)))[:most]
+def remember(state: DeviceState, ids: TrackerIds) -> None:
+    """Keep an event's tracker ids on its device's state: newest first, each kind bounded."""
+    if ids.lasting:
+        state.tracker_ids = tuple(dict.fromkeys((*ids.lasting, *state.tracker_ids)))[:LASTING_IDS_KEPT]
+    if ids.brief:
+        state.brief_ids = tuple(dict.fromkeys((*ids.brief, *state.brief_ids)))[:BRIEF_IDS_KEPT]
 
 
 def retire(state: DeviceState) -> list[str]:
     """Retire the device for good; the tracker ids it was using, never to be stored again."""
     state.closed = True
-    return [v for v in (state.tracker_duid, state.tracker_sid, *state.tracker_ids) if v]
+    return [v for v in (state.tracker_duid, state.tracker_sid, *state.tracker_ids, *state.brief_ids) if v]

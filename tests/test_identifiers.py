@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from collector import identifiers
 from collector.errors import BadInput
+from collector.identifiers import TrackerIds
 from storage.base import COL, COLUMNS
 
 CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
@@ -68,10 +69,13 @@ def test_tracker_ids_come_from_columns_and_the_session_entity() -> None:
         (SESSION, {"userId": "d-1", "sessionId": "s-1", "previousSessionId": "s-0", "firstEventId": "e"}),
         ("iglu:com.acme/x/jsonschema/1-0-0", {"userId": "not-a-tracker-id"}),
     )
-    assert identifiers.tracker_ids("d-1", "s-1", co) == ("d-1", "s-1", "s-0")  # each value once
-    assert identifiers.tracker_ids(None, None, None) == ()
+    # each value once; the session's brief, the device's lasting
+    assert identifiers.tracker_ids("d-1", "s-1", co) == TrackerIds(("d-1",), ("s-1", "s-0"))
+    assert identifiers.tracker_ids(None, None, None) == TrackerIds()
     long = contexts((SESSION, {"userId": "x" * 200, "sessionId": 5}))
-    assert identifiers.tracker_ids(None, None, long) == ()  # over the cap or not a string: no lookup
+    assert (
+        identifiers.tracker_ids(None, None, long) == TrackerIds()
+    )  # over the cap or not a string: no lookup
 
 
 def test_forget_drops_the_trackers_identity_only() -> None:
@@ -131,9 +135,10 @@ def test_forget_never_raises_on_what_a_row_can_hold(
         {"schema": "iglu:x/unstruct_event/jsonschema/1-0-0", "data": ue}
     ).decode()
     row[COL["page_url"]] = row[COL["page_urlquery"]] = url
-    ids = identifiers.tracker_ids("d", None, orjson.loads(row[COL["contexts"]]), ("x",))
+    docs = orjson.loads(row[COL["contexts"]]), orjson.loads(row[COL["unstruct_event"]])
+    ids = identifiers.tracker_ids("d", None, docs[0], ("x",), (), docs[1], nested=True)
     kept = identifiers.forget(row, retired | {"d"}, ids)
-    assert set(kept) <= set(ids)
+    assert set(kept.every) <= set(ids.every)
     for name in ("contexts", "other_params", "unstruct_event"):
         assert row[COL[name]] is None or isinstance(orjson.loads(row[COL[name]]), dict)
 
@@ -561,7 +566,7 @@ def test_forget_cuts_the_rows_tracker_ids_from_everything_it_keeps() -> None:
     row[COL["contexts"]] = orjson.dumps(
         contexts(("iglu:com.acme/v/jsonschema/1-0-0", {"ref": COPIED}))
     ).decode()
-    assert identifiers.forget(row, {COPIED}, (COPIED,)) == ()
+    assert identifiers.forget(row, {COPIED}, TrackerIds((COPIED,))) == TrackerIds()
     assert row[COL["domain_userid"]] is None and COPIED not in row[COL["contexts"]]
     assert orjson.loads(row[COL["contexts"]])["data"][0]["data"] == {"ref": ""}
 
@@ -619,3 +624,47 @@ def test_a_schema_that_is_not_an_iglu_uri_goes(schema: Any) -> None:
     assert identifiers.kept_schema(schema) is None
     scrubbed = identifiers.scrub_unstruct({"schema": schema, "data": {"schema": schema, "data": {}}})
     assert scrubbed == {"schema": None, "data": {"schema": None, "data": {}}}
+
+
+SCREEN_VIEW = "iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0"
+
+
+def test_tracker_ids_take_the_self_describing_events_own() -> None:
+    ue: dict[str, Any] = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+        "data": {"schema": SCREEN_VIEW, "data": {"name": "Home", "id": "view-2", "previousId": "view-1"}},
+    }
+    assert identifiers.tracker_ids("d", None, None, event=ue) == TrackerIds(("d",), ("view-2", "view-1"))
+    other = {**ue, "data": {**ue["data"], "schema": "iglu:com.acme/screen_view/jsonschema/1-0-0"}}
+    assert identifiers.tracker_ids("d", None, None, event=other) == TrackerIds(("d",))  # not the rule's
+
+
+def test_tracker_ids_read_nested_entities_when_the_text_may_nest_one() -> None:
+    inner = {"schema": SESSION, "data": {"userId": "d-1", "sessionId": "s-1"}}
+    nested = contexts(("iglu:com.acme/report/jsonschema/1-0-0", {"items": [{"ctx": inner}]}))
+    flat = contexts((SESSION, {"userId": "d-1", "sessionId": "s-1"}))
+    nested_text, flat_text = orjson.dumps(nested).decode(), orjson.dumps(flat).decode()
+    assert identifiers.may_nest(nested_text, nested, contexts=True)
+    assert not identifiers.may_nest(flat_text, flat, contexts=True)  # the common case: no walk
+    assert identifiers.tracker_ids(None, None, nested, nested=True) == TrackerIds(("d-1",), ("s-1",))
+    assert identifiers.tracker_ids(None, None, flat) == TrackerIds(("d-1",), ("s-1",))
+    # the top level alone does not see it: what may_nest is for
+    assert identifiers.tracker_ids(None, None, nested) == TrackerIds()
+
+
+def test_forget_takes_nested_entities_and_the_events_tracker_fields() -> None:
+    row: list[Any] = [None] * len(COLUMNS)
+    inner = {"schema": SESSION, "data": {"userId": "d-1", "sessionId": "s-1"}}
+    row[COL["contexts"]] = orjson.dumps(
+        contexts(("iglu:com.acme/report/jsonschema/1-0-0", {"kept": 1, "ctx": inner}))
+    ).decode()
+    ue: dict[str, Any] = {"schema": "iglu:x/unstruct_event/jsonschema/1-0-0", "data": {"schema": SCREEN_VIEW}}
+    ue["data"]["data"] = {"name": "Home", "id": "v-2", "previousId": "v-1", "inner": inner}
+    row[COL["unstruct_event"]] = orjson.dumps(ue).decode()
+    before = (row[COL["contexts"]], row[COL["unstruct_event"]])
+    assert "d-1" in before[0] and "v-1" in before[1]  # the check can fail
+    identifiers.forget(row, {"v-1"}, TrackerIds((), ("v-2", "v-1")))
+    [report] = orjson.loads(row[COL["contexts"]])["data"]
+    assert report["data"] == {"kept": 1}  # the session entity went, from inside the app's entity
+    view = orjson.loads(row[COL["unstruct_event"]])["data"]
+    assert view["schema"] == SCREEN_VIEW and view["data"] == {"name": "Home"}  # still a screen view

@@ -153,7 +153,7 @@ async def test_each_logout_in_one_batch_rotates(client: Any, cfg: Config) -> Non
 async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Config, stuffed: int) -> None:
     # Every tracker id an event carries is checked against the retired ones (one left out could be
     # the retired one), so an event with more than TRACKER_IDS_CHECKED is refused; an anonymize event
-    # within it retires its own ids and those its device remembered (TRACKER_IDS_PER_EVENT an event).
+    # within it retires its own ids and those its device remembered (LASTING_IDS_KEPT and BRIEF_IDS_KEPT).
     session = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
     entities = [
         {"schema": session, "data": {"userId": f"u{i:03}" * 30, "sessionId": f"s{i:03}" * 30}}
@@ -163,7 +163,7 @@ async def test_one_event_retires_a_bounded_number_of_values(client: Any, cfg: Co
     resp = await client.post(TP2, json=batch(ev("ue", eid="stuffed", ue_pr=ANON_UE, co=co)))
     if 2 * stuffed <= identifiers.TRACKER_IDS_CHECKED:
         assert resp.status == 200
-        bound = identifiers.TRACKER_IDS_CHECKED + identifiers.TRACKER_IDS_PER_EVENT
+        bound = identifiers.TRACKER_IDS_CHECKED + identifiers.LASTING_IDS_KEPT + identifiers.BRIEF_IDS_KEPT
         assert 2 * stuffed <= count(cfg, "retired_ids") <= bound
     else:
         assert resp.status == 400 and (await resp.json())["error"]["reason"] == "too_many_tracker_ids"

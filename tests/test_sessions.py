@@ -8,7 +8,8 @@ from typing import Any
 import orjson
 
 from collector.config import Config
-from storage.sessions import DeviceState, SessionRules, assign
+from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, TrackerIds
+from storage.sessions import DeviceState, SessionRules, assign, remember, retire
 from tests.conftest import TP2, Clock, batch, ev, rows, tables
 
 STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
@@ -218,3 +219,17 @@ async def test_opting_out_and_back_in_does_not_link_the_devices(client: Any, cfg
     # the anonymous event's sid was the opted-out device's: kept, it would tie the anonymous events to it
     assert got["anon-1"]["network_userid"] is None and got["anon-1"]["domain_sessionid"] is None
     assert_unlinkable(cfg.db, old, b.device, retired="duid-T")
+
+
+def test_views_never_push_a_lasting_id_out() -> None:
+    state = DeviceState("s", 1, 0)
+    remember(state, TrackerIds(("idle-tab",), ("page-0",)))
+    for i in range(1, 100):
+        remember(state, TrackerIds(("busy-tab",), (f"page-{i}",)))
+    assert len(state.brief_ids) == BRIEF_IDS_KEPT and "page-0" not in state.brief_ids
+    assert "page-99" in state.brief_ids and "idle-tab" in state.tracker_ids
+    # lasting ids are bounded too: the oldest goes once LASTING_IDS_KEPT newer ones came
+    for i in range(LASTING_IDS_KEPT):
+        remember(state, TrackerIds((f"tab-{i}",)))
+    assert len(state.tracker_ids) == LASTING_IDS_KEPT and "idle-tab" not in state.tracker_ids
+    assert {"tab-0", "page-99"} <= set(retire(state))

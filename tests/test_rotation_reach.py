@@ -1,0 +1,298 @@
+"""How far a rotation reaches: the tracker's ids in the self-describing event itself (a screen view's
+`previousId`), in entities nested inside others, and ids the device used long before the rotation
+(a landing link twenty pages back, a tab left idle while another browsed).
+
+Each flow is checked with tests/test_linkage.py's generic linkage check and a search of the rows
+after the rotation for the one value; each has its control, the same flow with the event not
+configured to rotate, where the same checks find the value on both sides.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from collector.config import Config
+from tests import test_linkage as L
+from tests import test_linkage_device_ids as D
+from tests.conftest import Clock, rows
+
+STORES = ("sqlite", "postgres")
+SCREEN_VIEW = "iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0"
+SCREEN = "iglu:com.snowplowanalytics.mobile/screen/jsonschema/1-0-0"
+WEB_PAGE = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0"
+BROWSER = "iglu:com.snowplowanalytics.snowplow/browser_context/jsonschema/2-0-0"
+MOBILE = D.MOBILE
+WRAPPER = "iglu:com.acme/device_report/jsonschema/1-0-0"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def add_entities(ev: dict[str, str], *entities: dict[str, Any]) -> dict[str, str]:
+    """The event with entities added to its contexts (co or cx, as the tracker sent it)."""
+    co = (
+        orjson.loads(ev.pop("co"))
+        if "co" in ev
+        else orjson.loads(base64.urlsafe_b64decode(ev.pop("cx") + "=="))
+    )
+    co["data"] += list(entities)
+    ev["co"] = orjson.dumps(co).decode()
+    return ev
+
+
+@dataclass
+class App(D.Device):
+    """A tracker that clears its ids at the anonymize event, with what the flows below add to each event:
+    a mobile app's screens (each screen view names the one before), a browser's tabs and page views,
+    the app's own report that nests the mobile context inside its entity."""
+
+    screens: bool = False
+    screen: str | None = None  # the current screen view's id
+    screen_name: str | None = None
+    tab: str = field(default_factory=new_id)  # the tab the next event comes from
+    pages: bool = False  # a web_page entity and the tab's browser_context on every event
+    page: str = field(default_factory=new_id)
+    nested: bool = False  # the mobile context only inside the app's own entity
+    link: str = field(default_factory=new_id)  # the duid of a cross-domain link the visit lands through
+
+    def event(self, e: str, path: str, **params: str) -> dict[str, str]:
+        out = super().event(e, path, **params)
+        if self.screens and self.screen:
+            add_entities(out, {"schema": SCREEN, "data": {"id": self.screen, "name": self.screen_name}})
+        if self.pages:
+            add_entities(
+                out,
+                {"schema": WEB_PAGE, "data": {"id": self.page}},
+                {"schema": BROWSER, "data": {"tabId": self.tab, "viewport": "1280x720"}},
+            )
+        if self.nested:
+            mobile = {"osType": "ios", "osVersion": "17", "deviceModel": "iPhone", "appleIdfv": self.idfv}
+            report = {"battery": 80, "context": {"schema": MOBILE, "data": mobile}}
+            add_entities(out, {"schema": WRAPPER, "data": {"reports": [report]}})
+        return out
+
+    def view(self, name: str) -> dict[str, str]:
+        """A screen view as the mobile trackers send it: the new screen's id, and the previous one's."""
+        data: dict[str, Any] = {"name": name, "id": new_id(), "type": "screen"}
+        if self.screen:
+            data |= {"previousId": self.screen, "previousName": self.screen_name}
+        self.screen, self.screen_name = data["id"], name
+        ue = {"schema": D.UNSTRUCT, "data": {"schema": SCREEN_VIEW, "data": data}}
+        return self.event("ue", f"/{name.lower()}", ue_pr=orjson.dumps(ue).decode())
+
+    def page_view(self, path: str) -> dict[str, str]:
+        self.page = new_id()
+        return self.event("pv", path)
+
+
+async def run(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool, flow: list[L.Step], **kind: Any
+) -> tuple[App, dict[str, L.Shared]]:
+    client = await make_client(cfg if rotate else cfg.replace(anonymize_events=("something_else",)))
+    b = App(client, clock, ("alice", "bob"), vid=23, **kind)
+    third = App(client, clock, ("carol", "dave"), vid=41, **kind)
+    await L.run_flow(clock, [b, third], flow)
+    got = {r["event_id"]: r["network_userid"] for r in rows(cfg.db, "select * from events")}
+    old, new = ({got[e] for e in b.sent[side]} for side in ("old", "new"))
+    assert (old != new) == rotate, (old, new)
+    return b, L.linkage(cfg.db, b, third, [("old", "new")])
+
+
+def stored_after(db: Any, b: App, value: str) -> dict[str, list[str]]:
+    """The rows after the rotation that hold the value anywhere in their text, and where."""
+    return D.holding(db, b.sent["new"], value)
+
+
+# --- a screen view names the screen before it ------------------------------------------------------
+
+
+async def s_login(b: Any) -> None:
+    b.phase, b.uid = "old", b.users[0]
+    await b.send(b.view("Home"))
+
+
+async def s_browse(b: Any) -> None:
+    await b.send(b.view("Product"), b.view("Basket"))
+    b.marks["last screen"] = b.screen
+
+
+async def s_other_user(b: Any) -> None:
+    b.phase, b.uid = "new", b.users[1]
+    await b.send(b.view("Home"))
+
+
+async def s_other_user_browses(b: Any) -> None:
+    await b.send(b.view("Product"))
+
+
+SCREEN_FLOW = [s_login, s_browse, D.clear_after_anonymize, s_other_user, s_other_user_browses]
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_a_screen_views_previous_id_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool
+) -> None:
+    # the mobile tracker's screen view after the rotation names the last screen before it (previousId)
+    b, found = await run(make_client, cfg, clock, rotate, SCREEN_FLOW, screens=True)
+    last = b.marks["last screen"]
+    assert last
+    [first_after] = rows(cfg.db, "select unstruct_event from events where event_id = ?", (b.sent["new"][0],))
+    if not rotate:  # the control: the same checks find it
+        assert last in found["old/new"], L.report(found)
+        assert "unstruct_event" in stored_after(cfg.db, b, last)[b.sent["new"][0]]
+        return
+    assert found == {}, L.report(found)
+    assert stored_after(cfg.db, b, last) == {}
+    assert "screen_view" in first_after["unstruct_event"]  # still a screen view
+
+
+async def test_a_refused_screen_view_keeps_no_previous_id(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # a named request's bad row keeps none of the tracker's ids, the event's own among them
+    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, screens=True)
+    await b.send(b.view("Home"))
+    last = b.screen
+    refused = {**b.view("Refused"), "p": "BAD"}
+    own = b.screen
+    assert last and own and last in refused["ue_pr"] and own in refused["ue_pr"]  # the check can fail
+    await b.send(refused, b.view("Basket"))
+    [br] = rows(cfg.db, "select payload from bad_rows")
+    assert "Refused" in br["payload"] and "screen_view" in br["payload"]  # the refused shape is kept
+    assert last not in br["payload"] and own not in br["payload"]
+    [row] = rows(cfg.db, "select unstruct_event from events where event_id = ?", (b.sent["old"][0],))
+    assert row["unstruct_event"] and b.sent["old"][0]  # the stored view keeps its ids
+    assert last in row["unstruct_event"]
+
+
+# --- entities nested in an app's own ------------------------------------------------------------
+
+
+async def n_login(b: Any) -> None:
+    b.phase, b.uid = "old", b.users[0]
+    await b.send(b.event("pv", "/"))
+
+
+async def n_browse(b: Any) -> None:
+    await b.send(b.event("pv", "/product"))
+
+
+NESTED_FLOW = [n_login, n_browse, D.clear_after_anonymize, L.a_other_user, L.a_other_user_browses]
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_a_device_id_nested_in_an_apps_entity_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool
+) -> None:
+    # the vendor id outlives the rotation; the app reports it only inside its own entity
+    b, found = await run(make_client, cfg, clock, rotate, NESTED_FLOW, nested=True)
+    if not rotate:
+        assert b.idfv in found["old/new"], L.report(found)
+        assert stored_after(cfg.db, b, b.idfv)
+        return
+    assert found == {}, L.report(found)
+    assert stored_after(cfg.db, b, b.idfv) == {}
+    [last] = rows(
+        cfg.db, "select domain_userid, contexts from events where event_id = ?", (b.sent["new"][-1],)
+    )
+    # only the device's id went: the tracker's new ids and the app's entity stay
+    assert last["domain_userid"] == b.duid and "battery" in last["contexts"]
+    # kept before the rotation
+    [first] = rows(cfg.db, "select contexts from events where event_id = ?", (b.sent["old"][0],))
+    assert b.idfv in first["contexts"]
+
+
+async def test_a_nested_device_entity_stays_out_of_a_named_bad_row(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # a bad row keeps no tracker field (EntityRule.tracker) of an entity, wherever the entity sits
+    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, nested=True)
+    await b.send({**b.event("pv", "/refused"), "p": "BAD"}, b.event("pv", "/"))
+    [br] = rows(cfg.db, "select payload from bad_rows")
+    assert "battery" in br["payload"] and "refused" in br["payload"]  # the refused shape is kept
+    assert b.idfv not in br["payload"]
+    [row] = rows(cfg.db, "select contexts from events")
+    assert b.idfv in row["contexts"]  # where it is kept
+
+
+# --- ids used long before the rotation ------------------------------------------------------------
+
+
+def landed(views: int) -> list[L.Step]:
+    """A visit that lands through a cross-domain link, then browses `views` pages of a single-page app
+    (the link only on the landing page), rotates, and opens the landing URL again in a new tab (from
+    the history: the tab's id is new, and the link is the one id the event keeps from before)."""
+
+    async def land(b: Any) -> None:
+        b.phase, b.uid = "old", b.users[0]
+        landing = b.page_view("/")
+        landing["url"] = f"{L.SHOP}/?_sp={b.link}.1799999999000"
+        b.marks["landing"] = landing["url"]
+        await b.send(landing)
+
+    async def browse(b: Any) -> None:
+        for i in range(0, views, 10):
+            await b.send(*[b.page_view(f"/p{j}") for j in range(i, min(i + 10, views))])
+
+    async def back(b: Any) -> None:
+        b.phase, b.uid, b.tab = "new", b.users[1], new_id()
+        ev = b.page_view("/")
+        ev["url"] = b.marks["landing"]
+        await b.send(ev)
+
+    return [land, browse, D.clear_after_anonymize, back, L.a_other_user_browses]
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_a_link_landed_many_pages_before_the_rotation_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool
+) -> None:
+    b, found = await run(make_client, cfg, clock, rotate, landed(40), pages=True)
+    if not rotate:
+        assert b.link in found["old/new"], L.report(found)
+        return
+    assert found == {}, L.report(found)
+    assert stored_after(cfg.db, b, b.link) == {}
+
+
+def tabs(views: int) -> list[L.Step]:
+    """Two tabs: the first sends one page view and idles while the second browses `views` pages; a
+    rotation; then the first tab sends again, with the tab id it kept (a tab's id lasts as the tab)."""
+
+    async def first_tab(b: Any) -> None:
+        b.phase, b.uid = "old", b.users[0]
+        b.marks["first tab"] = b.tab
+        await b.send(b.page_view("/"))
+        b.tab = new_id()
+
+    async def second_tab(b: Any) -> None:
+        for i in range(0, views, 10):
+            await b.send(*[b.page_view(f"/p{j}") for j in range(i, min(i + 10, views))])
+
+    async def first_tab_again(b: Any) -> None:
+        b.phase, b.uid = "new", b.users[1]
+        b.tab = b.marks["first tab"]
+        await b.send(b.page_view("/"))
+
+    return [first_tab, second_tab, D.clear_after_anonymize, first_tab_again, L.a_other_user_browses]
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_an_idle_tabs_id_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool
+) -> None:
+    b, found = await run(make_client, cfg, clock, rotate, tabs(40), pages=True)
+    tab = b.marks["first tab"]
+    assert tab
+    if not rotate:
+        assert tab in found["old/new"], L.report(found)
+        return
+    assert found == {}, L.report(found)
+    assert stored_after(cfg.db, b, tab) == {}
