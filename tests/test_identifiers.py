@@ -668,3 +668,18 @@ def test_forget_takes_nested_entities_and_the_events_tracker_fields() -> None:
     assert report["data"] == {"kept": 1}  # the session entity went, from inside the app's entity
     view = orjson.loads(row[COL["unstruct_event"]])["data"]
     assert view["schema"] == SCREEN_VIEW and view["data"] == {"name": "Home"}  # still a screen view
+
+
+def test_forget_never_changes_the_dedupe_key() -> None:
+    # The group takes an event's dedupe key (dvce_created_tstamp, event_id) after forget: a retired id
+    # that a client copied into them must not change the key, or the stored row would not be the one
+    # the look-up checked (and two rows could meet on the unique index inside the commit).
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["event_id"]] = row[COL["domain_userid"]] = COPIED
+    row[COL["dvce_created_tstamp"]] = "2026-12-07 05:00:00.000"
+    row[COL["page_title"]] = f"see {COPIED}"
+    identifiers.forget(
+        row, {COPIED, "2026-12-07 05:00:00.000"}, TrackerIds((COPIED, "2026-12-07 05:00:00.000"))
+    )
+    assert row[COL["page_title"]] == "see "  # the cut ran: the check can fail
+    assert (row[COL["dvce_created_tstamp"]], row[COL["event_id"]]) == ("2026-12-07 05:00:00.000", COPIED)
