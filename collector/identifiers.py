@@ -929,12 +929,16 @@ _SCHEMA_KEY = '"schema"'
 
 def may_nest(text: str | None, doc: Any, contexts: bool) -> bool:
     """Whether a self-describing field's JSON text (as protocol.decode_json writes it, so every key
-    `schema` is spelled so) may hold an object with a schema below its top level: more of them than
-    the envelope and its entities (or the event) are. A substring count on text in hand: the walk
-    (_ruled) is for the rare document that nests one."""
+    `schema` is spelled so) may hold an object with a schema below its top level: more `"schema"`
+    in it than the envelope and its entities (or the event) have keys of that name, counted as they
+    are (an envelope or entity may come without one). A substring count on text in hand: the walk
+    (_ruled) is for the rare document that nests one; a string value "schema" only walks for nothing."""
     if text is None:
         return False
-    top = 1 + (len(doc["data"]) if contexts else 1)
+    top = int("schema" in doc)
+    for item in doc["data"] if contexts else (doc["data"],):
+        if item.__class__ is dict and "schema" in item:
+            top += 1
     return text.count(_SCHEMA_KEY) > top
 
 
@@ -1146,8 +1150,10 @@ def _entities_rewritten(doc: Any, each: Callable[[Any, EntityRule], Any], event:
     rewritten, or _GONE to leave it out of its parent. With `event` the document is a self-describing
     event, whose own object is never left out: only its tracker fields go (a forgotten screen view is
     still a screen view)."""
-    if not (event and isinstance(doc, dict) and isinstance(doc.get("data"), dict)):
+    if not isinstance(doc, dict):
         return _with_entities(doc, each)
+    if not (event and isinstance(doc.get("data"), dict)):
+        return _children(doc, each)  # the envelope itself is never left out, whatever its schema
     inner = doc["data"]
     rule = rule_of(inner.get("schema"))
     kept = inner if rule is None else each(inner, rule)

@@ -683,3 +683,32 @@ def test_forget_never_changes_the_dedupe_key() -> None:
     )
     assert row[COL["page_title"]] == "see "  # the cut ran: the check can fail
     assert (row[COL["dvce_created_tstamp"]], row[COL["event_id"]]) == ("2026-12-07 05:00:00.000", COPIED)
+
+
+def test_may_nest_counts_the_top_levels_schema_keys_as_they_are() -> None:
+    # an envelope or entity without a `schema` must not make room for a nested one to hide in
+    inner = {"schema": SESSION, "data": {"sessionId": "s-1"}}
+    for doc in (
+        {"data": [{"schema": "iglu:com.acme/w/jsonschema/1-0-0", "data": {"s": inner}}]},
+        {"schema": CONTEXTS, "data": [{"data": {"s": inner}}]},
+    ):
+        assert identifiers.may_nest(orjson.dumps(doc).decode(), doc, contexts=True), doc
+    flat: dict[str, Any] = {"data": [{"data": {}}, inner]}
+    assert not identifiers.may_nest(orjson.dumps(flat).decode(), flat, contexts=True)
+    event: dict[str, Any] = {"data": {"data": {"s": inner}}}
+    assert identifiers.may_nest(orjson.dumps(event).decode(), event, contexts=False)
+
+
+def test_forget_never_leaves_out_a_ruled_envelope() -> None:
+    # a contexts envelope whose schema names a `forget` entity is still the row's contexts
+    row: list[Any] = [None] * len(COLUMNS)
+    row[COL["domain_userid"]] = COPIED
+    web_page = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0"
+    entity = {"schema": "iglu:com.acme/x/jsonschema/1-0-0", "data": {"kept": 1}}
+    row[COL["contexts"]] = orjson.dumps({"schema": web_page, "data": [entity]}).decode()
+    row[COL["unstruct_event"]] = orjson.dumps(
+        {"schema": web_page, "data": {"schema": web_page, "data": {}}}
+    ).decode()
+    identifiers.forget(row, {COPIED}, TrackerIds((COPIED,)))
+    assert orjson.loads(row[COL["contexts"]])["data"] == [entity]
+    assert orjson.loads(row[COL["unstruct_event"]])["data"]["schema"] == web_page
