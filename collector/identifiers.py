@@ -72,10 +72,11 @@ TRACKER_ID_MAX = 128
 # The tracker ids a device remembers for its rotation (DeviceState), newest first, each kind bounded so
 # that device_state stays small and an event stuffed with ids cannot retire hundreds of values. The
 # brief ones (the session's, the page and screen views') change with every view and session: only the
-# newest matter, the ones a tracker may still send after the rotation (a page ping, a second tab's view,
-# the next screen view's previousId). The lasting ones (the device's and tracker's own, a tab's id, a
-# landing link's) stay as long as the tab or the app does: the views must not push them out, so
-# an idle tab's id or a link landed forty pages back is still retired.
+# newest matter, the ones a tracker may still send after the rotation (a page ping of the current view,
+# the next screen view's previousId). An idle tab's view id is among them only while fewer than that
+# many views came since (its tabId, when sent, is lasting). The lasting ones (the device's and
+# tracker's own, a tab's id, a landing link's) stay as long as the tab or the app does: the views must
+# not push them out, so an idle tab's id or a link landed forty pages back is still retired.
 BRIEF_IDS_KEPT = 24
 LASTING_IDS_KEPT = 48
 # The tracker ids an event may bring to the check against retired ones: every one is checked (one left

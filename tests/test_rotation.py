@@ -184,3 +184,21 @@ async def test_a_retired_id_copied_into_a_required_column_is_no_store_fault(clie
     got = {r["event_id"]: r for r in rows(cfg.db, "select * from events where event_id in ('after', 'time')")}
     assert v not in got["after"]["v_tracker"] and got["after"]["domain_userid"] is None
     assert got["time"]["collector_tstamp"].startswith("20")
+
+
+async def test_a_forgotten_row_with_a_ruled_envelope_is_no_store_fault(client: Any, cfg: Config) -> None:
+    """Contexts need only `{data: [...]}`: an envelope whose schema names a `forget` entity (web_page)
+    must not be left out of the row it wraps when the row is forgotten (found by review: the rewrite
+    raised inside the commit, a 503 for every request of the group and the store marked failing)."""
+    web_page = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0"
+    co = orjson.dumps(
+        {"schema": web_page, "data": [{"schema": "iglu:com.acme/x/jsonschema/1-0-0", "data": {}}]}
+    )
+    b = Browser(client)
+    await b.send(ev(eid="p1", duid="duid-old-1234"))
+    await b.send(ev("ue", eid="rot", duid="duid-old-1234", ue_pr=ANON_UE))
+    resp = await client.post(TP2, json=batch(ev(eid="after", duid="duid-old-1234", co=co.decode())))
+    assert resp.status == 200
+    assert (await client.get("/ready")).status == 200
+    [row] = rows(cfg.db, "select domain_userid, contexts from events where event_id = 'after'")
+    assert row["domain_userid"] is None and "com.acme/x" in row["contexts"]  # forgotten, and kept
