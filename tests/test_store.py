@@ -10,10 +10,13 @@ from typing import Any
 
 import pytest
 
-from collector.config import Config
+import storage.migrate as migrate_module
+from collector.config import Config, Secret
+from collector.identity import sign
 from storage.migrate import MIGRATIONS, migrate, statements
 from storage.sqlite import connect
 from tests.conftest import TP2, batch, ev, rows
+from tests.test_sessions import ANON_UE, Browser
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,3 +231,34 @@ async def test_writers_on_one_host_take_turns_on_the_lock_file(client: Any, cfg:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     finally:
         os.close(fd)
+
+
+async def test_a_device_remembered_before_brief_ids_still_retires_what_it_remembered(
+    make_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A store written before migration 0013 (brief_ids): its devices' tracker_ids hold every kind of id
+    # together. Opened by this version, such a device rotates and must retire them all.
+    older = tmp_path / "older"
+    older.mkdir()
+    for path in MIGRATIONS.glob("*.sql"):
+        if int(path.name.split("_")[0]) < 13:
+            (older / path.name).write_text(path.read_text())
+    db = tmp_path / "events.db"
+    conn = connect(db)
+    monkeypatch.setattr(migrate_module, "MIGRATIONS", older)
+    migrate(conn)
+    monkeypatch.undo()
+    device, kept = "dddddddd-0000-4000-8000-00000000000d", ["old-page-view-id-1", "old-tab-id-12345"]
+    conn.execute(
+        "INSERT INTO device_state (device_id, session_id, session_index, last_ms, tracker_duid, tracker_ids)"
+        " VALUES (?, 'sess-1', 1, 0, 'old-duid-123456', ?)",
+        (device, f'["{kept[0]}", "{kept[1]}"]'),
+    )
+    conn.close()
+    assert "brief_ids" not in {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(device_state)")}
+    b = Browser(await make_client(Config(db=db, cookie_secret=(Secret("test-secret"),))))
+    b.cookie = sign(device, b"test-secret")
+    await b.send(ev("ue", eid="rot", ue_pr=ANON_UE))
+    retired = {r[0] for r in rows(db, "select value from retired_ids")}
+    assert {"old-duid-123456", *kept} <= retired
+    assert b.device != device
