@@ -876,12 +876,15 @@ def tracker_ids(
         for name in rule.tracker:
             value = data.get(name)
             if value.__class__ is str and value and len(value) <= TRACKER_ID_MAX:
+                if "\x00" in value:  # as the row stores it (build_row): the raw one fails PostgreSQL
+                    value = value.replace("\x00", "\ufffd")
                 if name in rule.brief:
                     brief.append(value)
                 else:
                     lasting.append(value)
     if links:
-        lasting.extend(v for v in links if v and len(v) <= TRACKER_ID_MAX)
+        # a link's `%00` decodes to U+0000: looked up as the rows spell it, whose JSON holds U+FFFD
+        lasting.extend(v.replace("\x00", "\ufffd") for v in links if v and len(v) <= TRACKER_ID_MAX)
     kept = dict.fromkeys(lasting)
     out = TrackerIds(tuple(kept), tuple(v for v in dict.fromkeys(brief) if v not in kept))
     if len(out.lasting) + len(out.brief) > TRACKER_IDS_CHECKED:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from typing import Any
 
 import orjson
@@ -202,3 +204,52 @@ async def test_a_forgotten_row_with_a_ruled_envelope_is_no_store_fault(client: A
     assert (await client.get("/ready")).status == 200
     [row] = rows(cfg.db, "select domain_userid, contexts from events where event_id = 'after'")
     assert row["domain_userid"] is None and "com.acme/x" in row["contexts"]  # forgotten, and kept
+
+
+NUL_ID = "aaaaaaaa\x00bbbb"  # as a client's JSON may spell it (`\u0000`), or a URL's `%00`
+WEB_PAGE = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0"
+SCREEN = "iglu:com.snowplowanalytics.mobile/screen/jsonschema/1-0-0"
+SCREEN_VIEW = "iglu:com.snowplowanalytics.mobile/screen_view/jsonschema/1-0-0"
+CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
+UNSTRUCT = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0"
+
+
+def _b64(doc: Any) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(doc)).decode().rstrip("=")
+
+
+def nul_event(where: str, eid: str) -> dict[str, str]:
+    """An event whose tracker id holds U+0000, where the collector reads tracker ids from."""
+    page = {"schema": CONTEXTS, "data": [{"schema": WEB_PAGE, "data": {"id": NUL_ID}}]}
+    if where == "co":
+        return ev(eid=eid, co=orjson.dumps(page).decode())
+    if where == "cx":
+        return ev(eid=eid, cx=_b64(page))
+    if where == "cx_nested":
+        app = {
+            "schema": "iglu:com.acme/r/jsonschema/1-0-0",
+            "data": {"x": {"schema": SCREEN, "data": {"id": NUL_ID}}},
+        }
+        return ev(eid=eid, cx=_b64({"schema": CONTEXTS, "data": [app]}))
+    if where == "ue_px":
+        view = {"schema": UNSTRUCT, "data": {"schema": SCREEN_VIEW, "data": {"id": NUL_ID, "name": "s"}}}
+        return ev("ue", eid=eid, ue_px=_b64(view))
+    return ev(eid=eid, url="https://shop.test/?_sp=aaaaaaaa%00bbbb.1799999999000")
+
+
+@pytest.mark.parametrize("where", ["co", "cx", "cx_nested", "ue_px", "url_link"])
+async def test_a_nul_in_a_tracker_id_is_checked_as_it_is_stored(client: Any, cfg: Config, where: str) -> None:
+    """U+0000 in a tracker id read from JSON or a link is stored as U+FFFD, and is looked up so: the raw
+    value would fail PostgreSQL's retired-id lookup, answering 503 to every request in the group."""
+    bystander = client.post(TP2, json=batch(ev(eid="bystander", duid="duid-bystander")))
+    b = Browser(client)
+    culprit = b.send(nul_event(where, "nul-1"))
+    _, other = await asyncio.gather(culprit, bystander)  # the culprit's send asserts its 200
+    assert other.status == 200, await other.text()
+    await b.send(ev("ue", eid="rot", ue_pr=ANON_UE))
+    await b.send(nul_event(where, "nul-2"))  # the retired id again, from the rotated device
+    got = {r["event_id"]: r for r in rows(cfg.db, "select * from events where event_id like 'nul-%'")}
+    kept = "".join(map(str, got["nul-1"]))  # the control: stored as U+FFFD (in JSON, maybe escaped)
+    assert "bbbb" in kept and ("\ufffd" in kept or "\\ufffd" in kept), kept
+    assert "bbbb" not in "".join(map(str, got["nul-2"]))  # retired as stored, so cut
+    assert (await client.get("/ready")).status == 200
