@@ -80,7 +80,8 @@ TRACKER_ID_MAX = 128
 BRIEF_IDS_KEPT = 24
 LASTING_IDS_KEPT = 48
 # The tracker ids an event may bring to the check against retired ones: every one is checked (one left
-# out could be the retired one), and an event with more is refused. A tracker sends up to some 20.
+# out could be the retired one), and an event with more at its top level is refused. A tracker sends
+# up to some 20; the ids nested in an app's own entity (a breadcrumb of screens) do not count.
 TRACKER_IDS_CHECKED = 64
 MAX_DEPTH = 64  # nesting the anonymous scrub walks into; orjson re-encodes at most 254 levels anyway
 
@@ -861,7 +862,7 @@ def tracker_ids(
     nested: bool = False,
 ) -> TrackerIds:
     """The tracker's own ids an event carries, to check against retired ids (None-free, length-capped,
-    each once); BadInput beyond TRACKER_IDS_CHECKED.
+    each once); BadInput beyond TRACKER_IDS_CHECKED at the top level.
 
     `contexts` and `event` (the self-describing event: a screen view's own id and previousId) are
     parsed documents; with `nested` (may_nest found more schemas than the top level holds) every
@@ -887,7 +888,11 @@ def tracker_ids(
         lasting.extend(v.replace("\x00", "\ufffd") for v in links if v and len(v) <= TRACKER_ID_MAX)
     kept = dict.fromkeys(lasting)
     out = TrackerIds(tuple(kept), tuple(v for v in dict.fromkeys(brief) if v not in kept))
-    if len(out.lasting) + len(out.brief) > TRACKER_IDS_CHECKED:
+    if len(out.lasting) + len(out.brief) > TRACKER_IDS_CHECKED and (
+        # only the top level counts: an app's own entity may list a screen per view (a breadcrumb),
+        # and what it nests is bounded by the body, as the sum over a batch's events is
+        not nested or len(tracker_ids(duid, sid, contexts, more, links, event).every) > TRACKER_IDS_CHECKED
+    ):
         raise BadInput("too_many_tracker_ids", f"an event carries at most {TRACKER_IDS_CHECKED} tracker ids")
     return out
 

@@ -253,3 +253,27 @@ async def test_a_nul_in_a_tracker_id_is_checked_as_it_is_stored(client: Any, cfg
     assert "bbbb" in kept and ("\ufffd" in kept or "\\ufffd" in kept), kept
     assert "bbbb" not in "".join(map(str, got["nul-2"]))  # retired as stored, so cut
     assert (await client.get("/ready")).status == 200
+
+
+async def test_an_app_entity_listing_many_screens_is_checked_not_refused(client: Any, cfg: Config) -> None:
+    """An app's own entity listing the screens visited (a breadcrumb) holds a tracker id per screen:
+    each is checked against retired ids, the 70th too, but only the top level counts toward
+    TRACKER_IDS_CHECKED (nested ones are bounded by the body, as a batch's events are), so the event
+    is not refused."""
+    old = "5c4ee500-0000-4000-8000-0000000000aa"
+    b = Browser(client)
+    await b.send(ev(eid="seen", co=orjson.dumps({"schema": CONTEXTS, "data": [_screen(old)]}).decode()))
+    await b.send(ev("ue", eid="rot", ue_pr=ANON_UE))
+    crumbs = "iglu:com.acme/breadcrumbs/jsonschema/1-0-0"
+    for eid, last in (("clean", f"{69:08}-0000-4000-8000-000000000000"), ("hit", old)):
+        trail = [_screen(f"{i:08}-0000-4000-8000-000000000000") for i in range(69)] + [_screen(last)]
+        assert len(trail) > identifiers.TRACKER_IDS_CHECKED
+        co = {"schema": CONTEXTS, "data": [{"schema": crumbs, "data": {"trail": trail}}]}
+        await b.send(ev(eid=eid, co=orjson.dumps(co).decode()))  # asserts its 200
+    got = dict(rows(cfg.db, "select event_id, contexts from events where event_id in ('clean', 'hit')"))
+    assert all(f"{i:08}-0000" in got["clean"] for i in range(70))  # the control: kept as sent
+    assert "0000000000aa" not in got["hit"]  # the retired one, 70th in the trail, was checked
+
+
+def _screen(screen_id: str) -> dict[str, Any]:
+    return {"schema": SCREEN, "data": {"id": screen_id, "name": "s"}}
