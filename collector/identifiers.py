@@ -79,6 +79,9 @@ TRACKER_ID_MAX = 128
 # not push them out, so an idle tab's id or a link landed forty pages back is still retired.
 BRIEF_IDS_KEPT = 24
 LASTING_IDS_KEPT = 48
+# The duids of the cross-domain links a device landed through are kept apart too: a URL may carry any
+# number of `_sp` links (a crafted one someone was sent), and they must not push a tab's id out.
+LINK_IDS_KEPT = 16
 # The tracker ids an event may bring to the check against retired ones: every one is checked (one left
 # out could be the retired one), and an event with more at its top level is refused. A tracker sends
 # up to some 20; the ids nested in an app's own entity (a breadcrumb of screens) do not count.
@@ -834,18 +837,22 @@ def cut_links(value: Any, depth: int = 0) -> Any:
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond an event
 class TrackerIds:
-    """The tracker's own ids an event carries (tracker_ids), by how long they last (BRIEF_IDS_KEPT)."""
+    """The tracker's own ids an event carries (tracker_ids), by how long they last (BRIEF_IDS_KEPT),
+    the cross-domain links' duids apart (LINK_IDS_KEPT); each id in one of them."""
 
     lasting: tuple[str, ...] = ()
     brief: tuple[str, ...] = ()
+    links: tuple[str, ...] = ()
 
     @property
     def every(self) -> tuple[str, ...]:
-        return self.lasting + self.brief
+        return self.lasting + self.links + self.brief
 
     def without(self, gone: set[str]) -> TrackerIds:
         return TrackerIds(
-            tuple(v for v in self.lasting if v not in gone), tuple(v for v in self.brief if v not in gone)
+            tuple(v for v in self.lasting if v not in gone),
+            tuple(v for v in self.brief if v not in gone),
+            tuple(v for v in self.links if v not in gone),
         )
 
 
@@ -869,7 +876,7 @@ def tracker_ids(
     object with a rule is read wherever it sits, as the anonymous scrub reads it, else the top level
     only. `more`: the row's other device ids (ROW_IDS: user_fingerprint, refr_domain_userid;
     DEVICE_PARAMS), retired with the device like duid, since any would tie the device's rows before a
-    rotation to those after. `links`: the duids of the cross-domain links the row holds.
+    rotation to those after. `links`: the duids of the cross-domain links the row holds (kept apart).
     """
     lasting = [v for v in (duid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
     brief = [sid] if sid and len(sid) <= TRACKER_ID_MAX else []
@@ -883,12 +890,15 @@ def tracker_ids(
                     brief.append(value)
                 else:
                     lasting.append(value)
+    kept = dict.fromkeys(lasting)
+    linked: tuple[str, ...] = ()
     if links:
         # a link's `%00` decodes to U+0000: looked up as the rows spell it, whose JSON holds U+FFFD
-        lasting.extend(v.replace("\x00", "\ufffd") for v in links if v and len(v) <= TRACKER_ID_MAX)
-    kept = dict.fromkeys(lasting)
-    out = TrackerIds(tuple(kept), tuple(v for v in dict.fromkeys(brief) if v not in kept))
-    if len(out.lasting) + len(out.brief) > TRACKER_IDS_CHECKED and (
+        found = (v.replace("\x00", "\ufffd") for v in links if v and len(v) <= TRACKER_ID_MAX)
+        linked = tuple(v for v in dict.fromkeys(found) if v not in kept)
+    short = tuple(v for v in dict.fromkeys(brief) if v not in kept and v not in linked)
+    out = TrackerIds(tuple(kept), short, linked)
+    if len(out.lasting) + len(out.links) + len(out.brief) > TRACKER_IDS_CHECKED and (
         # only the top level counts: an app's own entity may list a screen per view (a breadcrumb),
         # and what it nests is bounded by the body, as the sum over a batch's events is
         not nested or len(tracker_ids(duid, sid, contexts, more, links, event).every) > TRACKER_IDS_CHECKED

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, TrackerIds
+from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, LINK_IDS_KEPT, TrackerIds
 from storage.ids import UuidPool
 
 # Session ids are minted on the writer thread only: this pool is that thread's.
@@ -29,12 +29,13 @@ class DeviceState:
     # without a device, so a late answer can neither undo the rotation nor tie what follows to it.
     closed: bool = False
     tracker_duid: str | None = None
-    # The tracker ids (identifiers.tracker_ids) of the device's latest events, newest first, lasting
-    # and brief ones apart (identifiers.BRIEF_IDS_KEPT says why): retired with the device even when
-    # the retiring request carries none (an opt-out, a mobile tracker that keeps its installation id
-    # only in the session entity).
+    # The tracker ids (identifiers.tracker_ids) of the device's latest events, newest first, lasting,
+    # brief and link ids apart (identifiers.BRIEF_IDS_KEPT says why): retired with the device even
+    # when the retiring request carries none (an opt-out, a mobile tracker that keeps its
+    # installation id only in the session entity).
     tracker_ids: tuple[str, ...] = ()
     brief_ids: tuple[str, ...] = ()
+    link_ids: tuple[str, ...] = ()
 
 
 # device_state's columns, named in every statement (never `SELECT *`): a later migration may add one
@@ -50,13 +51,18 @@ STATE_COLUMNS = (
     "tracker_duid",
     "tracker_ids",
     "brief_ids",
+    "link_ids",
 )
 
 
 def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
-    """A device_state row, in STATE_COLUMNS order (tracker_ids and brief_ids as JSON arrays)."""
-    ids = orjson.dumps(st.tracker_ids).decode()
+    """A device_state row, in STATE_COLUMNS order, the ids as JSON arrays. The column tracker_ids holds
+    every id the device remembers, of each kind, and brief_ids and link_ids say which are which: a
+    replica of a version from before they were apart (during a rolling upgrade) reads tracker_ids
+    alone, and retires all of them when it rotates the device."""
+    ids = orjson.dumps(st.tracker_ids + st.link_ids + st.brief_ids).decode()
     brief = orjson.dumps(st.brief_ids).decode()
+    links = orjson.dumps(st.link_ids).decode()
     closed = int(st.closed)
     return (
         device,
@@ -69,14 +75,25 @@ def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
         st.tracker_duid,
         ids,
         brief,
+        links,
     )
 
 
 def state_of(row: Sequence[Any]) -> tuple[str, DeviceState]:
-    """(device id, state) from a device_state row in STATE_COLUMNS order."""
-    dev, sess, idx, last, sid, uid, closed, duid, ids, brief = row
-    state = DeviceState(sess, idx, last, sid, uid, bool(closed), duid, tuple(orjson.loads(ids)))
-    state.brief_ids = tuple(orjson.loads(brief))
+    """(device id, state) from a device_state row in STATE_COLUMNS order: the lasting ids are those of
+    tracker_ids that are neither brief nor links (state_row)."""
+    dev, sess, idx, last, sid, uid, closed, duid, ids, brief, links = row
+    every, short, linked = orjson.loads(ids), orjson.loads(brief), orjson.loads(links)
+    if short or linked:
+        apart = linked + short
+        own = len(every) - len(apart)
+        if own >= 0 and every[own:] == apart:  # as state_row wrote it
+            del every[own:]
+        else:  # an older replica wrote tracker_ids last
+            gone = set(apart)
+            every = [v for v in every if v not in gone]
+    lasting = tuple(every[:LASTING_IDS_KEPT])
+    state = DeviceState(sess, idx, last, sid, uid, bool(closed), duid, lasting, tuple(short), tuple(linked))
     return dev, state
 
 
@@ -119,8 +136,8 @@ def assign(
     last_duid = duid or (state.tracker_duid if state is not None else None)
     if state is None:
         return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid)
-    kept, brief = state.tracker_ids, state.brief_ids
-    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid, kept, brief)
+    kept, brief, links = state.tracker_ids, state.brief_ids, state.link_ids
+    return DeviceState(new_session_id(), index, now_ms, sid, uid, False, last_duid, kept, brief, links)
 
 
 def remember(state: DeviceState, ids: TrackerIds) -> None:
@@ -129,9 +146,12 @@ def remember(state: DeviceState, ids: TrackerIds) -> None:
         state.tracker_ids = tuple(dict.fromkeys((*ids.lasting, *state.tracker_ids)))[:LASTING_IDS_KEPT]
     if ids.brief:
         state.brief_ids = tuple(dict.fromkeys((*ids.brief, *state.brief_ids)))[:BRIEF_IDS_KEPT]
+    if ids.links:
+        state.link_ids = tuple(dict.fromkeys((*ids.links, *state.link_ids)))[:LINK_IDS_KEPT]
 
 
 def retire(state: DeviceState) -> list[str]:
     """Retire the device for good; the tracker ids it was using, never to be stored again."""
     state.closed = True
-    return [v for v in (state.tracker_duid, state.tracker_sid, *state.tracker_ids, *state.brief_ids) if v]
+    ids = (*state.tracker_ids, *state.link_ids, *state.brief_ids)
+    return [v for v in (state.tracker_duid, state.tracker_sid, *ids) if v]

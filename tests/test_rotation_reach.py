@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from collector import identifiers
 from collector.config import Config
 from tests import test_linkage as L
 from tests import test_linkage_device_ids as D
@@ -291,6 +292,35 @@ async def test_an_idle_tabs_id_leaves_no_link(
     make_client: Any, cfg: Config, clock: Clock, rotate: bool
 ) -> None:
     b, found = await run(make_client, cfg, clock, rotate, tabs(40), pages=True)
+    tab = b.marks["first tab"]
+    assert tab
+    if not rotate:
+        assert tab in found["old/new"], L.report(found)
+        return
+    assert found == {}, L.report(found)
+    assert stored_after(cfg.db, b, tab) == {}
+
+
+def many_links(links: int) -> L.Step:
+    """A page view whose URL carries `links` cross-domain links (a crafted link someone was sent)."""
+
+    async def step(b: Any) -> None:
+        ev = b.page_view("/promo")
+        ev["url"] = f"{L.SHOP}/promo?" + "&".join(f"_sp={new_id()}.1799999999000" for _ in range(links))
+        await b.send(ev)
+
+    return step
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_an_idle_tabs_id_outlasts_a_url_of_many_links(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool
+) -> None:
+    # the second tab lands on a URL with as many links as the device keeps lasting ids: the links are
+    # kept apart (LINK_IDS_KEPT), so they cannot push the idle tab's id out
+    flow = tabs(0)
+    flow[1] = many_links(identifiers.LASTING_IDS_KEPT)
+    b, found = await run(make_client, cfg, clock, rotate, flow, pages=True)
     tab = b.marks["first tab"]
     assert tab
     if not rotate:

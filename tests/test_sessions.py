@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from collector.config import Config
-from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, TrackerIds
+from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, LINK_IDS_KEPT, TrackerIds
 from storage.sessions import DeviceState, SessionRules, assign, remember, retire
 from tests.conftest import TP2, Clock, batch, ev, rows, tables
 
@@ -233,3 +233,13 @@ def test_views_never_push_a_lasting_id_out() -> None:
         remember(state, TrackerIds((f"tab-{i}",)))
     assert len(state.tracker_ids) == LASTING_IDS_KEPT and "idle-tab" not in state.tracker_ids
     assert {"tab-0", "page-99"} <= set(retire(state))
+
+
+def test_links_never_push_a_lasting_id_out() -> None:
+    # a URL may carry any number of `_sp` links (a crafted one): they are kept apart, newest first
+    state = DeviceState("s", 1, 0)
+    remember(state, TrackerIds(("idle-tab",), (), ("landed-link",)))
+    remember(state, TrackerIds(("busy-tab",), (), tuple(f"link-{i}" for i in range(100))))
+    assert "idle-tab" in state.tracker_ids and "landed-link" not in state.link_ids
+    assert len(state.link_ids) == LINK_IDS_KEPT and "link-0" in state.link_ids
+    assert {"idle-tab", "link-0"} <= set(retire(state))
