@@ -924,6 +924,10 @@ def _top_ruled(contexts: Any, event: Any) -> list[tuple[EntityRule, dict[str, An
         rule = rule_of(inner.get("schema"))
         if rule is not None and rule.tracker and (data := inner.get("data")).__class__ is dict:
             found.append((rule, data))
+        # the envelope's schema is the client's to name: one with a rule has the inner event as its
+        # data, as the walks (_ruled) read it, and may_nest counts its key among the top level's
+        if (rule := rule_of(event.get("schema"))) is not None and rule.tracker:
+            found.append((rule, inner))
     return found
 
 
@@ -1173,6 +1177,9 @@ def _entities_rewritten(doc: Any, each: Callable[[Any, EntityRule], Any], event:
         return _with_entities(doc, each)
     if not (event and isinstance(doc.get("data"), dict)):
         return _children(doc, each)  # the envelope itself is never left out, whatever its schema
+    if (outer := rule_of(doc.get("schema"))) is not None:  # a ruled envelope loses its fields only
+        kept_outer = each(doc, outer)
+        doc = kept_outer if isinstance(kept_outer, dict) else _without_tracker_fields(doc)
     inner = doc["data"]
     rule = rule_of(inner.get("schema"))
     kept = inner if rule is None else each(inner, rule)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from collector import identifiers
 from collector.errors import BadInput
+from collector.events import base_row, build_row
 from collector.identifiers import TrackerIds
 from storage.base import COL, COLUMNS
 
@@ -712,3 +713,92 @@ def test_forget_never_leaves_out_a_ruled_envelope() -> None:
     identifiers.forget(row, {COPIED}, TrackerIds((COPIED,)))
     assert orjson.loads(row[COL["contexts"]])["data"] == [entity]
     assert orjson.loads(row[COL["unstruct_event"]])["data"]["schema"] == web_page
+
+
+ENVELOPED = {  # a self-describing event whose envelope, not its inner event, names the screen view
+    "schema": SCREEN_VIEW,
+    "data": {
+        "schema": "iglu:com.acme/x/jsonschema/1-0-0",
+        "data": {},
+        "id": "old-scr",
+        "previousId": "old-prev",
+    },
+}
+
+
+def _event_row(params: dict[str, str]) -> tuple[list[Any], TrackerIds]:
+    row, _, ids = build_row(
+        {"e": "ue", "p": "web", "tv": "js", "eid": "e1", **params},
+        base_row("2026-12-07 10:00:00.000", None, None, False),
+        (),
+    )
+    return row, ids
+
+
+def _ruled_strings(*docs: Any) -> set[str]:
+    """What every reader of rules (device_ids, the scrubs, forget) takes for the tracker's fields."""
+    return {
+        v.replace("\x00", "\ufffd")
+        for doc in docs
+        for rule, data in identifiers._ruled(doc)
+        for f in rule.tracker
+        if isinstance(v := data.get(f), str) and v and len(v) <= identifiers.TRACKER_ID_MAX
+    }
+
+
+def test_tracker_ids_read_a_ruled_envelope_of_the_event_as_forget_takes_it() -> None:
+    row, ids = _event_row({"ue_pr": orjson.dumps(ENVELOPED).decode()})
+    assert {"old-scr", "old-prev"} <= set(ids.every)  # checked against retired ids, and retired
+    assert "old-prev" in row[COL["unstruct_event"]]  # the control: the row holds it
+    identifiers.forget(row, {"old-prev"}, ids)
+    assert "old-scr" not in row[COL["unstruct_event"]] and "old-prev" not in row[COL["unstruct_event"]]
+
+
+RULED = st.sampled_from(
+    [f"iglu:{key}/jsonschema/1-0-0" for key, rule in identifiers.ENTITY_RULES.items() if rule.tracker]
+)
+FIELD_NAMES = sorted({f for rule in identifiers.ENTITY_RULES.values() for f in rule.tracker})
+ID_VALUES = st.text(alphabet="ab-\x00", min_size=1, max_size=10)
+ENTITY = st.recursive(
+    st.fixed_dictionaries(
+        {"schema": RULED | SCHEMAS},
+        optional={"data": st.dictionaries(st.sampled_from(FIELD_NAMES), ID_VALUES, max_size=3)},
+    ),
+    lambda inner: (
+        st.fixed_dictionaries(
+            {
+                "schema": RULED | SCHEMAS,
+                "data": st.dictionaries(
+                    st.sampled_from([*FIELD_NAMES, "x", "data"]), inner | ID_VALUES, max_size=3
+                ),
+            }
+        )
+        | st.lists(inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    envelope=st.fixed_dictionaries(
+        {}, optional={"schema": RULED | st.just(CONTEXTS), "id": ID_VALUES, "userId": ID_VALUES}
+    ),
+    entities=st.lists(ENTITY, max_size=3),
+    event=st.builds(
+        lambda entity, fields: {**fields, **entity} if isinstance(entity, dict) else entity,
+        ENTITY,
+        st.dictionaries(st.sampled_from(FIELD_NAMES), ID_VALUES, max_size=4),
+    ),
+)
+def test_tracker_ids_see_every_field_a_rule_names_wherever_it_sits(
+    envelope: dict[str, Any], entities: list[Any], event: Any
+) -> None:
+    # tracker_ids (read on the hot path, top level unless may_nest) must see what the walks see: an id
+    # one reads and the other does not is neither checked against retired ids nor retired
+    co, ue = {**envelope, "data": entities}, {**envelope, "data": event}
+    try:
+        _, ids = _event_row({"co": orjson.dumps(co).decode(), "ue_pr": orjson.dumps(ue).decode()})
+    except BadInput:
+        return
+    assert _ruled_strings(co, ue) <= set(ids.every)
