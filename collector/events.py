@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -244,6 +245,17 @@ def _query_fields(query: str) -> tuple[tuple[int, str], ...]:
     return tuple(out.items())
 
 
+# JSON's escape of U+0000: `\u0000` after an even number of backslashes (`\\u0000` is a backslash, then
+# the text `u0000`, which is kept as sent)
+_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def _without_nul_escape(text: str) -> str:
+    """orjson's JSON text with each U+0000 written as U+FFFD, as the stores can keep it, and as
+    identifiers.tracker_ids reads the parsed document's ids."""
+    return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
+
+
 _cached_url_parts = lru_cache(maxsize=1024)(_url_parts)
 _cached_query_fields = lru_cache(maxsize=1024)(_query_fields)
 
@@ -389,9 +401,9 @@ def build_row(
     (ue, ue_text), (co, co_text) = protocol.self_describing(params)
     # base64 (cx, ue_px) hides an escaped U+0000 from the request's prefilter: see protocol.without_nul
     if co_text is not None and "\\u0000" in co_text:
-        co_text = co_text.replace("\\u0000", "\\ufffd")
+        co_text = _without_nul_escape(co_text)
     if ue_text is not None and "\\u0000" in ue_text:
-        ue_text = ue_text.replace("\\u0000", "\\ufffd")
+        ue_text = _without_nul_escape(ue_text)
     anonymize = False
     if ue_text is not None:
         vendor, name, fmt, version = protocol.schema_parts(ue)

@@ -401,3 +401,17 @@ async def test_a_body_declared_past_any_integer_column_keeps_its_bad_row(cfg: Co
         await server.close()
     sizes = sorted(r[0] for r in rows(cfg.db, "select size from bad_rows where reason = 'body_too_large'"))
     assert sizes == [2_000_000, 2**31 - 1]  # the control, and the declared length at the column's limit
+
+
+async def test_a_literal_backslash_u0000_is_text_kept_as_sent(client: Any, cfg: Config) -> None:
+    # JSON's `\\u0000` is a backslash and `u0000`, not U+0000: only the escape is replaced
+    text = "parse error at \\u0000, \\\\u0000 and \u0000"
+    co = {
+        "schema": SCHEMA.replace("payload_data", "contexts"),
+        "data": [{"schema": "iglu:com.acme/e/jsonschema/1-0-0", "data": {"m": text}}],
+    }
+    resp = await client.post(TP2, json=batch(ev(eid="lit", co=orjson.dumps(co).decode())))
+    assert resp.status == 200, await resp.text()
+    [(stored,)] = rows(cfg.db, "select contexts from events where event_id = 'lit'")
+    doc = stored if isinstance(stored, dict) else orjson.loads(stored)
+    assert doc["data"][0]["data"]["m"] == text.replace("\u0000", "\ufffd")
