@@ -838,22 +838,29 @@ def cut_links(value: Any, depth: int = 0) -> Any:
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond an event
 class TrackerIds:
     """The tracker's own ids an event carries (tracker_ids), by how long they last (BRIEF_IDS_KEPT),
-    the cross-domain links' duids apart (LINK_IDS_KEPT); each id in one of them."""
+    the cross-domain links' duids apart (LINK_IDS_KEPT), and those of entities nested below the top
+    level apart too (an app's breadcrumb of screens: remembered only where there is room, so that
+    one such event cannot push out what the device remembered); each id in one of them."""
 
     lasting: tuple[str, ...] = ()
     brief: tuple[str, ...] = ()
     links: tuple[str, ...] = ()
+    nested_lasting: tuple[str, ...] = ()
+    nested_brief: tuple[str, ...] = ()
 
     @property
     def every(self) -> tuple[str, ...]:
+        if self.nested_lasting or self.nested_brief:
+            return self.lasting + self.links + self.brief + self.nested_lasting + self.nested_brief
         return self.lasting + self.links + self.brief
 
     def without(self, gone: set[str]) -> TrackerIds:
         return TrackerIds(
-            tuple(v for v in self.lasting if v not in gone),
-            tuple(v for v in self.brief if v not in gone),
-            tuple(v for v in self.links if v not in gone),
+            *(tuple(v for v in ids if v not in gone) for ids in self._kinds()),
         )
+
+    def _kinds(self) -> tuple[tuple[str, ...], ...]:
+        return (self.lasting, self.brief, self.links, self.nested_lasting, self.nested_brief)
 
 
 NO_TRACKER_IDS = TrackerIds()
@@ -880,7 +887,40 @@ def tracker_ids(
     """
     lasting = [v for v in (duid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
     brief = [sid] if sid and len(sid) <= TRACKER_ID_MAX else []
-    for rule, data in (*_ruled(contexts), *_ruled(event)) if nested else _top_ruled(contexts, event):
+    top = _top_ruled(contexts, event)
+    _rule_fields(top, lasting, brief)
+    kept = dict.fromkeys(lasting)
+    found: dict[str, None] = {}
+    if links:
+        # a link's `%00` decodes to U+0000, a byte that is not UTF-8 to a lone surrogate: looked up
+        # as a store can keep them (the rows keep the URL's own text, and JSON's U+0000 as U+FFFD)
+        found = dict.fromkeys(_storable(v) for v in links if v and len(v) <= TRACKER_ID_MAX)
+    linked = tuple(v for v in found if v not in kept)
+    short = tuple(v for v in dict.fromkeys(brief) if v not in kept and v not in found)
+    if len(kept) + len(linked) + len(short) > TRACKER_IDS_CHECKED:
+        # only the top level counts: an app's own entity may list a screen per view (a breadcrumb),
+        # and what it nests is bounded by the body, as the sum over a batch's events is
+        raise BadInput("too_many_tracker_ids", f"an event carries at most {TRACKER_IDS_CHECKED} tracker ids")
+    if not nested:
+        return TrackerIds(tuple(kept), short, linked)
+    seen = {id(data) for _, data in top}
+    deep_lasting: list[str] = []
+    deep_brief: list[str] = []
+    below = [(r, d) for r, d in (*_ruled(contexts), *_ruled(event)) if id(d) not in seen and r.tracker]
+    _rule_fields(below, deep_lasting, deep_brief)
+    taken = {**kept, **found, **dict.fromkeys(short)}
+    deep = tuple(v for v in dict.fromkeys(deep_lasting) if v not in taken)
+    taken.update(dict.fromkeys(deep))
+    return TrackerIds(
+        tuple(kept), short, linked, deep, tuple(v for v in dict.fromkeys(deep_brief) if v not in taken)
+    )
+
+
+def _rule_fields(
+    found: Iterable[tuple[EntityRule, dict[str, Any]]], lasting: list[str], brief: list[str]
+) -> None:
+    """The tracker fields of ruled entities' data, each to the list of its kind (EntityRule.brief)."""
+    for rule, data in found:
         for name in rule.tracker:
             value = data.get(name)
             if value.__class__ is str and value and len(value) <= TRACKER_ID_MAX:
@@ -890,21 +930,14 @@ def tracker_ids(
                     brief.append(value)
                 else:
                     lasting.append(value)
-    kept = dict.fromkeys(lasting)
-    linked: tuple[str, ...] = ()
-    if links:
-        # a link's `%00` decodes to U+0000: looked up as the rows spell it, whose JSON holds U+FFFD
-        found = (v.replace("\x00", "\ufffd") for v in links if v and len(v) <= TRACKER_ID_MAX)
-        linked = tuple(v for v in dict.fromkeys(found) if v not in kept)
-    short = tuple(v for v in dict.fromkeys(brief) if v not in kept and v not in linked)
-    out = TrackerIds(tuple(kept), short, linked)
-    if len(out.lasting) + len(out.links) + len(out.brief) > TRACKER_IDS_CHECKED and (
-        # only the top level counts: an app's own entity may list a screen per view (a breadcrumb),
-        # and what it nests is bounded by the body, as the sum over a batch's events is
-        not nested or len(tracker_ids(duid, sid, contexts, more, links, event).every) > TRACKER_IDS_CHECKED
-    ):
-        raise BadInput("too_many_tracker_ids", f"an event carries at most {TRACKER_IDS_CHECKED} tracker ids")
-    return out
+
+
+def _storable(value: str) -> str:
+    """A link's duid as both stores can encode it: U+0000 and each lone surrogate (a byte that is not
+    UTF-8, decoded with surrogateescape) as U+FFFD."""
+    if value.isascii():
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    return value.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _top_ruled(contexts: Any, event: Any) -> list[tuple[EntityRule, dict[str, Any]]]:

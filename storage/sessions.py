@@ -89,9 +89,9 @@ def state_of(row: Sequence[Any]) -> tuple[str, DeviceState]:
         own = len(every) - len(apart)
         if own >= 0 and every[own:] == apart:  # as state_row wrote it
             del every[own:]
-        else:  # an older replica wrote tracker_ids last
-            gone = set(apart)
-            every = [v for v in every if v not in gone]
+        else:  # an older replica wrote tracker_ids last: which are lasting cannot be told, so all
+            # are (a landing link's duid is lasting too, as the next page's refr_domain_userid)
+            every = list(dict.fromkeys(every))
     lasting = tuple(every[:LASTING_IDS_KEPT])
     state = DeviceState(sess, idx, last, sid, uid, bool(closed), duid, lasting, tuple(short), tuple(linked))
     return dev, state
@@ -141,11 +141,14 @@ def assign(
 
 
 def remember(state: DeviceState, ids: TrackerIds) -> None:
-    """Keep an event's tracker ids on its device's state: newest first, each kind bounded."""
-    if ids.lasting:
-        state.tracker_ids = tuple(dict.fromkeys((*ids.lasting, *state.tracker_ids)))[:LASTING_IDS_KEPT]
-    if ids.brief:
-        state.brief_ids = tuple(dict.fromkeys((*ids.brief, *state.brief_ids)))[:BRIEF_IDS_KEPT]
+    """Keep an event's tracker ids on its device's state: newest first, each kind bounded; the ids of
+    its nested entities after those remembered, where there is room (TrackerIds says why)."""
+    if ids.lasting or ids.nested_lasting:
+        lasting = (*ids.lasting, *state.tracker_ids, *ids.nested_lasting)
+        state.tracker_ids = tuple(dict.fromkeys(lasting))[:LASTING_IDS_KEPT]
+    if ids.brief or ids.nested_brief:
+        brief = (*ids.brief, *state.brief_ids, *ids.nested_brief)
+        state.brief_ids = tuple(dict.fromkeys(brief))[:BRIEF_IDS_KEPT]
     if ids.links:
         state.link_ids = tuple(dict.fromkeys((*ids.links, *state.link_ids)))[:LINK_IDS_KEPT]
 

@@ -647,7 +647,10 @@ def test_tracker_ids_read_nested_entities_when_the_text_may_nest_one() -> None:
     nested_text, flat_text = orjson.dumps(nested).decode(), orjson.dumps(flat).decode()
     assert identifiers.may_nest(nested_text, nested, contexts=True)
     assert not identifiers.may_nest(flat_text, flat, contexts=True)  # the common case: no walk
-    assert identifiers.tracker_ids(None, None, nested, nested=True) == TrackerIds(("d-1",), ("s-1",))
+    # apart from the top level's: remembered where there is room (storage.sessions.remember)
+    assert identifiers.tracker_ids(None, None, nested, nested=True) == TrackerIds(
+        (), (), (), ("d-1",), ("s-1",)
+    )
     assert identifiers.tracker_ids(None, None, flat) == TrackerIds(("d-1",), ("s-1",))
     # the top level alone does not see it: what may_nest is for
     assert identifiers.tracker_ids(None, None, nested) == TrackerIds()
@@ -802,3 +805,14 @@ def test_tracker_ids_see_every_field_a_rule_names_wherever_it_sits(
     except BadInput:
         return
     assert _ruled_strings(co, ue) <= set(ids.every)
+
+
+def test_only_the_top_levels_ids_count_toward_the_bound() -> None:
+    many = [
+        (SESSION, {"userId": f"u-{i}", "sessionId": f"s-{i}"}) for i in range(identifiers.TRACKER_IDS_CHECKED)
+    ]
+    report = ("iglu:com.acme/report/jsonschema/1-0-0", {"all": contexts(*many)})
+    ids = identifiers.tracker_ids(None, None, contexts(report), nested=True)  # all nested: not refused
+    assert len(ids.every) == 2 * identifiers.TRACKER_IDS_CHECKED and not ids.lasting
+    with pytest.raises(BadInput):  # the same at the top level, beside a nested entity, is refused
+        identifiers.tracker_ids(None, None, contexts(*many, report), nested=True)

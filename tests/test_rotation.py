@@ -277,3 +277,57 @@ async def test_an_app_entity_listing_many_screens_is_checked_not_refused(client:
 
 def _screen(screen_id: str) -> dict[str, Any]:
     return {"schema": SCREEN, "data": {"id": screen_id, "name": "s"}}
+
+
+@pytest.mark.parametrize("where", ["url", "entity"])
+async def test_a_link_whose_duid_is_not_utf8_is_no_store_fault(client: Any, cfg: Config, where: str) -> None:
+    """A link inside an encoded param value (`u=%5Fsp%3D...`) whose duid holds a byte that is not UTF-8:
+    decoded as is, neither store can encode the id, and the retired-id lookup failed the whole group
+    (503 to every request in it). It is looked up, retired and cut as the other links are."""
+    url = "https://shop.test/?u=%5Fsp%3Daaaaaaaa%FFbbbb.1799999999000"
+
+    def event(eid: str) -> dict[str, str]:
+        if where == "url":
+            return ev(eid=eid, url=url)
+        link = {"schema": "iglu:com.acme/link/jsonschema/1-0-0", "data": {"to": url}}
+        return ev(eid=eid, co=orjson.dumps({"schema": CONTEXTS, "data": [link]}).decode())
+
+    b = Browser(client)
+    bystander = client.post(TP2, json=batch(ev(eid="bystander", duid="duid-bystander")))
+    _, other = await asyncio.gather(b.send(event("bad-1")), bystander)  # the send asserts its 200
+    assert other.status == 200, await other.text()
+    await b.send(ev("ue", eid="rot", ue_pr=ANON_UE))
+    await b.send(event("bad-2"))  # the same link from the rotated device
+    got = {
+        r["event_id"]: "".join(map(str, r))
+        for r in rows(cfg.db, "select * from events where event_id like 'bad-%'")
+    }
+    assert "bbbb" in got["bad-1"]  # the control: the link is kept where it belongs
+    assert "bbbb" not in got["bad-2"]  # retired, so cut
+    assert (await client.get("/ready")).status == 200
+
+
+@pytest.mark.parametrize("trail", [0, 30])
+async def test_an_events_nested_views_push_no_remembered_id_out(client: Any, cfg: Config, trail: int) -> None:
+    """An app's own entity listing the screens visited (a breadcrumb) nests a view id per screen: they
+    are remembered after the event's own ids and those the device remembered, so one such event pushes
+    neither an idle tab's view id out of what the rotation retires, nor the event's own view id."""
+    b = Browser(client)
+    idle, busy = "1d1e0000-0000-4000-8000-000000000001", "b0590000-0000-4000-8000-000000000002"
+    await b.send(ev(eid="idle", co=orjson.dumps({"schema": CONTEXTS, "data": [_page(idle)]}).decode()))
+    crumbs = {
+        "schema": "iglu:com.acme/breadcrumbs/jsonschema/1-0-0",
+        "data": {"trail": [_screen(f"s{i:07}") for i in range(trail)]},
+    }
+    await b.send(
+        ev(eid="busy", co=orjson.dumps({"schema": CONTEXTS, "data": [_page(busy), crumbs]}).decode())
+    )
+    await b.send(ev("ue", eid="rot", ue_pr=ANON_UE))  # carries no ids of its own
+    retired = {r[0] for r in rows(cfg.db, "select value from retired_ids")}
+    assert {idle, busy} <= retired, {idle, busy} - retired
+    room = identifiers.BRIEF_IDS_KEPT - len({idle, busy})  # the nested ones fill what is left
+    assert len(retired & {f"s{i:07}" for i in range(trail)}) == min(trail, room)
+
+
+def _page(page_id: str) -> dict[str, Any]:
+    return {"schema": WEB_PAGE, "data": {"id": page_id}}

@@ -9,7 +9,16 @@ import orjson
 
 from collector.config import Config
 from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, LINK_IDS_KEPT, TrackerIds
-from storage.sessions import DeviceState, SessionRules, assign, remember, retire
+from storage.sessions import (
+    STATE_COLUMNS,
+    DeviceState,
+    SessionRules,
+    assign,
+    remember,
+    retire,
+    state_of,
+    state_row,
+)
 from tests.conftest import TP2, Clock, batch, ev, rows, tables
 
 STORES = ("sqlite", "postgres")  # each test that uses cfg runs on both stores
@@ -243,3 +252,18 @@ def test_links_never_push_a_lasting_id_out() -> None:
     assert "idle-tab" in state.tracker_ids and "landed-link" not in state.link_ids
     assert len(state.link_ids) == LINK_IDS_KEPT and "link-0" in state.link_ids
     assert {"idle-tab", "link-0"} <= set(retire(state))
+
+
+def test_an_older_replicas_tracker_ids_are_all_kept_as_lasting() -> None:
+    # A replica of a version that kept one list wrote tracker_ids last (it no longer ends with the link
+    # and brief ids): which of its ids are lasting cannot be told, so all are, even one that is a link
+    # too (a landing link's duid is the next page's refr_domain_userid): none may be dropped.
+    mine = DeviceState("s", 1, 0, tracker_ids=("tab",), brief_ids=("view",), link_ids=("landed",))
+    row = list(state_row("dev", mine))
+    assert state_of(row)[1] == mine  # as this version wrote it
+    row[STATE_COLUMNS.index("tracker_ids")] = orjson.dumps(
+        ["landed", "new-view", "tab", "landed", "view"]
+    ).decode()
+    _, read = state_of(row)
+    assert read.tracker_ids == ("landed", "new-view", "tab", "view")
+    assert read.link_ids == ("landed",) and read.brief_ids == ("view",)
