@@ -257,12 +257,13 @@ def test_links_never_push_a_lasting_id_out() -> None:
 def test_an_older_replicas_tracker_ids_are_all_kept_as_lasting() -> None:
     # A replica of a version that kept one list wrote tracker_ids last (it no longer ends with the link
     # and brief ids): which of its ids are lasting cannot be told, so all are, even one that is a link
-    # too (a landing link's duid is the next page's refr_domain_userid): none may be dropped.
+    # too (a landing link's duid is the next page's refr_domain_userid): none may be dropped. (While
+    # its list still ends with the link and brief ids, what comes before them is lasting.)
     mine = DeviceState("s", 1, 0, tracker_ids=("tab",), brief_ids=("view",), link_ids=("landed",))
     row = list(state_row("dev", mine))
     assert state_of(row)[1] == mine  # as this version wrote it
     row[STATE_COLUMNS.index("tracker_ids")] = orjson.dumps(
-        ["landed", "new-view", "tab", "landed", "view"]
+        ["landed", "new-view", "tab", "view"]  # its newest first, then what it read, each once
     ).decode()
     _, read = state_of(row)
     assert read.tracker_ids == ("landed", "new-view", "tab", "view")
