@@ -35,7 +35,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
@@ -522,7 +522,7 @@ def raw_without_tracker_ids(text: str, depth: int = 0) -> str:
         text = _raw_json_without_tracker_ids(text, depth)
         # cut from the text as it stands: only ids that JSON writes as they are (no quote, backslash
         # or control character), so that a cut cannot reach outside a string's content
-        text = _cut(text, tuple(i for i in ids if orjson.dumps(i)[1:-1] == i.encode()))
+        text = _cut(text, Needles(i for i in ids if orjson.dumps(i)[1:-1] == i.encode()))
     if stripped[:1] not in _JSON_START:
         text = _form_without_tracker_ids(text)
     return text
@@ -839,8 +839,9 @@ def cut_links(value: Any, depth: int = 0) -> Any:
 class TrackerIds:
     """The tracker's own ids an event carries (tracker_ids), by how long they last (BRIEF_IDS_KEPT),
     the cross-domain links' duids apart (LINK_IDS_KEPT), and those of entities nested below the top
-    level apart too (an app's breadcrumb of screens: remembered only where there is room, so that
-    one such event cannot push out what the device remembered); each id in one of them."""
+    level apart too (an app's breadcrumb of screens: storage.sessions.remember keeps a few of them
+    first and the rest where there is room, so that one such event cannot push out all the device
+    remembered); each id in one of them."""
 
     lasting: tuple[str, ...] = ()
     brief: tuple[str, ...] = ()
@@ -894,7 +895,7 @@ def tracker_ids(
     if links:
         # a link's `%00` decodes to U+0000, a byte that is not UTF-8 to a lone surrogate: looked up
         # as a store can keep them (the rows keep the URL's own text, and JSON's U+0000 as U+FFFD)
-        found = dict.fromkeys(_storable(v) for v in links if v and len(v) <= TRACKER_ID_MAX)
+        found = dict.fromkeys(v for v in map(_storable, links) if v and len(v) <= TRACKER_ID_MAX)
     linked = tuple(v for v in found if v not in kept)
     short = tuple(v for v in dict.fromkeys(brief) if v not in kept and v not in found)
     if len(kept) + len(linked) + len(short) > TRACKER_IDS_CHECKED:
@@ -933,11 +934,16 @@ def _rule_fields(
 
 
 def _storable(value: str) -> str:
-    """A link's duid as both stores can encode it: U+0000 and each lone surrogate (a byte that is not
-    UTF-8, decoded with surrogateescape) as U+FFFD."""
+    """A link's duid as both stores can encode it: U+0000 as U+FFFD, and the bytes that are not UTF-8
+    (decoded with surrogateescape) as the page URL's own decoding writes them (a U+FFFD each)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
     if value.isascii():
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
-    return value.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate no byte decodes to: it is no text
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def _top_ruled(contexts: Any, event: Any) -> list[tuple[EntityRule, dict[str, Any]]]:
@@ -1101,16 +1107,70 @@ _REQUIRED_COLUMNS = frozenset({COL["v_tracker"]})
 _JSON_COLUMNS = frozenset({COL["unstruct_event"], COL["contexts"], COL["other_params"]})
 
 
-def cuttable(values: Iterable[Any]) -> tuple[str, ...]:
+# Up to this many ids are each looked for in turn (C's substring search, the fastest for a few); more
+# are found by their first CUT_MIN characters, so that a text is read once whatever their number: an
+# event may nest thousands of ids (only the top level's are bounded), and cutting them from thousands
+# of strings must not cost their product on the store's writer.
+FEW_NEEDLES = 8
+
+
+class Needles(tuple[str, ...]):
+    """Ids to cut (cuttable's), each CUT_MIN or more characters, with what finds many at once."""
+
+    @cached_property
+    def starts(self) -> dict[str, tuple[str, ...]]:
+        """Each needle under its first CUT_MIN characters, the longest first."""
+        out: dict[str, list[str]] = {}
+        for needle in self:
+            out.setdefault(needle[:CUT_MIN], []).append(needle)
+        return {k: tuple(sorted(v, key=len, reverse=True)) for k, v in out.items()}
+
+    @cached_property
+    def members(self) -> frozenset[str]:
+        return frozenset(self)
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.members
+
+
+def cuttable(values: Iterable[Any]) -> Needles:
     """The ids among `values` that cut_everywhere and without_values cut: strings of CUT_MIN or more."""
-    return tuple(dict.fromkeys(v for v in values if v.__class__ is str and len(v) >= CUT_MIN))
+    return Needles(dict.fromkeys(v for v in values if v.__class__ is str and len(v) >= CUT_MIN))
 
 
 def _cut(text: str, needles: tuple[str, ...]) -> str:
+    if len(needles) > FEW_NEEDLES:
+        starts = (needles if isinstance(needles, Needles) else Needles(needles)).starts
+        while (cut := _cut_once(text, starts)) is not text:  # a cut can join two halves into another
+            text = cut
+        return text
     for needle in needles:
         while needle in text:  # a cut can join two halves into another occurrence
             text = text.replace(needle, "")
     return text
+
+
+def _cut_once(text: str, starts: dict[str, tuple[str, ...]]) -> str:
+    """`text` without the needles found left to right (the longest where several start at one place),
+    read once; the same object when it holds none."""
+    if len(text) < CUT_MIN:
+        return text
+    parts: list[str] = []
+    i = kept = 0
+    end = len(text) - CUT_MIN
+    while i <= end:
+        found = starts.get(text[i : i + CUT_MIN])
+        if found is not None:
+            needle = next((n for n in found if text.startswith(n, i)), None)
+            if needle is not None:
+                parts.append(text[kept:i])
+                i = kept = i + len(needle)
+                continue
+        i += 1
+    if not parts:
+        return text
+    parts.append(text[kept:])
+    return "".join(parts)
 
 
 def without_values(value: Any, needles: tuple[str, ...], depth: int = 0) -> Any:

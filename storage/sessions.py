@@ -11,6 +11,8 @@ import orjson
 from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, LINK_IDS_KEPT, TrackerIds
 from storage.ids import UuidPool
 
+# How many of an event's nested ids of each kind are remembered as its own are (remember).
+NESTED_FIRST = 4
 # Session ids are minted on the writer thread only: this pool is that thread's.
 new_session_id = UuidPool()
 
@@ -141,13 +143,17 @@ def assign(
 
 
 def remember(state: DeviceState, ids: TrackerIds) -> None:
-    """Keep an event's tracker ids on its device's state: newest first, each kind bounded; the ids of
-    its nested entities after those remembered, where there is room (TrackerIds says why)."""
+    """Keep an event's tracker ids on its device's state: newest first, each kind bounded. Of the ids
+    of its nested entities, the first NESTED_FIRST of each kind go with the event's own (an app's
+    current screen, a wrapped session entity: they may ride nested only), the rest after those
+    remembered, where there is room (a breadcrumb of thirty screens pushes out four ids, not all)."""
     if ids.lasting or ids.nested_lasting:
-        lasting = (*ids.lasting, *state.tracker_ids, *ids.nested_lasting)
+        deep = ids.nested_lasting
+        lasting = (*ids.lasting, *deep[:NESTED_FIRST], *state.tracker_ids, *deep[NESTED_FIRST:])
         state.tracker_ids = tuple(dict.fromkeys(lasting))[:LASTING_IDS_KEPT]
     if ids.brief or ids.nested_brief:
-        brief = (*ids.brief, *state.brief_ids, *ids.nested_brief)
+        deep = ids.nested_brief
+        brief = (*ids.brief, *deep[:NESTED_FIRST], *state.brief_ids, *deep[NESTED_FIRST:])
         state.brief_ids = tuple(dict.fromkeys(brief))[:BRIEF_IDS_KEPT]
     if ids.links:
         state.link_ids = tuple(dict.fromkeys((*ids.links, *state.link_ids)))[:LINK_IDS_KEPT]

@@ -816,3 +816,21 @@ def test_only_the_top_levels_ids_count_toward_the_bound() -> None:
     assert len(ids.every) == 2 * identifiers.TRACKER_IDS_CHECKED and not ids.lasting
     with pytest.raises(BadInput):  # the same at the top level, beside a nested entity, is refused
         identifiers.tracker_ids(None, None, contexts(*many, report), nested=True)
+
+
+NEEDLE_TEXT = st.text(alphabet="ab0-", max_size=40)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.text(alphabet="ab0-", min_size=identifiers.CUT_MIN, max_size=12), max_size=30), NEEDLE_TEXT
+)
+def test_many_needles_are_cut_as_a_few_are(needles: list[str], text: str) -> None:
+    # more than a few ids are found by their first CUT_MIN characters, so that a row of thousands of
+    # nested ids and strings is cut in linear time: what is left holds none of them, as with a few
+    many = identifiers.cuttable(needles)
+    for haystack in (text, "".join(needles[:3]) + text, text + (needles[0] if needles else "")):
+        cut = identifiers._cut(haystack, many)
+        assert not any(n in cut for n in many), (haystack, cut)
+        if not any(n in haystack for n in many):
+            assert cut == haystack

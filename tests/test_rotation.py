@@ -279,12 +279,14 @@ def _screen(screen_id: str) -> dict[str, Any]:
     return {"schema": SCREEN, "data": {"id": screen_id, "name": "s"}}
 
 
-@pytest.mark.parametrize("where", ["url", "entity"])
+@pytest.mark.parametrize("where", ["url", "entity", "long"])
 async def test_a_link_whose_duid_is_not_utf8_is_no_store_fault(client: Any, cfg: Config, where: str) -> None:
     """A link inside an encoded param value (`u=%5Fsp%3D...`) whose duid holds a byte that is not UTF-8:
     decoded as is, neither store can encode the id, and the retired-id lookup failed the whole group
-    (503 to every request in it). It is looked up, retired and cut as the other links are."""
-    url = "https://shop.test/?u=%5Fsp%3Daaaaaaaa%FFbbbb.1799999999000"
+    (503 to every request in it). It is looked up, retired and cut as the other links are, a long one
+    too (its length checked as it is looked up: each such byte one U+FFFD)."""
+    duid = "a" * 100 + "%FF" * 10 + "bbbb" if where == "long" else "aaaaaaaa%FFbbbb"
+    url = f"https://shop.test/?u=%5Fsp%3D{duid}.1799999999000"
 
     def event(eid: str) -> dict[str, str]:
         if where == "url":
@@ -331,3 +333,39 @@ async def test_an_events_nested_views_push_no_remembered_id_out(client: Any, cfg
 
 def _page(page_id: str) -> dict[str, Any]:
     return {"schema": WEB_PAGE, "data": {"id": page_id}}
+
+
+@pytest.mark.parametrize("kind", ["brief", "lasting"])
+async def test_an_id_only_ever_nested_is_retired_when_the_device_remembers_its_fill(
+    client: Any, cfg: Config, kind: str
+) -> None:
+    """An app whose own entity holds the current screen, or wraps its session entity: that id rides
+    nested only. Once the device remembers as many ids of its kind as it keeps (a day's page views,
+    months of tabs), the event's first nested ids still go before the older ones, so the rotation
+    retires it, and the rotated device's next row, with the same app state, loses it."""
+    b = Browser(client)
+    if kind == "brief":
+        fill = [_page(f"{i:08}-0000-4000-8000-00000000f111") for i in range(identifiers.BRIEF_IDS_KEPT)]
+        old = "c0ffee00-0000-4000-8000-00000000b21e"
+        app = {"schema": "iglu:com.acme/app_state/jsonschema/1-0-0", "data": {"current": _screen(old)}}
+    else:
+        browser = "iglu:com.snowplowanalytics.snowplow/browser_context/jsonschema/2-0-0"
+        fill = [
+            {"schema": browser, "data": {"tabId": f"{i:08}-0000-4000-8000-0000000007ab"}}
+            for i in range(identifiers.LASTING_IDS_KEPT)
+        ]
+        old = "c0ffee00-0000-4000-8000-0000005ea51d"
+        app = {"schema": CONTEXTS, "data": [{"schema": SESSION, "data": {"userId": old}}]}
+    for entity in fill:
+        await b.send(ev(co=orjson.dumps({"schema": CONTEXTS, "data": [entity]}).decode()))
+    app_state = orjson.dumps({"schema": CONTEXTS, "data": [app]}).decode()
+    await b.send(ev(eid="before", co=app_state))
+    await b.send(ev("ue", eid="rot", ue_pr=ANON_UE))
+    await b.send(ev(eid="after", co=app_state))
+    got = dict(rows(cfg.db, "select event_id, contexts from events where event_id in ('before', 'after')"))
+    assert old in str(got["before"])  # the control
+    assert old in {r[0] for r in rows(cfg.db, "select value from retired_ids")}
+    assert old not in str(got["after"])
+
+
+SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
