@@ -39,6 +39,7 @@ from functools import cached_property, lru_cache
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
+import ahocorasick
 import orjson
 
 from collector import protocol
@@ -1108,22 +1109,27 @@ _JSON_COLUMNS = frozenset({COL["unstruct_event"], COL["contexts"], COL["other_pa
 
 
 # Up to this many ids are each looked for in turn (C's substring search, the fastest for a few); more
-# are found by their first CUT_MIN characters, so that a text is read once whatever their number: an
-# event may nest thousands of ids (only the top level's are bounded), and cutting them from thousands
-# of strings must not cost their product on the store's writer.
+# are found at once by an Aho-Corasick automaton (pyahocorasick, in C), reading a text once whatever
+# their number: an event may nest thousands of ids (only the top level's are bounded), and cutting
+# them from thousands of strings must not cost their product on the store's writer.
 FEW_NEEDLES = 8
+# A cut can join two halves into another occurrence: a text is cut again, this many times at most. A
+# text built to form an id again after every cut (`abcd` * k + `efgh` * k) is left out whole: it is
+# no one's data, and cutting it to the end would cost k passes.
+CUT_PASSES = 4
 
 
 class Needles(tuple[str, ...]):
     """Ids to cut (cuttable's), each CUT_MIN or more characters, with what finds many at once."""
 
     @cached_property
-    def starts(self) -> dict[str, tuple[str, ...]]:
-        """Each needle under its first CUT_MIN characters, the longest first."""
-        out: dict[str, list[str]] = {}
+    def automaton(self) -> Any:
+        """Each needle, found longest first where several start at one place (iter_long)."""
+        found = ahocorasick.Automaton()
         for needle in self:
-            out.setdefault(needle[:CUT_MIN], []).append(needle)
-        return {k: tuple(sorted(v, key=len, reverse=True)) for k, v in out.items()}
+            found.add_word(needle, len(needle))
+        found.make_automaton()
+        return found
 
     @cached_property
     def members(self) -> frozenset[str]:
@@ -1139,34 +1145,35 @@ def cuttable(values: Iterable[Any]) -> Needles:
 
 
 def _cut(text: str, needles: tuple[str, ...]) -> str:
-    if len(needles) > FEW_NEEDLES:
-        starts = (needles if isinstance(needles, Needles) else Needles(needles)).starts
-        while (cut := _cut_once(text, starts)) is not text:  # a cut can join two halves into another
-            text = cut
+    """`text` without the needles, cut again where a cut formed one (CUT_PASSES), or "" if it still
+    holds one then."""
+    if not needles or len(text) < CUT_MIN:
         return text
+    once = _cut_few if len(needles) <= FEW_NEEDLES else _cut_many
+    for _ in range(CUT_PASSES):
+        cut = once(text, needles)
+        if cut is text:
+            return text
+        text = cut
+    return "" if once(text, needles) is not text else text
+
+
+def _cut_few(text: str, needles: tuple[str, ...]) -> str:
+    """One pass of each needle in turn; the same object when the text holds none."""
     for needle in needles:
-        while needle in text:  # a cut can join two halves into another occurrence
+        if needle in text:
             text = text.replace(needle, "")
     return text
 
 
-def _cut_once(text: str, starts: dict[str, tuple[str, ...]]) -> str:
-    """`text` without the needles found left to right (the longest where several start at one place),
-    read once; the same object when it holds none."""
-    if len(text) < CUT_MIN:
-        return text
+def _cut_many(text: str, needles: tuple[str, ...]) -> str:
+    """One pass, left to right, of every needle at once; the same object when the text holds none."""
+    automaton = (needles if isinstance(needles, Needles) else Needles(needles)).automaton
     parts: list[str] = []
-    i = kept = 0
-    end = len(text) - CUT_MIN
-    while i <= end:
-        found = starts.get(text[i : i + CUT_MIN])
-        if found is not None:
-            needle = next((n for n in found if text.startswith(n, i)), None)
-            if needle is not None:
-                parts.append(text[kept:i])
-                i = kept = i + len(needle)
-                continue
-        i += 1
+    kept = 0
+    for end, length in automaton.iter_long(text):
+        parts.append(text[kept : end + 1 - length])
+        kept = end + 1
     if not parts:
         return text
     parts.append(text[kept:])

@@ -834,3 +834,15 @@ def test_many_needles_are_cut_as_a_few_are(needles: list[str], text: str) -> Non
         assert not any(n in cut for n in many), (haystack, cut)
         if not any(n in haystack for n in many):
             assert cut == haystack
+
+
+@pytest.mark.parametrize("others", [0, identifiers.FEW_NEEDLES])
+def test_an_id_a_cut_forms_is_cut_too_or_its_text_goes(others: int) -> None:
+    # Cutting the sid out of `abcd<sid>efgh` forms the duid: it is cut in the next pass, however many
+    # ids there are. A text built to form one again after every cut goes whole, after CUT_PASSES.
+    duid, sid = "abcdefgh-0000-4000-8000-00000000000a", "12345678-0000-4000-8000-00000000000b"
+    needles = identifiers.cuttable([duid, sid, *(f"zzzzzzzz{i}" for i in range(others))])
+    assert identifiers._cut(f"see {duid[:4]}{sid}{duid[4:]}!", needles) == "see !"
+    formed = "abcd" * 100 + "efgh" * 100
+    assert identifiers._cut(formed, identifiers.cuttable(["abcdefgh", *needles])) == ""
+    assert identifiers._cut(formed, needles) == formed  # the control: it holds none of these
