@@ -973,8 +973,9 @@ def _top_ruled(contexts: Any, event: Any) -> list[tuple[EntityRule, dict[str, An
 
 def _ruled(doc: Any) -> Iterable[tuple[EntityRule, dict[str, Any]]]:
     """Every object in a parsed JSON value whose `schema` has a rule and whose data is an object, with
-    that data, wherever it sits (in another entity's data, contexts inside contexts). Walked with a
-    stack: a document may nest as deep as orjson writes (254)."""
+    that data, wherever it sits (in another entity's data, contexts inside contexts), in the
+    document's order (storage.sessions.remember keeps the first). Walked with a stack: a document
+    may nest as deep as orjson writes (254)."""
     stack = [doc]
     while stack:
         value = stack.pop()
@@ -982,9 +983,9 @@ def _ruled(doc: Any) -> Iterable[tuple[EntityRule, dict[str, Any]]]:
             rule = rule_of(value.get("schema"))
             if rule is not None and isinstance(data := value.get("data"), dict):
                 yield rule, data
-            stack.extend(value.values())
+            stack.extend(reversed(value.values()))
         elif isinstance(value, list):
-            stack.extend(value)
+            stack.extend(reversed(value))
 
 
 _SCHEMA_KEY = '"schema"'
@@ -1136,7 +1137,7 @@ class Needles(tuple[str, ...]):
         return frozenset(self)
 
     def __contains__(self, value: object) -> bool:
-        return value in self.members
+        return isinstance(value, str) and value in self.members
 
 
 def cuttable(values: Iterable[Any]) -> Needles:

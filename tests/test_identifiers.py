@@ -846,3 +846,16 @@ def test_an_id_a_cut_forms_is_cut_too_or_its_text_goes(others: int) -> None:
     formed = "abcd" * 100 + "efgh" * 100
     assert identifiers._cut(formed, identifiers.cuttable(["abcdefgh", *needles])) == ""
     assert identifiers._cut(formed, needles) == formed  # the control: it holds none of these
+
+
+def test_nested_ids_come_in_the_documents_order() -> None:
+    # remember keeps an event's first nested ids (NESTED_FIRST) with its own: "first" is as the app
+    # wrote them, so an app state's `current` screen, before its `stack`, is among them
+    screen = "iglu:com.snowplowanalytics.mobile/screen/jsonschema/1-0-0"
+    stack = [{"schema": screen, "data": {"id": f"stack-{i}"}} for i in range(5)]
+    app = {"current": {"schema": screen, "data": {"id": "current"}}, "stack": stack}
+    ids = identifiers.tracker_ids(
+        None, None, contexts(("iglu:com.acme/app/jsonschema/1-0-0", app)), nested=True
+    )
+    assert ids.nested_brief == ("current", *(f"stack-{i}" for i in range(5)))
+    assert [1] not in identifiers.cuttable(["abcdefgh"])  # an unhashable value is simply not one
