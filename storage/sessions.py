@@ -11,7 +11,7 @@ import orjson
 from collector.identifiers import BRIEF_IDS_KEPT, LASTING_IDS_KEPT, LINK_IDS_KEPT, TrackerIds
 from storage.ids import UuidPool
 
-# How many of an event's nested ids of each kind are remembered as its own are (remember).
+# How many of an event's nested ids of each kind are remembered with its own ids (remember).
 NESTED_FIRST = 4
 # Session ids are minted on the writer thread only: this pool is that thread's.
 new_session_id = UuidPool()
