@@ -890,15 +890,19 @@ def tracker_ids(
     lasting = [v for v in (duid, *more) if v and v.__class__ is str and len(v) <= TRACKER_ID_MAX]
     brief = [sid] if sid and len(sid) <= TRACKER_ID_MAX else []
     top = _top_ruled(contexts, event)
-    _rule_fields(top, lasting, brief)
+    if top:
+        _rule_fields(top, lasting, brief)
     kept = dict.fromkeys(lasting)
     found: dict[str, None] = {}
-    if links:
+    linked: tuple[str, ...] = ()
+    if links:  # the rare row: the common one builds no more than it needs (it runs for every event)
         # a link's `%00` decodes to U+0000, a byte that is not UTF-8 to a lone surrogate: looked up
         # as a store can keep them (the rows keep the URL's own text, and JSON's U+0000 as U+FFFD)
         found = dict.fromkeys(v for v in map(_storable, links) if v and len(v) <= TRACKER_ID_MAX)
-    linked = tuple(v for v in found if v not in kept)
-    short = tuple(v for v in dict.fromkeys(brief) if v not in kept and v not in found)
+        linked = tuple(v for v in found if v not in kept)
+        short = tuple(v for v in dict.fromkeys(brief) if v not in kept and v not in found)
+    else:
+        short = tuple(v for v in dict.fromkeys(brief) if v not in kept) if brief else ()
     if len(kept) + len(linked) + len(short) > TRACKER_IDS_CHECKED:
         # only the top level counts: an app's own entity may list a screen per view (a breadcrumb),
         # and what it nests is bounded by the body, as the sum over a batch's events is
