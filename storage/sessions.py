@@ -82,8 +82,9 @@ def state_row(device: str, st: DeviceState) -> tuple[Any, ...]:
 
 
 def state_of(row: Sequence[Any]) -> tuple[str, DeviceState]:
-    """(device id, state) from a device_state row in STATE_COLUMNS order: the lasting ids are those of
-    tracker_ids that are neither brief nor links (state_row)."""
+    """(device id, state) from a device_state row in STATE_COLUMNS order: the lasting ids are what
+    tracker_ids holds before the link and brief ids state_row wrote after them, or all of it when an
+    older replica wrote it last."""
     dev, sess, idx, last, sid, uid, closed, duid, ids, brief, links = row
     every, short, linked = orjson.loads(ids), orjson.loads(brief), orjson.loads(links)
     if short or linked:
