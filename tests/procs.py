@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
 import signal as _signal
 import socket
 import subprocess
@@ -15,7 +18,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LOGS = Path(tempfile.mkdtemp(prefix="collector-logs-"))  # logs of processes whose store is not a file
+
+
+@functools.cache
+def _logs() -> Path:
+    """Where the logs of processes whose store is not a file go: made on first use, gone at exit.
+
+    Made at import, it was left behind, empty, by every pytest run (and every xdist worker).
+    """
+    path = Path(tempfile.mkdtemp(prefix="collector-logs-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -68,8 +81,10 @@ class Collector:
         self.env = dict(env or {})
         self.args = list(args or [])
         self.prefix = list(prefix or [])  # e.g. `ip netns exec NS`: the process runs on another host
-        if log is None:
-            log = db.with_suffix(f".{self.port}.log") if isinstance(db, Path) else LOGS / f"{self.port}.log"
+        if log is None and isinstance(db, Path):
+            log = db.with_suffix(f".{self.port}.log")  # beside the store's file
+        elif log is None:
+            log = _logs() / f"{self.port}.log"
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
