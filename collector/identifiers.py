@@ -1062,6 +1062,44 @@ def device_ids(row: list[Any]) -> set[str]:
     return found
 
 
+# The columns of a stored event that row_tracker_ids reads, in its order.
+ID_COLUMNS = (
+    "domain_userid",
+    "domain_sessionid",
+    "user_fingerprint",
+    "refr_domain_userid",
+    "other_params",
+    "contexts",
+    "unstruct_event",
+    "page_url",
+    "page_referrer",
+)
+
+
+def row_tracker_ids(values: Iterable[Any]) -> set[str]:
+    """Every tracker id a stored event carries (`values`: its ID_COLUMNS), as a rotation of its device
+    retired them: what the event's device could have left in the retired ids. An erasure takes these
+    out of the retired ids with the event, which would otherwise keep the erased person's device ids
+    (a MAC, an IDFA, the duid) for COLLECTOR_RETIRED_DAYS.
+
+    Read wherever they sit, as tracker_ids reads a nested document, and without its bounds: the row
+    was stored, and what it holds is what goes."""
+    duid, sid, fp, refr, other, co_text, ue_text, url, referrer = values
+    found: list[Any] = [duid, sid, fp, refr]
+    if other is not None and any(f'"{p}"' in other for p in DEVICE_PARAMS):
+        params = orjson.loads(other)
+        found += (params.get(p) for p in DEVICE_PARAMS)
+    docs = [orjson.loads(text) for text in (co_text, ue_text) if text is not None]
+    for doc in docs:
+        for rule, data in _ruled(doc):
+            found += (data.get(name) for name in rule.tracker)
+    for text in (url, referrer):
+        if text is not None:
+            found += map(_storable, link_duids(text))
+    found += map(_storable, entity_links(*docs))
+    return {v for v in found if v.__class__ is str and v and len(v) <= TRACKER_ID_MAX}
+
+
 def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds:
     """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps.
 

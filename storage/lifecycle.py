@@ -25,6 +25,7 @@ from typing import Any
 
 from collector import identifiers
 from collector.events import format_ms  # the stores' text form of a time
+from storage.sessions import STATE_COLUMNS, remembered, state_of
 
 CULL_MARGIN_S = 86400  # a day past the cookie's lifetime: clocks differ, a request may be in flight
 BATCH = 5000  # rows per DELETE transaction: the collector's writer never waits long for the lock
@@ -214,6 +215,7 @@ class _Found:
     events: list[int]
     bad_rows: list[int]
     tops: dict[str, tuple[Any, ...] | None]
+    ids: set[str]  # the tracker ids the events found carry (identifiers.row_tracker_ids)
 
 
 def _events_of(user_id: str | None, devices: set[str]) -> tuple[str, list[str]]:
@@ -283,12 +285,45 @@ def _find(conn: sqlite3.Connection, user_id: str | None, devices: set[str]) -> _
         )
         devices.discard(None)
     where, params = _events_of(user_id, devices)
-    events = list(_scan(conn, "events", "rowid", where, params, last["events"]))
+    events: list[int] = []
+    ids: set[str] = set()
+    for rowid, *values in _scan_rows(conn, "events", _ID_COLUMNS, where, params, last["events"]):
+        events.append(rowid)
+        ids |= identifiers.row_tracker_ids(values)
     payloads = _scan_rows(
         conn, "bad_rows", "id, payload", "payload IS NOT NULL", [], last["bad_rows"], READ_PAYLOADS
     )
     bad = _bad_rows_holding(payloads, user_id, devices)
-    return _Found(devices, events, bad, last)
+    return _Found(devices, events, bad, last, ids)
+
+
+_ID_COLUMNS = ", ".join(("rowid", *identifiers.ID_COLUMNS))
+_STATE_COLUMNS = ", ".join(STATE_COLUMNS)
+
+
+def _retired_of_erased(conn: sqlite3.Connection, found: _Found, where: str, params: list[str]) -> int:
+    """Take out of the retired ids every tracker id of the erased events and devices: the events found,
+    those appended since the read, and what the devices' states remember (retire retired those). A
+    retired id is a value the person's device sent (a MAC, an IDFA, the duid), kept so that it is never
+    stored again after a rotation; once the events that sent it are gone, it is theirs alone."""
+    ids = set(found.ids)
+    since = f"SELECT {_ID_COLUMNS} FROM events WHERE rowid > ? AND ({where})"
+    for _, *values in conn.execute(since, [_since(found, "events"), *params]):
+        ids |= identifiers.row_tracker_ids(values)
+    devices = sorted(found.devices)
+    for i in range(0, len(devices), IN_CHUNK):
+        part = devices[i : i + IN_CHUNK]
+        sql = f"SELECT {_STATE_COLUMNS} FROM device_state WHERE device_id IN ({','.join('?' * len(part))})"
+        for row in conn.execute(sql, part):
+            ids.update(remembered(state_of(row)[1]))
+    values = sorted(ids)
+    n = 0
+    for i in range(0, len(values), IN_CHUNK):
+        part = values[i : i + IN_CHUNK]
+        n += conn.execute(
+            f"DELETE FROM retired_ids WHERE value IN ({','.join('?' * len(part))})", part
+        ).rowcount
+    return n
 
 
 def _unmoved(conn: sqlite3.Connection, found: _Found) -> bool:
@@ -418,6 +453,7 @@ def _erase_found(
         "INSERT INTO erasures (at, selector) VALUES (?, ?)", (format_ms(now_ms), selector)
     ).lastrowid
     where, params = _events_of(user_id, found.devices)
+    _retired_of_erased(conn, found, where, params)  # read before the rows and the states go
     events = _delete(conn, "events", found.events, _since(found, "events"), where, params)
     # bad rows: those the read found (never changed, and _unmoved showed their ids still theirs), and
     # those since that hold an erased id
@@ -451,6 +487,16 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
     """sqlite_erase's statements for PostgreSQL (run as the owner: the writer may not delete)."""
     selector = "user_id" if user_id is not None else "device_id"
     async with conn.transaction():
+        # Writers wait until the erasure commits, as SQLite's wait for the writers' turn: at READ
+        # COMMITTED a login committed after the devices were read, or an event after the DELETE,
+        # stayed. The tables in the order a writer's transaction first takes them (device_state,
+        # event_ids, events, bad_rows, retired_ids), so none holds one the erasure waits on while it
+        # waits for one the erasure holds; device_state EXCLUSIVE, since a writer may lock its rows
+        # (FOR UPDATE) before it writes any table. The lifecycle's lock first: a run deletes from these
+        # tables in another order.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('collector_lifecycle'))")
+        await conn.execute("LOCK TABLE device_state IN EXCLUSIVE MODE")
+        await conn.execute("LOCK TABLE event_ids, events, bad_rows, retired_ids IN SHARE ROW EXCLUSIVE MODE")
         entry = await conn.fetchval(
             "INSERT INTO erasures (at, selector) VALUES ($1, $2) RETURNING id",
             datetime.fromtimestamp(now_ms / 1000, UTC),
@@ -465,6 +511,22 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
             devices = [r[0] for r in found]
         else:
             devices = [device_id]
+        # the tracker ids of the erased events and devices leave the retired ids (_retired_of_erased)
+        ids_of = {
+            v
+            async for r in conn.cursor(
+                f"SELECT {', '.join(identifiers.ID_COLUMNS)} FROM events "
+                "WHERE network_userid = ANY($1::text[]) OR user_id = $2",
+                devices,
+                user_id,
+            )
+            for v in identifiers.row_tracker_ids(tuple(r))
+        }
+        states = await conn.fetch(
+            f"SELECT {_STATE_COLUMNS} FROM device_state WHERE device_id = ANY($1::text[])", devices
+        )
+        ids_of.update(v for r in states for v in remembered(state_of(tuple(r))[1]))
+        await conn.execute("DELETE FROM retired_ids WHERE value = ANY($1::text[])", sorted(ids_of))
         # the erased events' dedupe claims go with them, as on SQLite (where the claim is the row): a
         # re-send is stored again, and no claim keeps the erased events' ids and device times
         await conn.execute(

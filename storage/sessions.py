@@ -163,5 +163,11 @@ def remember(state: DeviceState, ids: TrackerIds) -> None:
 def retire(state: DeviceState) -> list[str]:
     """Retire the device for good; the tracker ids it was using, never to be stored again."""
     state.closed = True
+    return remembered(state)
+
+
+def remembered(state: DeviceState) -> list[str]:
+    """The tracker ids a device's state remembers: what retiring it retires (and erasing it takes out
+    of the retired ids again)."""
     ids = (*state.tracker_ids, *state.link_ids, *state.brief_ids)
     return [v for v in (state.tracker_duid, state.tracker_sid, *ids) if v]

@@ -801,10 +801,34 @@ def test_tracker_ids_see_every_field_a_rule_names_wherever_it_sits(
     # one reads and the other does not is neither checked against retired ids nor retired
     co, ue = {**envelope, "data": entities}, {**envelope, "data": event}
     try:
-        _, ids = _event_row({"co": orjson.dumps(co).decode(), "ue_pr": orjson.dumps(ue).decode()})
+        row, ids = _event_row({"co": orjson.dumps(co).decode(), "ue_pr": orjson.dumps(ue).decode()})
     except BadInput:
         return
     assert _ruled_strings(co, ue) <= set(ids.every)
+    assert set(ids.every) <= identifiers.row_tracker_ids(row[COL[c]] for c in identifiers.ID_COLUMNS)
+
+
+def test_a_stored_row_gives_every_tracker_id_its_event_carried() -> None:
+    # an erasure reads the stored rows for the ids their rotations retired: each kind, as the row keeps it
+    landing = "https://shop.test/?_sp=linked-duid-0001.1700000000000"
+    link = "https://other.test/?u=" + "https%3A%2F%2Fx.test%2F%3F_sp%3Dentity-duid-0001.1"
+    session = ("iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2", {"userId": "cs-user-1"})
+    clicked = ("iglu:com.acme/click/jsonschema/1-0-0", {"target": link})
+    params = {
+        "duid": "duid-0001",
+        "sid": "sid-0001",
+        "fp": "fp-0001",
+        "mac": "mac-0001",
+        "url": landing,
+        "refr": "https://ref.test/?_sp=refr-duid-0001.1",
+        "co": orjson.dumps(contexts(session, clicked)).decode(),
+    }
+    row, ids = _event_row(params)
+    stored = identifiers.row_tracker_ids(row[COL[c]] for c in identifiers.ID_COLUMNS)
+    assert set(ids.every) <= stored
+    expected = {"duid-0001", "sid-0001", "fp-0001", "mac-0001", "linked-duid-0001", "refr-duid-0001"}
+    assert expected | {"cs-user-1", "entity-duid-0001"} <= stored
+    assert identifiers.row_tracker_ids([None] * len(identifiers.ID_COLUMNS)) == set()
 
 
 def test_only_the_top_levels_ids_count_toward_the_bound() -> None:

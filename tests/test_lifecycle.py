@@ -549,6 +549,91 @@ async def test_erasure_by_device(client: Any, cfg: Config) -> None:
     assert tuple(entry) == ("device_id", 2, 1)
 
 
+async def test_erasure_takes_the_persons_device_ids_out_of_the_retired_ids(client: Any, cfg: Config) -> None:
+    # A rotation retires the ids the device sent (a MAC, the duid) so that none is stored again; once
+    # the person's events are erased, the retired values are theirs alone, and go with them.
+    mac, duid, theirs = "a4:83:e7:1b:2c:9f", "duid-7c1e0a52-erin", "duid-5d0b7f31-bystander"
+    phone, other = Browser(client), Browser(client)
+    await phone.send(ev(eid="e-1", uid="erin-5", mac=mac, duid=duid))
+    await phone.send(ev("ue", eid="e-2", ue_pr=ANON_UE))  # rotate: mac and duid retired
+    await other.send(ev(eid="o-1", duid=theirs))
+    await other.send(ev("ue", eid="o-2", ue_pr=ANON_UE))
+    retired = {r[0] for r in rows(cfg.db, "select value from retired_ids")}
+    assert {mac, duid, theirs} <= retired  # the control: where the check below looks, they are
+    assert "events=2" in erase(cfg.db, "--user-id", "erin-5")
+    kept = "\n".join(
+        str(tuple(r))
+        for t in ("events", "bad_rows", "device_state", "retired_ids", "erasures")
+        for r in rows(cfg.db, f"select * from {t}")
+    )
+    assert mac not in kept and duid not in kept
+    assert theirs in {r[0] for r in rows(cfg.db, "select value from retired_ids")}  # another's stay
+    if isinstance(cfg.db, Path):  # nor in the file's or the WAL's bytes (secure_delete, truncated WAL)
+        raw = b"".join(p.read_bytes() for p in cfg.db.parent.glob(cfg.db.name + "*") if p.is_file())
+        assert mac.encode() not in raw and duid.encode() not in raw
+        assert theirs.encode() in raw
+
+
+class _Meanwhile:
+    """The erasure's connection, running `meanwhile` once, right after the statement `after` names."""
+
+    def __init__(self, conn: Any, after: str, meanwhile: Callable[[], Any]) -> None:
+        self._conn, self._after, self._meanwhile = conn, after, meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
+
+    async def _then(self, sql: str, out: Any) -> Any:
+        if sql.startswith(self._after) and self._meanwhile is not None:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            await meanwhile()
+        return out
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        return await self._then(sql, await self._conn.fetch(sql, *args))
+
+    async def execute(self, sql: str, *args: Any) -> Any:
+        return await self._then(sql, await self._conn.execute(sql, *args))
+
+
+@only("postgres")
+@pytest.mark.parametrize(
+    "after",
+    ["SELECT network_userid FROM events", "DELETE FROM events"],
+    ids=["devices-read", "events-deleted"],
+)
+async def test_a_pg_erasure_is_not_overtaken_by_a_commit_while_it_runs(
+    client: Any, cfg: Config, after: str
+) -> None:
+    # At READ COMMITTED the erasure read the person's devices once: a login committed after that read
+    # left the new device's earlier events and a state naming them; an event committed after the
+    # DELETE stayed. Writers now wait for the erasure, as on SQLite (the writers' turn): whatever is
+    # acknowledged before it commits is erased, and what waits for it comes after it.
+    phone, laptop, other = Browser(client), Browser(client), Browser(client)
+    await phone.send(ev(eid="p-in", uid="erin-5"))
+    await laptop.send(ev(eid="l-pre"))  # not theirs yet
+    await other.send(ev(eid="o-1"))
+    sent: list[asyncio.Task[Any]] = []
+
+    async def meanwhile() -> None:  # they log in on the laptop, and the phone sends one more
+        sent.append(asyncio.create_task(laptop.send(ev(eid="l-in", uid="erin-5"))))
+        sent.append(asyncio.create_task(phone.send(ev(eid="p-late", uid="erin-5"))))
+        await asyncio.sleep(1.0)  # ample for both to commit, unless they wait for the erasure
+
+    conn = await asyncpg.connect(str(cfg.db))
+    try:
+        await lifecycle_rules.pg_erase(
+            _Meanwhile(conn, after, meanwhile), int(time.time() * 1000), "erin-5", None
+        )
+        acknowledged = [t.done() for t in sent]
+        await asyncio.gather(*sent)
+    finally:
+        await conn.close()
+    left = {r[0] for r in rows(cfg.db, "select event_id from events")}
+    assert acknowledged == [False, False], (acknowledged, left)  # each waited for the erasure's commit
+    assert left == {"o-1", "l-pre", "l-in", "p-late"}  # then stored, after it: p-in went
+
+
 def _erase_in_thread(
     client: Any, db: Path, user_id: str | None, device_id: str | None, meanwhile: Callable[[], Any]
 ) -> tuple[Any, list[int]]:
