@@ -53,6 +53,8 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = await handler(request)
     except CollectorError as exc:
         resp = from_exception(exc)
+        if exc.close:
+            resp.force_close()
     except web.HTTPException as exc:  # routing (404, 405) and aiohttp's own limits
         if exc.status < 400:
             raise
@@ -157,4 +159,8 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     app.router.add_get("/robots.txt", handlers.robots, expect_handler=handlers.expect)
     if cfg.metrics:
         app.router.add_get("/metrics", handlers.metrics, expect_handler=handlers.expect)
+    # Last, so that it takes only what no route above does, with the collector's Expect handler: for a
+    # path or method no route takes, aiohttp ran its own before any middleware (a plain-text 417 that
+    # echoed the header, a 500 for a value not UTF-8).
+    app.router.add_route("*", "/{unmatched:.*}", handlers.unmatched, expect_handler=handlers.expect)
     return app

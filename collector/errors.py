@@ -12,7 +12,13 @@ class CollectorError(Exception):
     status = 400
 
     def __init__(
-        self, reason: str, message: str, *, status: int | None = None, headers: dict[str, str] | None = None
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+        close: bool = False,
     ) -> None:
         super().__init__(message)
         self.reason = reason
@@ -20,6 +26,8 @@ class CollectorError(Exception):
         if status is not None:
             self.status = status
         self.headers = headers or {}
+        # the answer closes the connection: what is left of the request on it cannot be read
+        self.close = close
 
 
 class BadInput(CollectorError):

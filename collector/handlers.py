@@ -95,7 +95,9 @@ READABLE_CODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The body, refused with 413 before reading when its declared length is over the limit, and
     with 415 when its Content-Encoding is not one the server undoes."""
-    if request.headers.get("Content-Encoding", "").strip().lower() not in READABLE_CODINGS:
+    # two header lines are one list (RFC 9110), a stacked coding: aiohttp would undo the last one only
+    coding = ", ".join(request.headers.getall("Content-Encoding", ()))
+    if coding.strip().lower() not in READABLE_CODINGS:
         raise BadInput("unsupported_encoding", "the Content-Encoding is not one of gzip, deflate", status=415)
     if request.content_length is not None and request.content_length > limit:
         raise BadInput(
@@ -108,9 +110,14 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     except web.HTTPRequestEntityTooLarge:
         raise BadInput("body_too_large", f"body is over the {limit}-byte limit", status=413) from None
     except web.RequestPayloadError:  # a body that is not its Content-Encoding, or bad chunking
-        raise BadInput("bad_encoding", "the body could not be decoded (Content-Encoding)") from None
+        # the rest of it cannot be read past: on the same connection, the next request would fail
+        raise BadInput(
+            "bad_encoding", "the body could not be decoded (Content-Encoding)", close=True
+        ) from None
     except ConnectionError:  # the client went away mid-upload: its mistake, never ours (nor a 500)
-        raise BadInput("incomplete_body", "the connection closed before the body was complete") from None
+        raise BadInput(
+            "incomplete_body", "the connection closed before the body was complete", close=True
+        ) from None
 
 
 def decide(st: State, request: web.Request) -> policy.Decision:
@@ -121,20 +128,25 @@ def decide(st: State, request: web.Request) -> policy.Decision:
     return decision
 
 
+def check_query(st: State, request: web.Request, decision: policy.Decision) -> None:
+    """Refuse (414, and a bad row) a query string over COLLECTOR_MAX_QUERY, on every tracking path."""
+    if len(request.query_string) > st.cfg.max_query:
+        raise refuse(
+            st,
+            BadInput("query_too_long", f"query string is over {st.cfg.max_query} bytes", status=414),
+            decision,
+            None,
+            len(request.query_string),
+        )
+
+
 async def track(request: web.Request) -> web.StreamResponse:
     """GET pixel or POST batch on any tracking path."""
     st = request.app[STATE]
     cfg = st.cfg
     cookie = request.cookies.get(cfg.cookie_name)
     decision = decide(st, request)
-    if len(request.query_string) > cfg.max_query:
-        raise refuse(
-            st,
-            BadInput("query_too_long", f"query string is over {cfg.max_query} bytes", status=414),
-            decision,
-            None,
-            len(request.query_string),
-        )
+    check_query(st, request, decision)
     query: dict[str, str] = dict(request.query)
     if request.method == "POST":
         body = b""
@@ -189,6 +201,7 @@ async def redirect(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     cookie = request.cookies.get(st.cfg.cookie_name)
     decision = decide(st, request)
+    check_query(st, request, decision)
     params = dict(request.query)
     target = redirect_target(st.cfg, params.pop("u", None))
     if target is None:
@@ -388,6 +401,17 @@ async def expect(request: web.Request) -> None:
     if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not the answer: the real one may still be sent
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """What no other route takes: 405 naming the methods a route of this path allows, else 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not request.match_info.route.resource:
+            allowed |= (await resource.resolve(request))[1]
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
 
 
 async def preflight(request: web.Request) -> web.StreamResponse:

@@ -40,8 +40,9 @@ class WriteQueue:
         """The queue entry for a submission, or None when it would go over either bound."""
         size = len(submission.rows) + len(submission.bad_rows)
         nbytes = submission.nbytes
-        # one request over the byte bound alone is still taken when nothing else waits
-        if self.pending + size > self._queue_max or (
+        # one request over either bound alone is still taken when nothing else waits: a batch of more
+        # events than COLLECTOR_QUEUE_MAX would otherwise be answered 503 at every retry, for ever
+        if (self.pending and self.pending + size > self._queue_max) or (
             self.pending_bytes and self.pending_bytes + nbytes > self._queue_max_bytes
         ):
             return None

@@ -367,6 +367,7 @@ async def test_unknown_path_and_method_use_the_error_shape(client: Any) -> None:
     assert resp.status == 404 and (await resp.json())["error"]["status"] == 404
     resp = await client.delete(TP2)
     assert resp.status == 405 and (await resp.json())["error"]["status"] == 405
+    assert set(resp.headers["Allow"].split(",")) == {"GET", "HEAD", "POST", "OPTIONS"}  # what tp2 takes
 
 
 @only("sqlite")  # holds SQLite's write lock from another connection; test_postgres holds a row lock
@@ -385,6 +386,18 @@ async def test_full_write_queue_answers_503_with_retry_after(make_client: Any, c
     blocker.close()
     assert (await first).status == 200  # the queued request commits once the lock is free
     assert sorted(r[0] for r in rows(cfg.db, "select event_id from events")) == ["q-1", "q-2"]
+
+
+async def test_a_batch_over_queue_max_events_is_not_a_permanent_503(make_client: Any, cfg: Config) -> None:
+    # The queue is empty, so nothing is "full"; yet a batch with more events than COLLECTOR_QUEUE_MAX
+    # (allowed: COLLECTOR_MAX_EVENTS defaults to 500, QUEUE_MAX may be 1..) is never admitted, and the
+    # tracker retries its 503 forever. The byte bound takes such a request when nothing else waits.
+    client = await make_client(cfg.replace(queue_max=2))
+    body = batch(ev(eid="q-1"), ev(eid="q-2"), ev(eid="q-3"))
+    for _ in range(3):  # not a momentary state: every retry gets the same
+        resp = await client.post(TP2, json=body)
+        assert resp.status == 200, (resp.status, await resp.text())
+    assert rows(cfg.db, "select count(*) from events")[0][0] == 3
 
 
 async def test_events_survive_in_a_fresh_connection_when_acknowledged(

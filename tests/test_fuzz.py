@@ -1166,6 +1166,11 @@ def _known() -> list[Any]:
         "expect-unknown": Req("POST", TP2B, [JSON_CT, (b"Expect", b"fuzzing-expectation")], valid),
         # ... and one that is not UTF-8 fails encoding that answer: aiohttp's own plain-text 500
         "expect-non-utf8": Req("GET", b"/i?" + query(event()), [(b"Expect", b"\x80")]),
+        # ... and on a path or a method no route takes, where aiohttp ran its own handler for it
+        "expect-unknown-404": Req("GET", b"/nowhere", [(b"Expect", b"fuzzing-expectation")]),
+        "expect-unknown-405": Req("PUT", TP2B, [JSON_CT, (b"Expect", b"fuzzing-expectation")], valid),
+        "expect-non-utf8-404": Req("GET", b"/nowhere", [(b"Expect", b"\x80")]),
+        "expect-non-utf8-405": Req("POST", b"/health", [(b"Expect", b"\x80")], b""),
         # a client that gives up mid-upload is logged and counted as an internal error (500)
         "aborted-content-length": Req(
             "POST", TP2B, [JSON_CT], valid[:20], length=len(valid), half_close=True

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from multidict import CIMultiDict
 
 from collector import handlers, identity
 from collector.app import create_app
@@ -415,3 +416,67 @@ async def test_a_literal_backslash_u0000_is_text_kept_as_sent(client: Any, cfg: 
     [(stored,)] = rows(cfg.db, "select contexts from events where event_id = 'lit'")
     doc = stored if isinstance(stored, dict) else orjson.loads(stored)
     assert doc["data"][0]["data"]["m"] == text.replace("\u0000", "\ufffd")
+
+
+async def test_redirect_query_over_max_query_is_414_and_stores_nothing(make_client: Any, cfg: Config) -> None:
+    # "a query string over COLLECTOR_MAX_QUERY: 414" on every tracking path: /r/tp2 did not check it
+    client = await make_client(cfg.replace(redirect_domains=("shop.test",)))
+    params = {"u": "https://shop.test/landing", **ev("pv", eid="long-r"), "page": "p" * (cfg.max_query + 10)}
+    assert len(client.make_url("/r/tp2").with_query(params).query_string) > cfg.max_query
+    resp = await client.get("/r/tp2", params=params, allow_redirects=False)
+    assert resp.status == 414, (resp.status, await resp.text())
+    assert (await resp.json())["error"]["reason"] == "query_too_long"
+    assert (await client.get("/i", params=ev("pv", eid="flush-marker"))).status == 200  # committed after
+    assert rows(cfg.db, "select count(*) from events where event_id = 'long-r'")[0][0] == 0
+
+
+async def test_a_400_for_a_body_that_is_not_its_encoding_does_not_kill_the_next_request(
+    client: Any, cfg: Config
+) -> None:
+    # The 400 is sent without `Connection: close`, then aiohttp's lingering read of the broken payload
+    # raises, logs "Unhandled exception" and closes the connection: the client's next request on that
+    # keep-alive connection fails (ServerDisconnectedError).
+    resp = await client.post(
+        TP2,
+        data=orjson.dumps(batch(ev())),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    assert resp.status == 400 and (await resp.json())["error"]["reason"] == "bad_encoding"
+    closes = resp.headers.get("Connection", "").lower() == "close"
+    err: object = None
+    try:
+        nxt = await client.post(TP2, json=batch(ev(eid="after-bad-gzip")))
+        ok = nxt.status == 200
+        err = nxt.status
+    except Exception as exc:  # noqa: BLE001 - aiohttp.ServerDisconnectedError
+        ok = False
+        err = exc
+    assert closes or ok, f"400 without Connection: close, then the next request failed: {err!r}"
+
+
+async def test_two_content_encoding_lines_are_a_stacked_coding_415(client: Any, cfg: Config) -> None:
+    # RFC 9110: two Content-Encoding lines are one list ("gzip, gzip"), which the README answers 415.
+    # The handler checks the first line, aiohttp's parser decodes by the last one.
+    raw = orjson.dumps(batch(ev(eid="two-ce")))
+    headers = CIMultiDict(
+        [("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")]
+    )
+    resp = await client.post(TP2, data=gzip.compress(gzip.compress(raw)), headers=headers)
+    assert resp.status == 415, (resp.status, await resp.text())
+    assert (await resp.json())["error"]["reason"] == "unsupported_encoding"
+
+
+async def test_identity_then_gzip_lines_are_refused_like_one_line(client: Any, cfg: Config) -> None:
+    # "identity, gzip" in one line is a 415; on two lines the handler sees "identity", aiohttp gunzips.
+    raw = orjson.dumps(batch(ev(eid="id-gz")))
+    one = await client.post(
+        TP2,
+        data=gzip.compress(raw),
+        headers={"Content-Type": "application/json", "Content-Encoding": "identity, gzip"},
+    )
+    assert one.status == 415
+    headers = CIMultiDict(
+        [("Content-Type", "application/json"), ("Content-Encoding", "identity"), ("Content-Encoding", "gzip")]
+    )
+    two = await client.post(TP2, data=gzip.compress(raw), headers=headers)
+    assert two.status == one.status, (two.status, await two.text())
