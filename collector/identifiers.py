@@ -35,7 +35,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, unquote_plus
 
@@ -138,6 +138,21 @@ ENTITY_RULES: dict[str, EntityRule] = {
         frozenset({"tabId"}), tracker=("tabId",), forget=True
     ),
     "com.snowplowanalytics.snowplow.ecommerce/user": EntityRule(frozenset({"id", "email"})),
+    # the ecommerce plugins' checkout step: where the buyer lives
+    "com.snowplowanalytics.snowplow.ecommerce/checkout_step": EntityRule(
+        frozenset({"shipping_full_address", "billing_full_address", "shipping_postcode", "billing_postcode"})
+    ),
+    # the Optimizely X plugin's summary, on every event: visitorId is Optimizely's own cookie id for the
+    # browser, which outlives any rotation (as the GA client id)
+    "com.optimizely.optimizelyx/summary": EntityRule(
+        frozenset({"visitorId"}), tracker=("visitorId",), device=True
+    ),
+    # the browser tracker's (v2) Parrable and Augur contexts: a cross-site device id, and a person's
+    # and a device's ids, which is all they are for
+    "com.parrable/encrypted_payload": EntityRule(
+        whole=True, tracker=("encryptedId",), forget=True, device=True
+    ),
+    "io.augur.snowplow/identity_lite": EntityRule(whole=True, forget=True),
     # what a visitor typed into a form (the form tracker's events): the fields' names and types stay
     "com.snowplowanalytics.snowplow/submit_form": EntityRule(frozenset({"value"})),
     "com.snowplowanalytics.snowplow/change_form": EntityRule(frozenset({"value"})),
@@ -170,7 +185,17 @@ DATA_FIELDS = frozenset(
 )
 # ...and names that contain one of these (customerEmail, previousUserId, billing_phone_number): a custom
 # entity names its fields as it likes, and a field dropped by mistake costs less than an id kept.
-GENERIC_PARTS = ("userid", "deviceid", "advertisingid", "email", "phonenumber", "ipaddress", "idfa", "idfv")
+GENERIC_PARTS = (
+    "userid",
+    "deviceid",
+    "visitorid",
+    "advertisingid",
+    "email",
+    "phonenumber",
+    "ipaddress",
+    "idfa",
+    "idfv",
+)
 
 
 def _norm(key: str) -> str:
@@ -243,20 +268,21 @@ def rule_of(schema: Any) -> EntityRule | None:
     return rule
 
 
-def scrub_data(schema: Any, data: Any) -> tuple[bool, Any]:
+def scrub_data(schema: Any, data: Any, also: frozenset[str] = frozenset()) -> tuple[bool, Any]:
     """(keep, data without identifiers) for one entity's data under SP-Anonymous.
 
     A schema with a rule loses the rule's fields and, like any other, the fields named like
     identifiers, at any depth; its data must be the object its schema defines, or nothing of it is
-    kept (a rule read for an object says nothing about an array).
+    kept (a rule read for an object says nothing about an array). `also`: more (normalised) names to
+    drop everywhere (entity_drops).
     """
     rule = rule_of(schema)
     if rule is None:
-        kept = _generic(data, frozenset())
+        kept = _generic(data, also)
     elif rule.whole or not isinstance(data, dict):
         return False, None
     else:
-        kept = _generic(data, _normed(rule.fields))
+        kept = _generic(data, _normed(rule.fields) | also)
     return (False, None) if kept is _GONE else (True, kept)  # its data an entity its rule drops whole
 
 
@@ -308,7 +334,7 @@ def kept_schema(schema: Any) -> str | None:
     return schema if schema.__class__ is str and _IGLU_URI.match(schema) else None
 
 
-def scrub_contexts(contexts: Any) -> Any:
+def scrub_contexts(contexts: Any, also: frozenset[str] = frozenset()) -> Any:
     """Contexts (`{schema, data: [entities]}`) without identifying entities and fields; each entity, and
     the envelope, keep only their `schema` and `data` (nothing a client adds beside them)."""
     kept = []
@@ -316,13 +342,13 @@ def scrub_contexts(contexts: Any) -> Any:
         if not isinstance(entity, dict):
             continue
         schema = entity.get("schema")
-        keep, data = scrub_data(schema, entity.get("data"))
+        keep, data = scrub_data(schema, entity.get("data"), also)
         if keep:
             kept.append({"schema": kept_schema(schema), "data": data})
     return {"schema": kept_schema(contexts.get("schema")), "data": kept}
 
 
-def scrub_unstruct(ue: Any) -> Any:
+def scrub_unstruct(ue: Any, also: frozenset[str] = frozenset()) -> Any:
     """A self-describing event (`{schema, data: {schema, data}}`) without identifying fields, and
     without anything beside `schema` and `data` at either level."""
     inner = ue.get("data")
@@ -330,7 +356,7 @@ def scrub_unstruct(ue: Any) -> Any:
     if not isinstance(inner, dict):
         return {"schema": outer, "data": None}
     schema = inner.get("schema")
-    keep, data = scrub_data(schema, inner.get("data"))
+    keep, data = scrub_data(schema, inner.get("data"), also)
     return {"schema": outer, "data": {"schema": kept_schema(schema), "data": data if keep else {}}}
 
 
@@ -355,8 +381,26 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
         for k, v in params.items()
         if k not in drop and not _dropped_name(k, names)
     }
-    _rewrite_self_describing(out, scrub_contexts, scrub_unstruct, strict)
+    also = entity_drops(drop)
+    if also:
+        _rewrite_self_describing(
+            out, partial(scrub_contexts, also=also), partial(scrub_unstruct, also=also), strict
+        )
+    else:
+        _rewrite_self_describing(out, scrub_contexts, scrub_unstruct, strict)
     return out
+
+
+# The entity fields that carry a session param's value (the trackers send the same session id as `sid`
+# and in the client_session entity): dropped from every entity with the param, when
+# COLLECTOR_ANONYMOUS_DROP names it.
+SESSION_PARAM_FIELDS = {"sid": "sessionId", "vid": "sessionIndex"}
+
+
+@lru_cache(maxsize=8)
+def entity_drops(drop: frozenset[str]) -> frozenset[str]:
+    """The (normalised) entity field names an anonymous event loses with its dropped params."""
+    return frozenset(_norm(f) for p, f in SESSION_PARAM_FIELDS.items() if p in drop)
 
 
 def _anonymous_value(value: Any) -> Any:

@@ -28,6 +28,7 @@ from tests.conftest import Clock, rows
 STORES = ("sqlite", "postgres")
 MOBILE = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-2"
 GA = "iglu:com.google.analytics/cookies/jsonschema/1-0-0"
+OPTIMIZELY_X = "iglu:com.optimizely.optimizelyx/summary/jsonschema/1-0-0"
 LANDING = "iglu:com.acme/landing/jsonschema/1-0-0"
 UNSTRUCT = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0"
 
@@ -44,6 +45,9 @@ class Device(L.Browser):
     idfv: str = field(default_factory=new_id)
     idfa: str = field(default_factory=new_id)
     ga: str = field(default_factory=lambda: f"GA1.1.{uuid.uuid4().int % 10**10}.1799999999")
+    optimizely: str = field(
+        default_factory=lambda: f"oeu{uuid.uuid4().int % 10**13}r0.{uuid.uuid4().int % 10**16}"
+    )
     mac: str = field(default_factory=new_id)
     ad_uid: str = field(default_factory=new_id)
     linker: str | None = None  # a cross-domain link's duid in every event's page URL and referrer
@@ -90,6 +94,10 @@ class Device(L.Browser):
             co["data"] += [
                 {"schema": MOBILE, "data": {**mobile, "appleIdfa": self.idfa}},
                 {"schema": GA, "data": {"_ga": self.ga}},
+                {
+                    "schema": OPTIMIZELY_X,
+                    "data": {"experimentId": 7, "variation": 2, "visitorId": self.optimizely},
+                },
             ]
             out["co"] = orjson.dumps(co).decode()
             out["mac"], out["ad_uid"] = self.mac, self.ad_uid
@@ -137,6 +145,7 @@ async def test_device_ids_that_outlive_the_tracker_leave_no_link(
         cfg.db, "select contexts, other_params from events where event_id = ?", (b.sent["old"][0],)
     )
     assert b.idfv in first["contexts"] and b.ga in first["contexts"] and b.mac in first["other_params"]
+    assert b.optimizely in first["contexts"]
     # and the new side keeps the tracker's new ids: only the device's own ids were retired from it
     after = rows(
         cfg.db, "select domain_userid, contexts from events where event_id = ?", (b.sent["new"][-1],)
@@ -150,7 +159,7 @@ async def test_device_ids_are_found_when_the_event_does_not_rotate(
     b, old, new, found = await run(make_client, cfg, clock, rotate=False, device_ids=True)
     assert old == new
     shared = found["old/new"]
-    assert {b.idfv, b.idfa, b.ga, b.mac, b.ad_uid} <= shared.keys(), L.report(found)
+    assert {b.idfv, b.idfa, b.ga, b.optimizely, b.mac, b.ad_uid} <= shared.keys(), L.report(found)
 
 
 async def test_a_cross_domain_link_in_the_landing_url_leaves_no_link(
