@@ -116,15 +116,17 @@ def _delete_before(
         last = last_found
 
 
-def _cull(conn: sqlite3.Connection, turn: Turn, table: str, key: str, where: str, param: object) -> int:
+def _cull(
+    conn: sqlite3.Connection, turn: Turn, table: str, key: str, where: str, params: tuple[object, ...]
+) -> int:
     """Delete the rows `where` holds for, found BATCH at a time in key order by a read beside the
     writer (never all of them in memory at once); each DELETE checks `where` again, so a device seen
     since the read stays."""
     find = f"SELECT {key} FROM {table} WHERE {key} > ? AND {where} ORDER BY {key} LIMIT {BATCH}"
     sql = f"DELETE FROM {table} WHERE {key} = ? AND {where}"
     total, last = 0, ""
-    while keys := [k for (k,) in conn.execute(find, (last, param))]:
-        total += _write(conn, turn, sql, [(k, param) for k in keys])
+    while keys := [k for (k,) in conn.execute(find, (last, *params))]:
+        total += _write(conn, turn, sql, [(k, *params) for k in keys])
         last = keys[-1]
     return total
 
@@ -150,10 +152,21 @@ def sqlite_run(
         ahead = format_ms(now_ms + CLOCK_MARGIN_MS)
         out.events = _delete_before(conn, turn, "events", "collector_tstamp", before, after, ahead)
         out.bad_rows = _delete_before(conn, turn, "bad_rows", "received_at", before, after, ahead)
+    # A retired (closed) device's state stays while its events may (until the horizon passes it; for
+    # good when retention is off): its signed id never expires, and once its state went, a cookie
+    # replayed (a server-side tracker forwarding it as `nuid`) was a live device again, its new events
+    # joined to its history.
+    (recorded,) = conn.execute("SELECT horizon FROM lifecycle").fetchone()
+    gone = datetime.fromisoformat(recorded).replace(tzinfo=UTC).timestamp() * 1000
     out.devices = _cull(
-        conn, turn, "device_state", "device_id", "last_ms < ?", cull_before_ms(now_ms, cookie_max_age_s)
+        conn,
+        turn,
+        "device_state",
+        "device_id",
+        "last_ms < ? AND (closed = 0 OR last_ms < ?)",
+        (cull_before_ms(now_ms, cookie_max_age_s), int(gone)),
     )
-    out.retired = _cull(conn, turn, "retired_ids", "value", "expires < ?", month_of(now_ms))
+    out.retired = _cull(conn, turn, "retired_ids", "value", "expires < ?", (month_of(now_ms),))
     reclaim(conn, turn)
     return out
 

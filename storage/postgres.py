@@ -222,9 +222,11 @@ class PostgresStore:
         return with_rejected(len(subs), bad, await self._commit(rest, size_of(rest)) if rest else ())
 
     async def lifecycle(self, now_ms: int, retention_days: int, cookie_max_age_s: int) -> lifecycle.Removed:
-        """One lifecycle run (retention, culling) through the schema's published function."""
+        """One lifecycle run (retention, culling) through the schema's published function; and the
+        partitions ahead, made at start only, would run out under a replica up for longer."""
         assert self._pool is not None
         async with self._pool.acquire() as conn:
+            await conn.execute("SELECT collector_ensure_partitions($1)", pg_schema.MONTHS_AHEAD)
             return await lifecycle.pg_run(conn, now_ms, retention_days, cookie_max_age_s)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -300,6 +300,37 @@ async def test_culling_forgets_devices_that_cannot_come_back(
     assert rows(cfg.db, "select count(*) from events")[0][0] == 3  # culling removes no event
 
 
+async def test_a_retired_device_stays_retired_while_its_events_stay(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # A signed device id never expires: culling a rotated device's state like any other's made a
+    # replayed cookie (a server-side tracker forwarding it as nuid) a live device again, its new events
+    # joined to its history before the rotation. Its state now goes only with its events (retention).
+    client = await make_client(cfg.replace(cookie_max_age=30 * 86400))
+    now = clock.t
+    clock.t = now - 400 * DAY  # the database's own clock refuses a horizon past the present
+    b = Browser(client)
+    await b.send(ev(eid="before", uid="erin-5"))
+    old_cookie, old = b.cookie, b.device
+    await b.send(ev("ue", eid="anon", ue_pr=ANON_UE))  # rotate: `old` is retired for good
+    assert b.device != old
+    idle = Browser(client)
+    await idle.send(ev(eid="idle"))  # the control: a device that only went quiet is culled
+    for days, retention in ((360, 0), (0, 300)):  # retention off, then on and past them both
+        clock.t = now - days * DAY
+        await lifecycle(client, clock, retention)
+        r = await client.post(TP2, json=batch(ev(eid=f"replayed-{days}", nuid=old_cookie)))
+        assert r.status == 200
+        [(got,)] = rows(cfg.db, "select network_userid from events where event_id = ?", (f"replayed-{days}",))
+        states = {r[0] for r in rows(cfg.db, "select device_id from device_state")}
+        if retention == 0:
+            assert got is None and old in states  # kept without a device, the retired state kept
+            assert idle.device not in states
+        else:  # its events gone, its id links nothing: it may come back as any unknown device
+            assert rows(cfg.db, "select count(*) from events where event_id in ('before', 'anon')")[0][0] == 0
+            assert got == old
+
+
 async def test_a_retired_tracker_id_is_refused_while_a_tracker_could_send_it(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:

@@ -407,6 +407,40 @@ async def test_retention_drops_whole_partitions(client: Any, cfg: Config, clock:
     assert rows(cfg.db, "select count(*) from event_ids where event_id = 'old'")[0][0] == 0
 
 
+def _month(ahead: int) -> str:
+    """'YYYYMM' of the month `ahead` months from now, as the partitions are named."""
+    t = time.gmtime()
+    months = t.tm_year * 12 + t.tm_mon - 1 + ahead
+    return f"{months // 12:04d}{months % 12 + 1:02d}"
+
+
+async def test_a_month_whose_rows_sit_in_the_default_partition_blocks_no_start(
+    client: Any, cfg: Config
+) -> None:
+    # A replica up for longer than the partitions made ahead (or whose clock is ahead) writes into the
+    # default partition; making that month's partition then failed, at every start after.
+    assert (await client.get("/i", params=ev(eid="now"))).status == 200
+    later = (
+        "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp, anonymous) "
+        "VALUES ('later', 'pv', 'web', 't', 'c', date_trunc('month', now()) + interval '4 months 1 day', 0)"
+    )
+    run_sync(_execute(str(cfg.db), later))
+    assert rows(cfg.db, "select count(*) from events_default")[0][0] == 1
+    run_sync(_execute(str(cfg.db), "SELECT collector_ensure_partitions(4)"))  # what a start a month on runs
+    assert rows(cfg.db, "select to_regclass(?)::text", (f"events_{_month(4)}",))[0][0] is None  # skipped
+    assert rows(cfg.db, "select to_regclass(?)::text", (f"bad_rows_{_month(4)}",))[0][0] is not None
+    assert rows(cfg.db, "select count(*) from events where event_id = 'later'")[0][0] == 1
+
+
+async def test_the_lifecycle_makes_the_partitions_ahead(client: Any, cfg: Config, clock: Any) -> None:
+    # made at start only, they ran out under a replica up for longer than MONTHS_AHEAD
+    name = f"events_{_month(3)}"
+    run_sync(_execute(str(cfg.db), f"DROP TABLE {name}"))  # as if this month had not been made yet
+    st = client.app[STATE]
+    await st.store.lifecycle(int(clock.t * 1000), 0, st.cfg.cookie_max_age)
+    assert rows(cfg.db, "select to_regclass(?)::text", (name,))[0][0] == name
+
+
 async def _execute(url: str, sql: str) -> None:
     conn = await asyncpg.connect(url)
     try:
