@@ -364,6 +364,67 @@ async def test_a_flood_of_cookieless_requests_is_bounded_by_the_cookie_lifetime(
     assert per_day == [30, 60, 90, 90, 90], per_day
 
 
+@only(
+    "sqlite"
+)  # PostgreSQL's writer may not insert into lifecycle or erasures; its triggers bind REPLACE's kin
+async def test_insert_or_replace_neither_moves_the_horizon_nor_rewrites_a_record(
+    client: Any, cfg: Config
+) -> None:
+    # REPLACE deletes the row it conflicts with and fires neither a DELETE nor an UPDATE trigger: it
+    # moved the horizon past the present (then every DELETE passed as retention) and rewrote a closed
+    # erasure record
+    assert isinstance(cfg.db, Path)
+    await Browser(client).send(ev(eid="a", uid="alice-4f1e"))
+    assert (await client.post(TP2, json={"schema": "x", "data": []})).status == 400  # a bad row
+    erase(cfg.db, "--user-id", "alice-4f1e")
+    assert (await client.get("/i", params=ev(eid="acked"))).status == 200
+    [entry] = rows(cfg.db, "select * from erasures")
+    [bad] = rows(cfg.db, "select * from bad_rows")
+    refused = {
+        "horizon": plain_sql(
+            cfg.db, "INSERT OR REPLACE INTO lifecycle VALUES (1, '9999-12-31 00:00:00.000')"
+        ),
+        "ledger": plain_sql(
+            cfg.db,
+            "INSERT OR REPLACE INTO erasures (id, at, selector, events, bad_rows, devices, open)"
+            f" VALUES ({entry['id']}, '2000-01-01 00:00:00.000', 'device_id', 0, 0, 0, 0)",
+        ),
+        "bad row": plain_sql(
+            cfg.db,
+            "INSERT OR REPLACE INTO bad_rows (id, received_at, reason, detail, size, anonymous)"
+            f" VALUES ({bad['id']}, '2000-01-01 00:00:00.000', 'r', 'd', 1, 0)",
+        ),
+        "delete": plain_sql(cfg.db, "DELETE FROM events"),
+    }
+    assert all(refused.values()), refused
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["acked"]
+    assert [tuple(r) for r in rows(cfg.db, "select * from erasures")] == [tuple(entry)]
+    assert [tuple(r) for r in rows(cfg.db, "select * from bad_rows")] == [tuple(bad)]
+    assert rows(cfg.db, "select horizon from lifecycle")[0][0] == "1970-01-01 00:00:00.000"
+
+
+@only("sqlite")  # on PostgreSQL only the owner may insert into the ledger, and it may drop the triggers
+async def test_an_erasure_entry_left_open_lets_no_later_delete_through(client: Any, cfg: Config) -> None:
+    # DELETEs pass inside an erasure: an entry another connection opened and committed let every later
+    # DELETE through, from anyone, for good
+    assert isinstance(cfg.db, Path)
+    await client.get("/i", params=ev(eid="acked"))
+    assert (
+        plain_sql(cfg.db, "INSERT INTO erasures (at, selector) VALUES ('2026-01-01 00:00:00.000', 'user_id')")
+        is None
+    )
+    assert "append-only" in (plain_sql(cfg.db, "DELETE FROM events") or "")
+    assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["acked"]
+    conn = sqlite3.connect(cfg.db, isolation_level=None)  # the control: inside its own entry's transaction
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO erasures (at, selector) VALUES ('2026-01-01 00:00:00.000', 'device_id')")
+        assert conn.execute("DELETE FROM events").rowcount == 1
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
 async def test_the_horizon_cannot_pass_the_present_so_no_fast_clock_takes_what_is_acknowledged(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
