@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+
 from collector import identifiers
 from collector.events import format_ms  # the stores' text form of a time
 from storage.sessions import STATE_COLUMNS, remembered, state_of
@@ -484,7 +486,12 @@ def _erase_found(
 
 
 async def pg_run(conn: Any, now_ms: int, retention_days: int, cookie_max_age_s: int) -> Removed:
-    """One lifecycle run on PostgreSQL: the published function does it with the owner's rights."""
+    """One lifecycle run on PostgreSQL: the published function does it with the owner's rights.
+
+    It takes no horizon later than the retention the store records: the owner records it (here, when
+    this connection may; the writer role may not, and is warned when its setting differs), so that
+    the writer's own settings cannot remove what the published rule keeps."""
+    await record_retention(conn, retention_days)
     horizon = horizon_ms(now_ms, retention_days)
     at = datetime.fromtimestamp(horizon / 1000, UTC) if horizon is not None else None
     r = await conn.fetchrow(
@@ -494,6 +501,28 @@ async def pg_run(conn: Any, now_ms: int, retention_days: int, cookie_max_age_s: 
         month_of(now_ms),
     )
     return Removed(r["events"], r["bad_rows"], r["devices"], r["retired"])
+
+
+async def record_retention(conn: Any, retention_days: int) -> None:
+    """Record the retention period in the store, as the owner; as a role that may not, warn when the
+    recorded one is not this collector's COLLECTOR_RETENTION_DAYS (the recorded one holds)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE lifecycle SET retention_days = $1 WHERE id = 1 AND retention_days <> $1",
+                retention_days,
+            )
+        return
+    except asyncpg.InsufficientPrivilegeError:
+        pass
+    recorded = await conn.fetchval("SELECT retention_days FROM lifecycle WHERE id = 1")
+    if recorded != retention_days:
+        log.warning(
+            "retention: the store records %d days, COLLECTOR_RETENTION_DAYS is %d; the recorded one holds "
+            "(run `python -m collector retain` as the owner to record another)",
+            recorded,
+            retention_days,
+        )
 
 
 async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:

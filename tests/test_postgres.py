@@ -387,14 +387,16 @@ async def test_four_writers_on_overlapping_devices_lose_no_update(cfg: Config) -
 
 async def test_retention_drops_whole_partitions(client: Any, cfg: Config, clock: Any) -> None:
     """A month wholly past the horizon leaves as a dropped partition (DDL: no row trigger involved)."""
-    old = time.gmtime(clock.t - 400 * 86400)
+    # 400 days before the server's clock, which bounds the horizon, whatever the test clock says
+    old_t = time.time() - 400 * 86400
+    old = time.gmtime(old_t)
     start = f"{old.tm_year:04d}-{old.tm_mon:02d}-01"
     end = f"{old.tm_year + (old.tm_mon == 12):04d}-{old.tm_mon % 12 + 1:02d}-01"
     name = f"events_{old.tm_year:04d}{old.tm_mon:02d}"
     sql = f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ('{start}') TO ('{end}')"
     run_sync(_execute(str(cfg.db), sql))
     now = clock.t
-    clock.t = now - 400 * 86400
+    clock.t = old_t
     assert (await client.get("/i", params=ev(eid="old"))).status == 200
     clock.t = now
     assert (await client.get("/i", params=ev(eid="new"))).status == 200
@@ -447,6 +449,38 @@ async def _execute(url: str, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def test_the_writer_role_removes_nothing_the_recorded_retention_keeps(
+    pg_server: PgServer, roles_db: str
+) -> None:
+    # The writer may call collector_lifecycle, and the horizon was the caller's: passing the present
+    # removed every acknowledged event and bad row, and every retired id, though retention was off.
+    owner = pg_server.url(roles_db)
+    for sql in (
+        "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp, anonymous)"
+        " VALUES ('acked', 'pv', 'web', 't', 'c', now() - interval '1 second', 0),"
+        " ('old', 'pv', 'web', 't', 'c', now() - interval '40 days', 0)",
+        "INSERT INTO bad_rows (received_at, reason, detail, size, anonymous)"
+        " VALUES (now() - interval '1 second', 'r', 'd', 1, 0)",
+        "INSERT INTO retired_ids (value, expires) VALUES ('retired-duid-123456', '9999-12')",
+    ):
+        assert as_role(pg_server, roles_db, "collector_owner", sql) is None
+    everything = "SELECT * FROM collector_lifecycle(now(), 9223372036854775807, 'zzzz')"
+
+    def left() -> list[int]:
+        return [rows(owner, f"select count(*) from {t}")[0][0] for t in ("events", "bad_rows", "retired_ids")]
+
+    assert as_role(pg_server, roles_db, "collector_writer", everything) is None
+    assert left() == [2, 1, 1]  # retention is off (0 days recorded): nothing goes
+    assert "InsufficientPrivilege" in (
+        as_role(pg_server, roles_db, "collector_writer", "UPDATE lifecycle SET retention_days = 0") or ""
+    )
+    record = "UPDATE lifecycle SET retention_days = 30"
+    assert as_role(pg_server, roles_db, "collector_owner", record) is None  # the owner records 30 days
+    assert as_role(pg_server, roles_db, "collector_writer", everything) is None
+    assert left() == [1, 1, 1]  # the control: what the recorded rule lets go goes
+    assert [r[0] for r in rows(owner, "select event_id from events")] == ["acked"]
 
 
 def test_the_reader_may_select_every_view_and_no_bookkeeping(pg_server: PgServer, roles_db: str) -> None:
