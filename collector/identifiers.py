@@ -356,6 +356,12 @@ def scrub_unstruct(ue: Any, also: frozenset[str] = frozenset()) -> Any:
     if not isinstance(inner, dict):
         return {"schema": outer, "data": None}
     schema = inner.get("schema")
+    # the envelope's schema is the client's to name: one with a rule makes the inner event the entity
+    # it names, as everywhere else (_generic), its fields dropped below it, or all of it
+    if (rule := rule_of(ue.get("schema"))) is not None:
+        if rule.whole:
+            return {"schema": outer, "data": {"schema": kept_schema(schema), "data": {}}}
+        also = also | _normed(rule.fields)
     keep, data = scrub_data(schema, inner.get("data"), also)
     return {"schema": outer, "data": {"schema": kept_schema(schema), "data": data if keep else {}}}
 

@@ -169,6 +169,21 @@ def probes(c: str) -> dict[str, tuple[str, str, dict[str, Any]]]:
                 ).decode(),
             )
         ),
+        # the envelope's schema is the client's to name: one with a rule is the entity it names
+        "a ruled schema as the event's envelope": post(
+            ev(
+                "ue",
+                ue_pr=orjson.dumps({"schema": GEO, "data": {"schema": CUSTOM, "data": {"lat": c}}}).decode(),
+            )
+        ),
+        "a ruled envelope's field in the event's data": post(
+            ev(
+                "ue",
+                ue_pr=orjson.dumps(
+                    {"schema": SESSION, "data": {"schema": CUSTOM, "data": {"previousSessionId": c}}}
+                ).decode(),
+            )
+        ),
         "an object as a refused event's inner schema": post(
             ev(eid="ok5"),
             ev("ue", ue_pr=ue({"userId": c}, {})),  # type: ignore[arg-type]
