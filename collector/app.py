@@ -162,5 +162,7 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     # Last, so that it takes only what no route above does, with the collector's Expect handler: for a
     # path or method no route takes, aiohttp ran its own before any middleware (a plain-text 417 that
     # echoed the header, a 500 for a value not UTF-8).
-    app.router.add_route("*", "/{unmatched:.*}", handlers.unmatched, expect_handler=handlers.expect)
+    app.router.add_route(
+        "*", "/{unmatched:(?s:.*)}", handlers.unmatched, expect_handler=handlers.expect
+    )  # (?s): a path may hold a newline (%0A)
     return app

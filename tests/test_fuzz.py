@@ -1171,6 +1171,9 @@ def _known() -> list[Any]:
         "expect-unknown-405": Req("PUT", TP2B, [JSON_CT, (b"Expect", b"fuzzing-expectation")], valid),
         "expect-non-utf8-404": Req("GET", b"/nowhere", [(b"Expect", b"\x80")]),
         "expect-non-utf8-405": Req("POST", b"/health", [(b"Expect", b"\x80")], b""),
+        # ... and on a path holding a newline, which a `.*` route pattern does not match
+        "expect-unknown-404-newline": Req("GET", b"/nowhere%0Ax", [(b"Expect", b"fuzzing-expectation")]),
+        "expect-non-utf8-404-newline": Req("GET", b"/i%0A", [(b"Expect", b"\x80")]),
         # a client that gives up mid-upload is logged and counted as an internal error (500)
         "aborted-content-length": Req(
             "POST", TP2B, [JSON_CT], valid[:20], length=len(valid), half_close=True
