@@ -15,6 +15,7 @@ statement set per backend (SQLite's below; PostgreSQL's in its migrations, as fu
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -464,8 +465,11 @@ def _erase_found(
     conn: sqlite3.Connection, now_ms: int, selector: str, user_id: str | None, found: _Found
 ) -> Erased:
     """The erasure's transaction: open the ledger entry, delete, close it with the counts."""
+    # an id drawn at random from 2^32 up: the delete guards (sqlite migration 0015) let the erasure's
+    # DELETEs through on the connection whose last insert it is, which no unrelated insert matches
     entry = conn.execute(
-        "INSERT INTO erasures (at, selector) VALUES (?, ?)", (format_ms(now_ms), selector)
+        "INSERT INTO erasures (id, at, selector) VALUES (?, ?, ?)",
+        (secrets.randbelow(2**63 - 2**32) + 2**32, format_ms(now_ms), selector),
     ).lastrowid
     where, params = _events_of(user_id, found.devices)
     _retired_of_erased(conn, found, where, params)  # read before the rows and the states go

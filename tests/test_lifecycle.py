@@ -339,6 +339,23 @@ async def test_a_retired_device_stays_retired_while_its_events_stay(
             assert got == old
 
 
+@only("sqlite")  # PostgreSQL's rule is inside collector_lifecycle, which every version calls
+async def test_a_retired_devices_state_is_kept_from_any_connections_cull(client: Any, cfg: Config) -> None:
+    # the rule above lived in this version's Python only: an older replica's cull, during a rolling
+    # upgrade, still took a retired device's state, and its replayed cookie was a live device again
+    assert isinstance(cfg.db, Path)
+    b, idle = Browser(client), Browser(client)
+    await b.send(ev(eid="before", uid="erin-5"))
+    old = b.device
+    await b.send(ev("ue", eid="anon", ue_pr=ANON_UE))  # rotate: `old` is retired
+    await idle.send(ev(eid="idle"))
+    assert plain_sql(cfg.db, "DELETE FROM device_state") is None  # an older version's cull, say
+    states = {r[0] for r in rows(cfg.db, "select device_id from device_state")}
+    assert old in states and idle.device not in states  # the control: the live device's state went
+    assert "devices=1" in erase(cfg.db, "--device-id", old)  # inside an erasure it goes
+    assert old not in {r[0] for r in rows(cfg.db, "select device_id from device_state")}
+
+
 async def test_a_retired_tracker_id_is_refused_while_a_tracker_could_send_it(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
@@ -422,11 +439,21 @@ async def test_an_erasure_entry_left_open_lets_no_later_delete_through(client: A
         is None
     )
     assert "append-only" in (plain_sql(cfg.db, "DELETE FROM events") or "")
+    other = sqlite3.connect(cfg.db, isolation_level=None)
+    try:  # nor a connection whose last insert, into a table of its own, got the entry's rowid (1)
+        other.execute("CREATE TEMP TABLE scratch (x)")
+        other.execute("INSERT INTO scratch (x) VALUES ('unrelated')")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            other.execute("DELETE FROM events")
+    finally:
+        other.close()
     assert [r[0] for r in rows(cfg.db, "select event_id from events")] == ["acked"]
     conn = sqlite3.connect(cfg.db, isolation_level=None)  # the control: inside its own entry's transaction
     try:
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO erasures (at, selector) VALUES ('2026-01-01 00:00:00.000', 'device_id')")
+        conn.execute(
+            "INSERT INTO erasures (id, at, selector) VALUES (4294967297, '2026-01-01 00:00:00.000', 'device_id')"
+        )
         assert conn.execute("DELETE FROM events").rowcount == 1
         conn.execute("ROLLBACK")
     finally:
@@ -533,7 +560,7 @@ async def test_erasure_finds_a_bad_row_by_the_id_as_a_value_escaped_or_not_and_n
     left = [r[0] for r in rows(cfg.db, "select payload from bad_rows")]
     assert len(left) == 2 and not any(orjson.dumps(tricky).decode() in p for p in left)
     assert any('"carol"' in p for p in left) and any(orjson.dumps(tricky.upper()).decode() in p for p in left)
-    assert [tuple(r) for r in rows(cfg.db, "select events, bad_rows from erasures order by id")] == [
+    assert [tuple(r) for r in rows(cfg.db, "select events, bad_rows from erasures order by at")] == [
         (1, 2),
         (1, 0),
     ]
@@ -897,7 +924,9 @@ def _erase_as_first_written(conn: sqlite3.Connection, device: str, turn: lifecyc
     """The erasure's scan as first written: a DELETE over the whole table inside the turn."""
     with turn():
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO erasures (at, selector) VALUES ('2026-12-01 00:00:00.000', 'device_id')")
+        conn.execute(  # an id as the erasure draws them (the delete guard wants one from 2^32 up)
+            "INSERT INTO erasures (id, at, selector) VALUES (4294967297, '2026-12-01 00:00:00.000', 'device_id')"
+        )
         conn.execute("DELETE FROM events WHERE network_userid IN (?)", (device,))
         conn.execute("ROLLBACK")
 

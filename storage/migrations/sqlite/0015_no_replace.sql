@@ -15,16 +15,26 @@ WHEN EXISTS (SELECT 1 FROM bad_rows WHERE id = NEW.id)
 BEGIN SELECT RAISE(ABORT, 'bad_rows is append-only: rows leave only by retention or a recorded erasure'); END;
 
 -- A DELETE inside an erasure passes only on the connection that opened the ledger entry, in its
--- transaction: the erasure's last insert is its entry (last_insert_rowid() is the connection's own).
--- An entry left open by another connection (a tool's INSERT, committed) let every later DELETE
--- through, from anyone, for good.
+-- transaction: the erasure's last insert is its entry (last_insert_rowid() is the connection's own),
+-- whose id it draws at random from 2^32 up (storage/lifecycle.py), so that no connection's unrelated
+-- insert (a temporary table's first row is rowid 1) matches an entry by chance. An entry left open by
+-- another connection (a tool's INSERT, committed) let every later DELETE through, from anyone.
 DROP TRIGGER events_no_delete;
 CREATE TRIGGER events_no_delete BEFORE DELETE ON events
 WHEN OLD.collector_tstamp >= (SELECT horizon FROM lifecycle)
-     AND NOT EXISTS (SELECT 1 FROM erasures WHERE open = 1 AND id = last_insert_rowid())
+     AND NOT EXISTS (SELECT 1 FROM erasures WHERE open = 1 AND id = last_insert_rowid() AND id >= 4294967296)
 BEGIN SELECT RAISE(ABORT, 'events is append-only: rows leave only by retention or a recorded erasure'); END;
 DROP TRIGGER bad_rows_no_delete;
 CREATE TRIGGER bad_rows_no_delete BEFORE DELETE ON bad_rows
 WHEN OLD.received_at >= (SELECT horizon FROM lifecycle)
-     AND NOT EXISTS (SELECT 1 FROM erasures WHERE open = 1 AND id = last_insert_rowid())
+     AND NOT EXISTS (SELECT 1 FROM erasures WHERE open = 1 AND id = last_insert_rowid() AND id >= 4294967296)
 BEGIN SELECT RAISE(ABORT, 'bad_rows is append-only: rows leave only by retention or a recorded erasure'); END;
+
+-- A retired (closed) device's state stays while its events may (storage/lifecycle.py says why): kept
+-- here too, for a replica of an older version culling it during a rolling upgrade. Its DELETE skips
+-- the row (IGNORE: the rest of the statement goes on), but inside an erasure.
+CREATE TRIGGER device_state_retired_kept BEFORE DELETE ON device_state
+WHEN OLD.closed = 1
+     AND OLD.last_ms >= CAST((julianday((SELECT horizon FROM lifecycle)) - 2440587.5) * 86400000 AS INTEGER)
+     AND NOT EXISTS (SELECT 1 FROM erasures WHERE open = 1 AND id = last_insert_rowid() AND id >= 4294967296)
+BEGIN SELECT RAISE(IGNORE); END;
