@@ -452,7 +452,8 @@ async def test_an_erasure_entry_left_open_lets_no_later_delete_through(client: A
     try:
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
-            "INSERT INTO erasures (id, at, selector) VALUES (4294967297, '2026-01-01 00:00:00.000', 'device_id')"
+            "INSERT INTO erasures (id, at, selector)"
+            " VALUES (4294967297, '2026-01-01 00:00:00.000', 'device_id')"
         )
         assert conn.execute("DELETE FROM events").rowcount == 1
         conn.execute("ROLLBACK")
@@ -925,7 +926,8 @@ def _erase_as_first_written(conn: sqlite3.Connection, device: str, turn: lifecyc
     with turn():
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(  # an id as the erasure draws them (the delete guard wants one from 2^32 up)
-            "INSERT INTO erasures (id, at, selector) VALUES (4294967297, '2026-12-01 00:00:00.000', 'device_id')"
+            "INSERT INTO erasures (id, at, selector)"
+            " VALUES (4294967297, '2026-12-01 00:00:00.000', 'device_id')"
         )
         conn.execute("DELETE FROM events WHERE network_userid IN (?)", (device,))
         conn.execute("ROLLBACK")
