@@ -30,6 +30,7 @@ from storage.sessions import SessionRules
 log = logging.getLogger(__name__)
 CommitHook = Callable[[int, float], None]
 PROBE_SECONDS = 1.0
+PARTITION_LOCK_WAIT_MS = 100  # how long a lifecycle run's partition making holds the writers up at most
 CONNECT_SECONDS = 30.0  # how long start() waits for the server (replicas may start before it)
 
 
@@ -226,7 +227,15 @@ class PostgresStore:
         partitions ahead, made at start only, would run out under a replica up for longer."""
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            await conn.execute("SELECT collector_ensure_partitions($1)", pg_schema.MONTHS_AHEAD)
+            try:
+                # Making a month's partition takes an exclusive lock on its table: behind an analyst's
+                # open read it would wait, and every writer behind it (503 past the statement
+                # timeout). It waits briefly, then the next run tries again.
+                async with conn.transaction():
+                    await conn.execute(f"SET LOCAL lock_timeout = {PARTITION_LOCK_WAIT_MS}")
+                    await conn.execute("SELECT collector_ensure_partitions($1)", pg_schema.MONTHS_AHEAD)
+            except asyncpg.LockNotAvailableError:
+                log.warning("partitions: a table was busy; the months ahead are made at the next run")
             return await lifecycle.pg_run(conn, now_ms, retention_days, cookie_max_age_s)
 
     async def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -443,6 +443,34 @@ async def test_the_lifecycle_makes_the_partitions_ahead(client: Any, cfg: Config
     assert rows(cfg.db, "select to_regclass(?)::text", (name,))[0][0] == name
 
 
+async def test_making_a_month_behind_an_analysts_read_holds_no_writer_up(
+    make_client: Any, cfg: Config
+) -> None:
+    # a month's partition takes an exclusive lock on events: behind an analyst's open read the
+    # lifecycle's run waited, every writer behind it, until their statement timeout (503)
+    client = await make_client(cfg.replace(pg_statement_timeout=3000))
+    assert (await client.get("/i", params=ev(eid="first"))).status == 200
+    name = f"events_{_month(3)}"
+    run_sync(_execute(str(cfg.db), f"DROP TABLE {name}"))  # the month the next run makes
+    st = client.app[STATE]
+    reader = await asyncpg.connect(str(cfg.db))
+    try:
+        tr = reader.transaction(readonly=True)
+        await tr.start()
+        await reader.fetchval("SELECT count(*) FROM events")  # an analyst's open read (a dashboard)
+        run = asyncio.create_task(st.store.lifecycle(int(time.time() * 1000), 0, st.cfg.cookie_max_age))
+        await asyncio.sleep(0.05)
+        during = await client.get("/i", params=ev(eid="during"))  # while the reader still reads
+        await run  # it gave the month up for this run
+        assert rows(cfg.db, "select to_regclass(?)::text", (name,))[0][0] is None
+        await tr.rollback()
+    finally:
+        await reader.close()
+    assert during.status == 200
+    await st.store.lifecycle(int(time.time() * 1000), 0, st.cfg.cookie_max_age)  # the next run makes it
+    assert rows(cfg.db, "select to_regclass(?)::text", (name,))[0][0] == name
+
+
 async def _execute(url: str, sql: str) -> None:
     conn = await asyncpg.connect(url)
     try:
