@@ -232,6 +232,7 @@ class _Found:
     bad_rows: list[int]
     tops: dict[str, tuple[Any, ...] | None]
     ids: set[str]  # the tracker ids the events found carry (identifiers.row_tracker_ids)
+    still: set[str]  # what the retired devices that stay remember: retired still (_still_retired)
 
 
 def _events_of(user_id: str | None, devices: set[str]) -> tuple[str, list[str]]:
@@ -310,7 +311,18 @@ def _find(conn: sqlite3.Connection, user_id: str | None, devices: set[str]) -> _
         conn, "bad_rows", "id, payload", "payload IS NOT NULL", [], last["bad_rows"], READ_PAYLOADS
     )
     bad = _bad_rows_holding(payloads, user_id, devices)
-    return _Found(devices, events, bad, last, ids)
+    return _Found(devices, events, bad, last, ids, _still_retired(conn, devices))
+
+
+def _still_retired(conn: sqlite3.Connection, devices: set[str]) -> set[str]:
+    """What the retired (closed) devices that stay remember: retired by their own rotation, so retired
+    still, whatever the erased devices sent too (a shared fingerprint). Read beside the writer: a
+    device that retires one of them between this read and the turn is not seen."""
+    kept: set[str] = set()
+    for row in conn.execute(f"SELECT {_STATE_COLUMNS} FROM device_state WHERE closed = 1"):
+        if row[0] not in devices:
+            kept.update(remembered(state_of(row)[1]))
+    return kept
 
 
 _ID_COLUMNS = ", ".join(("rowid", *identifiers.ID_COLUMNS))
@@ -332,7 +344,7 @@ def _retired_of_erased(conn: sqlite3.Connection, found: _Found, where: str, para
         sql = f"SELECT {_STATE_COLUMNS} FROM device_state WHERE device_id IN ({','.join('?' * len(part))})"
         for row in conn.execute(sql, part):
             ids.update(remembered(state_of(row)[1]))
-    values = sorted(ids)
+    values = sorted(ids - found.still)
     n = 0
     for i in range(0, len(values), IN_CHUNK):
         part = values[i : i + IN_CHUNK]
@@ -529,83 +541,119 @@ async def record_retention(conn: Any, retention_days: int) -> None:
         )
 
 
+async def _pg_devices(conn: Any, user_id: str | None, device_id: str | None) -> set[str]:
+    """The erased devices: the one named, or those the person was identified on (by their events, or
+    by a state that still names them)."""
+    if user_id is None:
+        return {device_id} if device_id is not None else set()
+    found = await conn.fetch(
+        "SELECT network_userid FROM events WHERE user_id = $1 AND network_userid IS NOT NULL "
+        "UNION SELECT device_id FROM device_state WHERE user_id = $1",
+        user_id,
+    )
+    return {r[0] for r in found}
+
+
+_PG_ERASED_EVENTS = (
+    "DELETE FROM events WHERE network_userid = ANY($1::text[]) OR user_id = $2 RETURNING event_id, "
+    "COALESCE(to_char(dvce_created_tstamp AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS'), ''), "
+    + ", ".join(identifiers.ID_COLUMNS)
+)
+
+
+async def _pg_delete_events(
+    conn: Any, devices: set[str], user_id: str | None, ids: set[str], keys: list[tuple[str, str]]
+) -> int:
+    """Delete the erased events; add their tracker ids to `ids` and their dedupe keys to `keys`."""
+    n = 0
+    for r in await conn.fetch(_PG_ERASED_EVENTS, sorted(devices), user_id):
+        keys.append((r[1], r[0]))
+        ids |= identifiers.row_tracker_ids(tuple(r)[2:])
+        n += 1
+    return n
+
+
+async def _pg_delete_bad_rows(
+    conn: Any, user_id: str | None, devices: set[str], after: int, upto: int | None
+) -> int:
+    """Delete the bad rows with id in (after, upto] that hold an erased id (decoded here, as on SQLite:
+    _bad_rows_holding)."""
+    ids = _erased_ids(user_id, devices)
+    sql = "SELECT id, payload FROM bad_rows WHERE payload IS NOT NULL AND id > $1"
+    args: list[Any] = [after]
+    if upto is not None:
+        sql += " AND id <= $2"
+        args.append(upto)
+    held = [
+        r["id"]
+        async for r in conn.cursor(sql, *args)
+        if identifiers.payload_holds(r["payload"], ids, devices)
+    ]
+    status = await conn.execute("DELETE FROM bad_rows WHERE id = ANY($1::bigint[])", held)
+    return int(status.split()[-1])
+
+
+async def _pg_still_retired(conn: Any, devices: set[str]) -> set[str]:
+    """What the retired devices that stay remember: retired by their own rotation, so retired still,
+    whatever the erased devices sent too (a shared fingerprint)."""
+    kept: set[str] = set()
+    async for r in conn.cursor(
+        f"SELECT {_STATE_COLUMNS} FROM device_state WHERE closed = 1 AND NOT (device_id = ANY($1::text[]))",
+        sorted(devices),
+    ):
+        kept.update(remembered(state_of(tuple(r))[1]))
+    return kept
+
+
 async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:
-    """sqlite_erase's statements for PostgreSQL (run as the owner: the writer may not delete)."""
+    """sqlite_erase for PostgreSQL (run as the owner: the writer may not delete), in one transaction.
+
+    First beside the writers, which go on: what is there now goes, and the bad rows' payloads are
+    decoded (the slow part: 250,000 of them took 14 s, every writer waiting when it all ran under the
+    locks below, and answering 503 past its statement timeout). Then with the writers waiting, as
+    they wait for SQLite's turn: at READ COMMITTED a login committed after the devices were read, or
+    an event after the DELETE, stays, so the devices are read again and what the writers committed
+    meanwhile goes too. The locks in the order a writer's transaction first takes the tables
+    (device_state, event_ids, events, bad_rows, retired_ids), so none holds one the erasure waits on
+    while it waits for one the erasure holds; device_state EXCLUSIVE, since a writer may lock its
+    rows (FOR UPDATE) before it writes any table; nothing a writer may wait on (a device's state, a
+    dedupe claim, a retired id) is touched before them. The lifecycle's lock first: a run deletes
+    from these tables in another order."""
     selector = "user_id" if user_id is not None else "device_id"
     async with conn.transaction():
-        # Writers wait until the erasure commits, as SQLite's wait for the writers' turn: at READ
-        # COMMITTED a login committed after the devices were read, or an event after the DELETE,
-        # stayed. The tables in the order a writer's transaction first takes them (device_state,
-        # event_ids, events, bad_rows, retired_ids), so none holds one the erasure waits on while it
-        # waits for one the erasure holds; device_state EXCLUSIVE, since a writer may lock its rows
-        # (FOR UPDATE) before it writes any table. The lifecycle's lock first: a run deletes from these
-        # tables in another order.
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('collector_lifecycle'))")
-        await conn.execute("LOCK TABLE device_state IN EXCLUSIVE MODE")
-        await conn.execute("LOCK TABLE event_ids, events, bad_rows, retired_ids IN SHARE ROW EXCLUSIVE MODE")
         entry = await conn.fetchval(
             "INSERT INTO erasures (at, selector) VALUES ($1, $2) RETURNING id",
             datetime.fromtimestamp(now_ms / 1000, UTC),
             selector,
         )
-        if user_id is not None:
-            found = await conn.fetch(
-                "SELECT network_userid FROM events WHERE user_id = $1 AND network_userid IS NOT NULL "
-                "UNION SELECT device_id FROM device_state WHERE user_id = $1",
-                user_id,
-            )
-            devices = [r[0] for r in found]
-        else:
-            devices = [device_id]
-        # the tracker ids of the erased events and devices leave the retired ids (_retired_of_erased)
-        ids_of = {
-            v
-            async for r in conn.cursor(
-                f"SELECT {', '.join(identifiers.ID_COLUMNS)} FROM events "
-                "WHERE network_userid = ANY($1::text[]) OR user_id = $2",
-                devices,
-                user_id,
-            )
-            for v in identifiers.row_tracker_ids(tuple(r))
-        }
-        states = await conn.fetch(
-            f"SELECT {_STATE_COLUMNS} FROM device_state WHERE device_id = ANY($1::text[])", devices
-        )
-        ids_of.update(v for r in states for v in remembered(state_of(tuple(r))[1]))
-        await conn.execute("DELETE FROM retired_ids WHERE value = ANY($1::text[])", sorted(ids_of))
-        # the erased events' dedupe claims go with them, as on SQLite (where the claim is the row): a
-        # re-send is stored again, and no claim keeps the erased events' ids and device times
+        ids: set[str] = set()  # the erased events' and devices' tracker ids: they leave the retired ids
+        keys: list[tuple[str, str]] = []  # the erased events' dedupe claims, which go with them
+        devices = await _pg_devices(conn, user_id, device_id)
+        events = await _pg_delete_events(conn, devices, user_id, ids, keys)
+        top = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM bad_rows"))
+        bad = await _pg_delete_bad_rows(conn, user_id, devices, 0, top)
+        still = await _pg_still_retired(conn, devices)
+        await conn.execute("LOCK TABLE device_state IN EXCLUSIVE MODE")
+        await conn.execute("LOCK TABLE event_ids, events, bad_rows, retired_ids IN SHARE ROW EXCLUSIVE MODE")
+        devices |= await _pg_devices(conn, user_id, device_id)
+        events += await _pg_delete_events(conn, devices, user_id, ids, keys)
+        bad += await _pg_delete_bad_rows(conn, user_id, devices, top, None)
         await conn.execute(
-            "DELETE FROM event_ids i USING events e "
-            "WHERE (e.network_userid = ANY($1::text[]) OR e.user_id = $2) AND i.event_id = e.event_id "
-            "AND i.created = COALESCE(to_char(e.dvce_created_tstamp AT TIME ZONE 'UTC', "
-            "'YYYY-MM-DD HH24:MI:SS.MS'), '')",
-            devices,
-            user_id,
+            "DELETE FROM event_ids WHERE (created, event_id) IN "
+            "(SELECT * FROM unnest($1::text[], $2::text[]))",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
         )
-        events = int(
-            (
-                await conn.execute(
-                    "DELETE FROM events WHERE network_userid = ANY($1::text[]) OR user_id = $2",
-                    devices,
-                    user_id,
-                )
-            ).split()[-1]
+        states = await conn.fetch(
+            f"SELECT {_STATE_COLUMNS} FROM device_state WHERE device_id = ANY($1::text[])", sorted(devices)
         )
-        # read in the transaction and decoded here, as on SQLite (_bad_rows_holding)
-        ids = _erased_ids(user_id, devices)
-        held = [
-            r["id"]
-            async for r in conn.cursor("SELECT id, payload FROM bad_rows WHERE payload IS NOT NULL")
-            if identifiers.payload_holds(r["payload"], ids, devices)
-        ]
-        status = await conn.execute("DELETE FROM bad_rows WHERE id = ANY($1::bigint[])", held)
-        bad = int(status.split()[-1])
-        gone = int(
-            (
-                await conn.execute("DELETE FROM device_state WHERE device_id = ANY($1::text[])", devices)
-            ).split()[-1]
+        ids.update(v for r in states for v in remembered(state_of(tuple(r))[1]))
+        await conn.execute("DELETE FROM retired_ids WHERE value = ANY($1::text[])", sorted(ids - still))
+        status = await conn.execute(
+            "DELETE FROM device_state WHERE device_id = ANY($1::text[])", sorted(devices)
         )
+        gone = int(status.split()[-1])
         await conn.execute(
             "UPDATE erasures SET events = $1, bad_rows = $2, devices = $3, open = false WHERE id = $4",
             events,

@@ -730,17 +730,22 @@ class _Meanwhile:
 
 @only("postgres")
 @pytest.mark.parametrize(
-    "after",
-    ["SELECT network_userid FROM events", "DELETE FROM events"],
-    ids=["devices-read", "events-deleted"],
+    ("after", "waits"),
+    [
+        ("SELECT network_userid FROM events", False),
+        ("DELETE FROM events", False),
+        ("DELETE FROM event_ids", True),
+    ],
+    ids=["devices-read", "events-deleted", "under-the-locks"],
 )
 async def test_a_pg_erasure_is_not_overtaken_by_a_commit_while_it_runs(
-    client: Any, cfg: Config, after: str
+    client: Any, cfg: Config, after: str, waits: bool
 ) -> None:
     # At READ COMMITTED the erasure read the person's devices once: a login committed after that read
     # left the new device's earlier events and a state naming them; an event committed after the
-    # DELETE stayed. Writers now wait for the erasure, as on SQLite (the writers' turn): whatever is
-    # acknowledged before it commits is erased, and what waits for it comes after it.
+    # DELETE stayed. Now writers go on while it first reads and deletes, and wait while it looks again
+    # (as on SQLite, the writers' turn): whatever is acknowledged before it commits is erased, and
+    # what waits for it comes after it.
     phone, laptop, other = Browser(client), Browser(client), Browser(client)
     await phone.send(ev(eid="p-in", uid="erin-5"))
     await laptop.send(ev(eid="l-pre"))  # not theirs yet
@@ -762,8 +767,61 @@ async def test_a_pg_erasure_is_not_overtaken_by_a_commit_while_it_runs(
     finally:
         await conn.close()
     left = {r[0] for r in rows(cfg.db, "select event_id from events")}
-    assert acknowledged == [False, False], (acknowledged, left)  # each waited for the erasure's commit
-    assert left == {"o-1", "l-pre", "l-in", "p-late"}  # then stored, after it: p-in went
+    named = rows(cfg.db, "select count(*) from device_state where user_id = 'erin-5'")[0][0]
+    assert acknowledged == [not waits, not waits], acknowledged  # under the locks, the writers wait
+    if waits:  # stored after the erasure: theirs again
+        assert (left, named) == ({"o-1", "l-pre", "l-in", "p-late"}, 2)
+    else:  # acknowledged before it committed: erased, the laptop's earlier event with the login
+        assert (left, named) == ({"o-1"}, 0)
+
+
+async def test_an_erasure_leaves_retired_what_a_rotated_device_that_stays_retired(
+    client: Any, cfg: Config
+) -> None:
+    # the erased person's ids leave the retired ids, but a value another device sent too and retired
+    # with its own rotation (a fingerprint many browsers share) stays retired: taking it out linked
+    # that device's ids before and after its rotation
+    fp = "fp-1234567"
+    erin, dana = Browser(client), Browser(client)
+    await erin.send(ev(eid="e-1", uid="erin-5", fp=fp))
+    await dana.send(ev(eid="d-1", fp=fp))
+    before = dana.device
+    await dana.send(ev("ue", eid="d-2", ue_pr=ANON_UE))  # dana rotates: fp retired
+    await dana.send(ev(eid="d-3", fp=fp))
+    assert rows(cfg.db, "select user_fingerprint from events where event_id = 'd-3'")[0][0] is None
+    erase(cfg.db, "--user-id", "erin-5")  # someone else's erasure
+    await dana.send(ev(eid="d-4", fp=fp))
+    assert rows(cfg.db, "select user_fingerprint from events where event_id = 'd-4'")[0][0] is None
+    linked = {
+        r[0] for r in rows(cfg.db, "select network_userid from events where user_fingerprint = ?", (fp,))
+    }
+    assert linked == {before}  # the control: the value is kept where it was stored before the rotation
+
+
+@only("postgres")
+async def test_writers_go_on_while_a_pg_erasure_reads_the_bad_rows(make_client: Any, cfg: Config) -> None:
+    # its locks were taken first: every writer waited for the whole erasure, the decoding of every bad
+    # row's payload included, and answered 503 past its statement timeout
+    client = await make_client(cfg)
+    await Browser(client).send(ev(eid="p-in", uid="erin-5"))
+    payload = '{"schema":"iglu:x/y/jsonschema/1-0-0","data":[{"e":"pv","url":"' + "a" * 420 + '"}]}'
+    conn = await asyncpg.connect(str(cfg.db))
+    try:
+        await conn.execute(
+            "INSERT INTO bad_rows (received_at, reason, detail, payload, size, anonymous) "
+            "SELECT now(), 'bad_json', 'd', $1, 500, 0 FROM generate_series(1, 50000)",
+            payload,
+        )
+        erasing = asyncio.create_task(lifecycle_rules.pg_erase(conn, int(time.time() * 1000), "erin-5", None))
+        await asyncio.sleep(0.3)  # it is reading the bad rows now
+        during = await client.get("/i", params=ev(eid="during"))
+        answered_first = not erasing.done()
+        erased = await erasing
+    finally:
+        await conn.close()
+    assert during.status == 200 and answered_first  # answered while the erasure still ran
+    assert erased.events == 1
+    assert rows(cfg.db, "select count(*) from events where event_id = 'during'")[0][0] == 1
 
 
 def _erase_in_thread(
