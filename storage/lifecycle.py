@@ -524,10 +524,13 @@ async def record_retention(conn: Any, retention_days: int) -> None:
     recorded one is not this collector's COLLECTOR_RETENTION_DAYS (the recorded one holds)."""
     try:
         async with conn.transaction():
-            await conn.execute(
-                "UPDATE lifecycle SET retention_days = $1 WHERE id = 1 AND retention_days <> $1",
+            before = await conn.fetchval(
+                "UPDATE lifecycle l SET retention_days = $1 FROM lifecycle o "
+                "WHERE l.id = 1 AND o.id = 1 AND o.retention_days <> $1 RETURNING o.retention_days",
                 retention_days,
             )
+        if before is not None:  # every collector connected as the owner records its own: give them one
+            log.warning("retention: recorded %d days (it was %d)", retention_days, before)
         return
     except asyncpg.InsufficientPrivilegeError:
         pass
