@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
 
 from collector import cors, handlers, identity, logs, server
 from collector.config import CANONICAL_PATHS, Config, is_postgres
@@ -162,7 +163,22 @@ def create_app(cfg: Config, *, clock: Callable[[], float] = time.time) -> web.Ap
     # Last, so that it takes only what no route above does, with the collector's Expect handler: for a
     # path or method no route takes, aiohttp ran its own before any middleware (a plain-text 417 that
     # echoed the header, a 500 for a value not UTF-8).
-    app.router.add_route(
+    catch_all = app.router.add_route(
         "*", "/{unmatched:(?s:.*)}", handlers.unmatched, expect_handler=handlers.expect
     )  # (?s): a path may hold a newline (%0A)
+    _resolve_all_to(app.router, catch_all)
     return app
+
+
+def _resolve_all_to(router: web.UrlDispatcher, catch_all: web.AbstractRoute) -> None:
+    """What no route matches, a target without a leading `/` too (`OPTIONS *`), goes to the catch-all
+    route: aiohttp would answer it with its own Expect handler, outside the middleware."""
+    resolve = router.resolve
+
+    async def resolve_all(request: web.Request) -> web.UrlMappingMatchInfo:
+        match = await resolve(request)
+        if isinstance(match, MatchInfoError):
+            return web.UrlMappingMatchInfo({}, catch_all)
+        return match
+
+    router.resolve = resolve_all  # type: ignore[method-assign]

@@ -1174,6 +1174,9 @@ def _known() -> list[Any]:
         # ... and on a path holding a newline, which a `.*` route pattern does not match
         "expect-unknown-404-newline": Req("GET", b"/nowhere%0Ax", [(b"Expect", b"fuzzing-expectation")]),
         "expect-non-utf8-404-newline": Req("GET", b"/i%0A", [(b"Expect", b"\x80")]),
+        # ... and on a target no route pattern can match: the asterisk form (`OPTIONS *`)
+        "expect-unknown-asterisk": Req("OPTIONS", b"*", [(b"Expect", b"fuzzing-expectation")]),
+        "expect-non-utf8-asterisk": Req("OPTIONS", b"*", [(b"Expect", b"\x80")]),
         # a client that gives up mid-upload is logged and counted as an internal error (500)
         "aborted-content-length": Req(
             "POST", TP2B, [JSON_CT], valid[:20], length=len(valid), half_close=True
