@@ -524,12 +524,11 @@ async def record_retention(conn: Any, retention_days: int) -> None:
     recorded one is not this collector's COLLECTOR_RETENTION_DAYS (the recorded one holds)."""
     try:
         async with conn.transaction():
-            before = await conn.fetchval(
-                "UPDATE lifecycle l SET retention_days = $1 FROM lifecycle o "
-                "WHERE l.id = 1 AND o.id = 1 AND o.retention_days <> $1 RETURNING o.retention_days",
-                retention_days,
-            )
-        if before is not None:  # every collector connected as the owner records its own: give them one
+            # the row locked first: another owner's change meanwhile is read, not logged as this one's
+            before = await conn.fetchval("SELECT retention_days FROM lifecycle WHERE id = 1 FOR UPDATE")
+            if before != retention_days:
+                await conn.execute("UPDATE lifecycle SET retention_days = $1 WHERE id = 1", retention_days)
+        if before != retention_days:  # every collector connected as the owner records its own: give them one
             log.warning("retention: recorded %d days (it was %d)", retention_days, before)
         return
     except asyncpg.InsufficientPrivilegeError:
@@ -577,35 +576,35 @@ async def _pg_delete_events(
 
 
 async def _pg_delete_bad_rows(
-    conn: Any, user_id: str | None, devices: set[str], after: int, upto: int | None
+    conn: Any, user_id: str | None, devices: set[str], seen: set[int], again: bool = False
 ) -> int:
-    """Delete the bad rows with id in (after, upto] that hold an erased id (decoded here, as on SQLite:
-    _bad_rows_holding)."""
+    """Delete the bad rows that hold an erased id (decoded here, as on SQLite: _bad_rows_holding),
+    adding the ids looked at to `seen`: those not in it, or (`again`, when a device joined the
+    erasure) every one. Not by an id range: ids are drawn before their rows commit, so a row with a
+    smaller id may commit after a larger one was read (two replicas)."""
     ids = _erased_ids(user_id, devices)
-    sql = "SELECT id, payload FROM bad_rows WHERE payload IS NOT NULL AND id > $1"
-    args: list[Any] = [after]
-    if upto is not None:
-        sql += " AND id <= $2"
-        args.append(upto)
-    held = [
-        r["id"]
-        async for r in conn.cursor(sql, *args)
-        if identifiers.payload_holds(r["payload"], ids, devices)
-    ]
+    held: list[int] = []
+    if again or not seen:
+        rows: Any = conn.cursor("SELECT id, payload FROM bad_rows WHERE payload IS NOT NULL")
+    else:
+        every = await conn.fetch("SELECT id FROM bad_rows WHERE payload IS NOT NULL")
+        unseen = [r[0] for r in every if r[0] not in seen]
+        rows = conn.cursor("SELECT id, payload FROM bad_rows WHERE id = ANY($1::bigint[])", unseen)
+    async for r in rows:
+        seen.add(r["id"])
+        if identifiers.payload_holds(r["payload"], ids, devices):
+            held.append(r["id"])
     status = await conn.execute("DELETE FROM bad_rows WHERE id = ANY($1::bigint[])", held)
     return int(status.split()[-1])
 
 
-async def _pg_still_retired(conn: Any, devices: set[str]) -> set[str]:
-    """What the retired devices that stay remember: retired by their own rotation, so retired still,
-    whatever the erased devices sent too (a shared fingerprint)."""
-    kept: set[str] = set()
-    async for r in conn.cursor(
-        f"SELECT {_STATE_COLUMNS} FROM device_state WHERE closed = 1 AND NOT (device_id = ANY($1::text[]))",
-        sorted(devices),
-    ):
-        kept.update(remembered(state_of(tuple(r))[1]))
-    return kept
+async def _pg_retired_states(conn: Any) -> dict[str, list[str]]:
+    """What each retired (closed) device remembers: retired by its own rotation, so retired still,
+    whatever an erased device sent too (a shared fingerprint), unless that device is erased too."""
+    return {
+        r[0]: remembered(state_of(tuple(r))[1])
+        async for r in conn.cursor(f"SELECT {_STATE_COLUMNS} FROM device_state WHERE closed = 1")
+    }
 
 
 async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str | None) -> Erased:
@@ -634,14 +633,17 @@ async def pg_erase(conn: Any, now_ms: int, user_id: str | None, device_id: str |
         keys: list[tuple[str, str]] = []  # the erased events' dedupe claims, which go with them
         devices = await _pg_devices(conn, user_id, device_id)
         events = await _pg_delete_events(conn, devices, user_id, ids, keys)
-        top = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM bad_rows"))
-        bad = await _pg_delete_bad_rows(conn, user_id, devices, 0, top)
-        still = await _pg_still_retired(conn, devices)
+        seen: set[int] = set()
+        bad = await _pg_delete_bad_rows(conn, user_id, devices, seen)
+        retired_states = await _pg_retired_states(conn)
         await conn.execute("LOCK TABLE device_state IN EXCLUSIVE MODE")
         await conn.execute("LOCK TABLE event_ids, events, bad_rows, retired_ids IN SHARE ROW EXCLUSIVE MODE")
-        devices |= await _pg_devices(conn, user_id, device_id)
+        joined = await _pg_devices(conn, user_id, device_id) - devices
+        devices |= joined
         events += await _pg_delete_events(conn, devices, user_id, ids, keys)
-        bad += await _pg_delete_bad_rows(conn, user_id, devices, top, None)
+        # what committed since the first look; every bad row again for a device that joined since
+        bad += await _pg_delete_bad_rows(conn, user_id, devices, seen, again=bool(joined))
+        still = {v for d, values in retired_states.items() if d not in devices for v in values}
         await conn.execute(
             "DELETE FROM event_ids WHERE (created, event_id) IN "
             "(SELECT * FROM unnest($1::text[], $2::text[]))",
