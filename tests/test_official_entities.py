@@ -9,38 +9,21 @@ without the header and finds the canary (so each search can fail).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from collector.config import Config, Secret
 from tests.conftest import TP2, batch, ev, rows
+from tests.test_anonymous_canaries import ctx, everything
 
-CONTEXTS = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
 # @snowplow/browser-plugin-optimizely-x attaches this entity to every event; visitorId is
 # Optimizely's own end-user id (its first-party cookie): a device identifier that outlives rotation.
 OPTIMIZELY_X = "iglu:com.optimizely.optimizelyx/summary/jsonschema/1-0-0"
 # The Snowplow ecommerce plugin's (web, iOS, Android) checkout step entity: postal addresses.
 CHECKOUT_STEP = "iglu:com.snowplowanalytics.snowplow.ecommerce/checkout_step/jsonschema/1-0-0"
 SESSION = "iglu:com.snowplowanalytics.snowplow/client_session/jsonschema/1-0-2"
-
-
-def ctx(*entities: Any) -> str:
-    return orjson.dumps({"schema": CONTEXTS, "data": list(entities)}).decode()
-
-
-def everything(db: Path) -> str:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        names = [n for (n,) in conn.execute("select name from sqlite_master where type in ('table', 'view')")]
-        out = [f"{n}: {r!r}" for n in names for r in conn.execute(f'select * from "{n}"')]
-    finally:
-        conn.close()
-    raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*") if p.is_file())
-    return "\n".join(out) + raw.decode("latin-1")
 
 
 def config(db: Path, **kw: Any) -> Config:

@@ -1,3 +1,8 @@
+-- Culling keeps a retired device's state while its events may stay (see storage/lifecycle.py), and
+-- the partitions made ahead skip a month whose rows already sit in the default partition (a replica
+-- up for longer than MONTHS_AHEAD, or one whose clock is ahead, wrote them there): creating that
+-- month's partition would fail, and with it every start. They are also made by the lifecycle's runs.
+--
 -- The retention period is recorded in the store, by the owner (storage/lifecycle.py's pg_run records
 -- the one it runs with when it may; `python -m collector retain` as the owner does it at once), and
 -- collector_lifecycle takes no horizon later than it allows: the writer role may call the function,
@@ -52,4 +57,42 @@ BEGIN
     DELETE FROM retired_ids r WHERE r.expires < this_month;
     GET DIAGNOSTICS retired = ROW_COUNT;
     RETURN NEXT;
+END $$;
+
+
+CREATE OR REPLACE FUNCTION collector_ensure_partitions(ahead integer) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+DECLARE
+    m date := date_trunc('month', now() AT TIME ZONE 'UTC')::date;
+    t text;
+    stamp text;
+    part text;
+    low timestamptz;
+    high timestamptz;
+    taken boolean;
+BEGIN
+    -- one at a time across replicas (transaction-scoped, released at commit)
+    PERFORM pg_advisory_xact_lock(hashtext('collector_ensure_partitions'));
+    FOR i IN 0..ahead LOOP
+        FOREACH t IN ARRAY ARRAY['events', 'bad_rows'] LOOP
+            part := format('%s_%s', t, to_char(m + make_interval(months => i), 'YYYYMM'));
+            IF to_regclass(part) IS NULL THEN
+                low := (m + make_interval(months => i))::timestamp AT TIME ZONE 'UTC';
+                high := (m + make_interval(months => i + 1))::timestamp AT TIME ZONE 'UTC';
+                stamp := CASE t WHEN 'events' THEN 'collector_tstamp' ELSE 'received_at' END;
+                EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE %I >= $1 AND %I < $2)',
+                               t || '_default', stamp, stamp)
+                    INTO taken USING low, high;
+                IF taken THEN
+                    RAISE WARNING '% has rows in %_default: its partition is not made', part, t;
+                    CONTINUE;
+                END IF;
+                EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                               part, t, low, high);
+                EXECUTE format(
+                    'CREATE TRIGGER %I BEFORE TRUNCATE ON %I FOR EACH STATEMENT '
+                    'EXECUTE FUNCTION collector_append_only()', part || '_no_truncate', part);
+            END IF;
+        END LOOP;
+    END LOOP;
 END $$;
