@@ -158,7 +158,8 @@ def sqlite_run(
     # A retired (closed) device's state stays while its events may (until the horizon passes it; for
     # good when retention is off): its signed id never expires, and once its state went, a cookie
     # replayed (a server-side tracker forwarding it as `nuid`) was a live device again, its new events
-    # joined to its history.
+    # joined to its history. Migration 0015's trigger keeps it from any other DELETE too (an older
+    # replica's); this one does not hand it the rows to skip.
     (recorded,) = conn.execute("SELECT horizon FROM lifecycle").fetchone()
     gone = datetime.fromisoformat(recorded).replace(tzinfo=UTC).timestamp() * 1000
     out.devices = _cull(
@@ -329,7 +330,7 @@ _ID_COLUMNS = ", ".join(("rowid", *identifiers.ID_COLUMNS))
 _STATE_COLUMNS = ", ".join(STATE_COLUMNS)
 
 
-def _retired_of_erased(conn: sqlite3.Connection, found: _Found, where: str, params: list[str]) -> int:
+def _retired_of_erased(conn: sqlite3.Connection, found: _Found, where: str, params: list[str]) -> None:
     """Take out of the retired ids every tracker id of the erased events and devices: the events found,
     those appended since the read, and what the devices' states remember (retire retired those). A
     retired id is a value the person's device sent (a MAC, an IDFA, the duid), kept so that it is never
@@ -345,13 +346,9 @@ def _retired_of_erased(conn: sqlite3.Connection, found: _Found, where: str, para
         for row in conn.execute(sql, part):
             ids.update(remembered(state_of(row)[1]))
     values = sorted(ids - found.still)
-    n = 0
     for i in range(0, len(values), IN_CHUNK):
         part = values[i : i + IN_CHUNK]
-        n += conn.execute(
-            f"DELETE FROM retired_ids WHERE value IN ({','.join('?' * len(part))})", part
-        ).rowcount
-    return n
+        conn.execute(f"DELETE FROM retired_ids WHERE value IN ({','.join('?' * len(part))})", part)
 
 
 def _unmoved(conn: sqlite3.Connection, found: _Found) -> bool:
