@@ -8,14 +8,21 @@ bad rows (triggers refuse them too, whoever asks).
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import asyncpg
 
 from storage.pg_io import Conn
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations" / "postgres"
 LOCK = 7_400_110  # the advisory lock key replicas serialise their migrations on
 MONTHS_AHEAD = 3  # partitions made ahead of time; rows past them land in the default partition
+PARTITION_LOCK_WAIT_MS = 100  # how long making a month's partition may hold the writers up
 WRITER_GRANTS = (
     "GRANT SELECT ON schema_migrations TO {role}",
     "GRANT INSERT ON events, bad_rows TO {role}",
@@ -76,7 +83,7 @@ async def migrate(conn: Conn, writer: str | None = None, reader: str | None = No
                     "INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, path.stem, datetime.now(UTC)
                 )
             applied.append(path.stem)
-        await conn.execute("SELECT collector_ensure_partitions($1)", MONTHS_AHEAD)
+        await ensure_partitions(conn)
         for role, grants in ((writer, WRITER_GRANTS), (reader, READER_GRANTS)):
             if role:
                 quoted = '"' + role.replace('"', '""') + '"'
@@ -85,6 +92,42 @@ async def migrate(conn: Conn, writer: str | None = None, reader: str | None = No
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK)
     return applied
+
+
+async def ensure_partitions(conn: Conn, wait_ms: int | None = None) -> bool:
+    """Make the months ahead; False if a table was busy for longer than `wait_ms` (nothing made).
+
+    Making a month's partition takes an exclusive lock on its table: behind an analyst's open read it
+    waits, and every writer queues behind it (503 past their statement timeout), hence the bound. The
+    function's warnings (a month skipped, its rows already in the default partition) reach the log:
+    asyncpg drops a notice nothing listens for.
+    """
+
+    def relay(_conn: Any, message: asyncpg.PostgresLogMessage) -> None:
+        if message.severity in ("WARNING", "ERROR"):  # not the NOTICEs of IF NOT EXISTS and the like
+            log.warning("partitions: %s", message.message)
+
+    conn.add_log_listener(relay)
+    try:
+        async with conn.transaction():
+            if wait_ms is not None:
+                await conn.execute(f"SET LOCAL lock_timeout = {int(wait_ms)}")
+            await conn.execute("SELECT collector_ensure_partitions($1)", MONTHS_AHEAD)
+    except asyncpg.LockNotAvailableError:
+        return False
+    finally:
+        conn.remove_log_listener(relay)  # a message already received is relayed all the same
+    return True
+
+
+async def this_month_made(conn: Conn) -> bool:
+    """Whether this month's partitions (by the server's clock) exist: rows without them would land in
+    the default partition, and the month could then never be made."""
+    made: bool = await conn.fetchval(
+        "SELECT bool_and(to_regclass(t || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')) IS NOT NULL)"
+        " FROM unnest(ARRAY['events_', 'bad_rows_']) AS t"
+    )
+    return made
 
 
 async def create_roles(conn: Conn, database: str, roles: dict[str, str]) -> None:

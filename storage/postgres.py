@@ -30,7 +30,6 @@ from storage.sessions import SessionRules
 log = logging.getLogger(__name__)
 CommitHook = Callable[[int, float], None]
 PROBE_SECONDS = 1.0
-PARTITION_LOCK_WAIT_MS = 100  # how long a lifecycle run's partition making holds the writers up at most
 CONNECT_SECONDS = 30.0  # how long start() waits for the server (replicas may start before it)
 
 
@@ -109,7 +108,12 @@ class PostgresStore:
                         "the database schema is not up to date and this role may not migrate it: "
                         "run `python -m collector migrate --db <the owner's URL>`"
                     ) from None
-            await conn.execute("SELECT collector_ensure_partitions($1)", pg_schema.MONTHS_AHEAD)
+            # behind a busy table only this month is worth waiting for; the lifecycle makes the rest
+            if not await pg_schema.ensure_partitions(conn, pg_schema.PARTITION_LOCK_WAIT_MS):
+                if await pg_schema.this_month_made(conn):
+                    log.warning("partitions: a table was busy; the months ahead are made at the next run")
+                else:
+                    await pg_schema.ensure_partitions(conn)
         self._tasks = [asyncio.create_task(self._writer())]
 
     @property
@@ -223,18 +227,11 @@ class PostgresStore:
         return with_rejected(len(subs), bad, await self._commit(rest, size_of(rest)) if rest else ())
 
     async def lifecycle(self, now_ms: int, retention_days: int, cookie_max_age_s: int) -> lifecycle.Removed:
-        """One lifecycle run (retention, culling) through the schema's published function; and the
-        partitions ahead, made at start only, would run out under a replica up for longer."""
+        """One lifecycle run (retention, culling) through the schema's published function, and the
+        partitions ahead (made at start only, they would run out under a replica up for longer)."""
         assert self._pool is not None
         async with self._pool.acquire() as conn:
-            try:
-                # Making a month's partition takes an exclusive lock on its table: behind an analyst's
-                # open read it would wait, and every writer behind it (503 past the statement
-                # timeout). It waits briefly, then the next run tries again.
-                async with conn.transaction():
-                    await conn.execute(f"SET LOCAL lock_timeout = {PARTITION_LOCK_WAIT_MS}")
-                    await conn.execute("SELECT collector_ensure_partitions($1)", pg_schema.MONTHS_AHEAD)
-            except asyncpg.LockNotAvailableError:
+            if not await pg_schema.ensure_partitions(conn, pg_schema.PARTITION_LOCK_WAIT_MS):
                 log.warning("partitions: a table was busy; the months ahead are made at the next run")
             return await lifecycle.pg_run(conn, now_ms, retention_days, cookie_max_age_s)
 
