@@ -588,3 +588,49 @@ def test_the_reader_may_select_every_view_and_no_bookkeeping(pg_server: PgServer
     # the same check refuses what the reader was not granted
     refused = as_role(pg_server, roles_db, "collector_reader", "SELECT * FROM device_state")
     assert refused is not None and "InsufficientPrivilege" in refused
+
+
+def test_the_reader_may_call_no_function_that_writes(pg_server: PgServer, roles_db: str) -> None:
+    # PostgreSQL grants EXECUTE on a new function to PUBLIC: the analysts' role could run the
+    # lifecycle's SECURITY DEFINER function with a cull cutoff of its choosing (every device state
+    # gone, so an opt-out found nothing to retire) and make partitions.
+    owner = pg_server.url(roles_db)
+    assert (
+        as_role(
+            pg_server,
+            roles_db,
+            "collector_owner",
+            "INSERT INTO device_state (device_id, session_id,"
+            " session_index, last_ms) VALUES ('d-1', 's-1', 1, 1)",
+        )
+        is None
+    )
+    cull = "SELECT * FROM collector_lifecycle(NULL, 9223372036854775807, '0000-00')"
+    for role in ("collector_reader",):
+        for sql in (cull, "SELECT collector_ensure_partitions(24)"):
+            refused = as_role(pg_server, roles_db, role, sql)
+            assert refused is not None and "InsufficientPrivilege" in refused, (role, sql, refused)
+    assert rows(owner, "select count(*) from device_state")[0][0] == 1
+    # nor any other function of the schema, now or added by a later migration (default privileges)
+    callable_by_public = rows(
+        owner,
+        "select p.proname from pg_proc p where p.pronamespace = 'public'::regnamespace"
+        " and has_function_privilege('collector_reader', p.oid, 'EXECUTE')",
+    )
+    assert callable_by_public == []
+    assert (
+        as_role(
+            pg_server,
+            roles_db,
+            "collector_owner",
+            "CREATE FUNCTION later() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        )
+        is None
+    )
+    assert "InsufficientPrivilege" in (
+        as_role(pg_server, roles_db, "collector_reader", "SELECT later()") or ""
+    )
+    # the control: the writer, granted them, may call both (and the cull takes the state)
+    assert as_role(pg_server, roles_db, "collector_writer", "SELECT collector_ensure_partitions(3)") is None
+    assert as_role(pg_server, roles_db, "collector_writer", cull) is None
+    assert rows(owner, "select count(*) from device_state")[0][0] == 0
