@@ -53,12 +53,14 @@ def _bad_payload(raw: object, decision: policy.Decision) -> str | None:
 
     Under SP-Anonymous that is the same scrub as for stored rows (ids dropped, entities scrubbed,
     undecodable self-describing fields left out), and nothing of what is not an object of params;
-    without it, everything but the tracker's ids.
+    without it, everything but the tracker's ids: what is not an object (an event encoded twice, a
+    list) is read as a body refused whole is, since after a rotation those ids would link the rows.
     """
     if isinstance(raw, dict):
         text = _json(policy.scrub_bad_event(raw, decision))
     else:
         text = None if decision.anonymous else _json(raw)
+        text = None if text is None else identifiers.raw_without_tracker_ids(text)
     return None if text is None else text[:MAX_BAD_PAYLOAD]
 
 

@@ -290,6 +290,32 @@ async def test_a_bad_row_after_a_rotation_keeps_no_retired_id(
     assert first["domain_userid"] == b.duid and b.previous_sid in first["contexts"]
 
 
+@pytest.mark.parametrize("shape", ["string", "list"])
+async def test_an_event_not_an_object_after_a_rotation_keeps_no_retired_id(
+    make_client: Any, cfg: Config, clock: Clock, shape: str
+) -> None:
+    # An event that is not an object (double-encoded as a JSON string, or wrapped in a list: tracker
+    # bugs) was kept whole in its bad row, the old ids in it, beside the forgotten row of the request.
+    b = await rotated_keeping_its_ids(make_client, cfg, clock, later=60)
+    refused = b.event("pv", "/refused")
+    odd: Any = orjson.dumps(refused).decode() if shape == "string" else [refused]
+    good = b.event("pv", "/x")
+    envelope = {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": [good, odd]}
+    headers = {"User-Agent": L.UA, "Cookie": f"sp={b.cookie}", "Content-Type": "application/json"}
+    resp = await b.client.post("/com.snowplowanalytics.snowplow/tp2", data=orjson.dumps(envelope), headers=headers)
+    assert resp.status == 200, await resp.text()
+    [stored] = rows(cfg.db, "select domain_userid from events where event_id = ?", (good["eid"],))
+    assert stored["domain_userid"] is None  # the good row forgotten
+    [br] = rows(cfg.db, "select payload from bad_rows")
+    assert "refused" in br["payload"]  # the refused shape is kept
+    for value in (b.duid, b.sid, b.previous_sid):
+        assert value not in br["payload"], (value, br["payload"])
+    # the same check finds them where they are: the event as sent, the rows before the rotation
+    assert b.duid in orjson.dumps(odd).decode() and b.sid in orjson.dumps(odd).decode()
+    [first] = rows(cfg.db, "select domain_userid from events where event_id = ?", (b.sent["old"][0],))
+    assert first["domain_userid"] == b.duid
+
+
 @pytest.mark.parametrize("kind", ["cut", "too_many", "bad_schema", "bad_type"])
 async def test_a_body_refused_whole_after_a_rotation_keeps_no_retired_id(
     make_client: Any, cfg: Config, clock: Clock, kind: str
