@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import time
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -247,15 +246,6 @@ def _query_fields(query: str) -> tuple[tuple[int, str], ...]:
 
 # JSON's escape of U+0000: `\u0000` after an even number of backslashes (`\\u0000` is a backslash, then
 # the text `u0000`, which is kept as sent)
-_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
-
-
-def _without_nul_escape(text: str) -> str:
-    """orjson's JSON text with each U+0000 written as U+FFFD, as the stores can keep it, and as
-    identifiers.tracker_ids reads the parsed document's ids."""
-    return _NUL_ESCAPE.sub(r"\1\\ufffd", text)
-
-
 _cached_url_parts = lru_cache(maxsize=1024)(_url_parts)
 _cached_query_fields = lru_cache(maxsize=1024)(_query_fields)
 
@@ -398,12 +388,7 @@ def build_row(
             row[COL["se_value"]] = number
         else:  # SQLite would store NaN as NULL and inf as a REAL nobody can aggregate: keep the text
             other["se_va"] = params["se_va"]
-    (ue, ue_text), (co, co_text) = protocol.self_describing(params)
-    # base64 (cx, ue_px) hides an escaped U+0000 from the request's prefilter: see protocol.without_nul
-    if co_text is not None and "\\u0000" in co_text:
-        co_text = _without_nul_escape(co_text)
-    if ue_text is not None and "\\u0000" in ue_text:
-        ue_text = _without_nul_escape(ue_text)
+    (ue, ue_text), (co, co_text) = protocol.self_describing(params)  # U+0000 in them as U+FFFD
     anonymize = False
     if ue_text is not None:
         vendor, name, fmt, version = protocol.schema_parts(ue)

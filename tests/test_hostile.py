@@ -376,6 +376,80 @@ async def test_a_nul_in_one_event_costs_neither_that_event_nor_its_batch(client:
     assert rows(cfg.db, "select page_title from events where event_id = 'get-nul'")[0][0] == "x\ufffdy"
 
 
+UE = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0"
+
+
+def _ue(schema_text: str) -> str:
+    """A self-describing event's JSON text whose inner schema is `schema_text` as written in JSON."""
+    return f'{{"schema":"{UE}","data":{{"schema":"{schema_text}","data":{{"n":1}}}}}}'
+
+
+async def test_a_nul_in_the_events_schema_costs_neither_its_event_nor_its_batch(
+    client: Any, cfg: Config
+) -> None:
+    # The row's JSON text was cleaned of `\u0000`, but the event's vendor, name, format and version
+    # came from the parsed document, which still held U+0000: PostgreSQL refused the request (400
+    # `unstorable`, the batch with it), SQLite stored the raw NUL.
+    odd = ev("ue", eid="odd", ue_pr=_ue("iglu:com.acme\\u0000/clicked\\u0000/jsonschema/1-0-0\\u0000"))
+    resp = await client.post(TP2, json=batch(ev(eid="good"), odd))
+    assert resp.status == 200, await resp.text()
+    got = {
+        r[0]: r[1:]
+        for r in rows(
+            cfg.db, "select event_id, event_vendor, event_name, event_version, unstruct_event from events"
+        )
+    }
+    assert sorted(got) == ["good", "odd"]
+    assert got["odd"][:3] == ("com.acme\ufffd", "clicked\ufffd", "1-0-0\ufffd")
+    assert (
+        orjson.loads(got["odd"][3])["data"]["schema"]
+        == "iglu:com.acme\ufffd/clicked\ufffd/jsonschema/1-0-0\ufffd"
+    )
+    # and in base64, which the request's prefilter cannot see
+    ue_px = base64.urlsafe_b64encode(_ue("iglu:com.acme/tapped\\u0000/jsonschema/1-0-0").encode()).decode()
+    assert (await client.get("/i", params=ev("ue", eid="px", ue_px=ue_px.rstrip("=")))).status == 200
+    assert rows(cfg.db, "select event_name from events where event_id = 'px'")[0][0] == "tapped\ufffd"
+
+
+async def test_a_lone_surrogate_escape_costs_neither_its_event_nor_its_batch(
+    client: Any, cfg: Config
+) -> None:
+    # JSON.stringify writes a lone surrogate (a title cut inside an emoji) as its escape, `\ud83c`,
+    # valid JSON; orjson refuses it, and the whole batch was answered 400 (a tracker drops it). It is
+    # kept as U+FFFD, as bytes that are not UTF-8 are; a pair is one character, and an escaped
+    # backslash before `u` no escape at all.
+    def event(eid: str, title: str) -> str:
+        return orjson.dumps(ev(eid=eid, page="@")).decode().replace("@", title)
+
+    titles = {
+        "high": ("Sale \\ud83c", "Sale \ufffd"),
+        "low": ("x\\udc00y", "x\ufffdy"),
+        "two-high": ("\\ud83c\\ud83c!", "\ufffd\ufffd!"),
+        "pair": ("\\ud83c\\udf89 \\ud83c", "\U0001f389 \ufffd"),
+        "escaped": ("\\\\ud83c \\udc01", "\\ud83c \ufffd"),
+    }
+    events = [event("good", "fine"), *(event(k, sent) for k, (sent, _) in titles.items())]
+    body = f'{{"schema":"{SCHEMA}","data":[{",".join(events)}]}}'.encode()
+    resp = await client.post(TP2, data=body, headers={"Content-Type": "application/json; charset=UTF-8"})
+    assert resp.status == 200, await resp.text()
+    got = dict(rows(cfg.db, "select event_id, page_title from events"))
+    assert got == {"good": "fine", **{k: kept for k, (_, kept) in titles.items()}}, got
+    # inside a JSON param too (co, and base64 cx), where only its event was refused
+    co = (
+        '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0",'
+        '"data":[{"schema":"iglu:com.acme/x/jsonschema/1-0-0","data":{"note":"c\\ud800d"}}]}'
+    )
+    cx = base64.urlsafe_b64encode(co.encode()).decode().rstrip("=")
+    assert (await client.get("/i", params=ev(eid="co", co=co))).status == 200
+    assert (await client.get("/i", params=ev(eid="cx", cx=cx))).status == 200
+    for eid in ("co", "cx"):
+        [ctx] = rows(cfg.db, "select contexts from events where event_id = ?", (eid,))
+        assert orjson.loads(ctx[0])["data"][0]["data"] == {"note": "c\ufffdd"}
+    # the control: a body that is not JSON for another reason is still refused
+    resp = await client.post(TP2, data=body[:-1], headers={"Content-Type": "application/json"})
+    assert resp.status == 400 and (await resp.json())["error"]["reason"] == "bad_json"
+
+
 async def test_a_body_declared_past_any_integer_column_keeps_its_bad_row(cfg: Config) -> None:
     # the 413 is answered before the body is read, from the declared length; its bad row records the
     # size, which a 32-bit column (PostgreSQL's bad_rows.size) must hold, or the record is lost

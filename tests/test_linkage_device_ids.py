@@ -300,9 +300,14 @@ async def test_an_event_not_an_object_after_a_rotation_keeps_no_retired_id(
     refused = b.event("pv", "/refused")
     odd: Any = orjson.dumps(refused).decode() if shape == "string" else [refused]
     good = b.event("pv", "/x")
-    envelope = {"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4", "data": [good, odd]}
+    envelope = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [good, odd],
+    }
     headers = {"User-Agent": L.UA, "Cookie": f"sp={b.cookie}", "Content-Type": "application/json"}
-    resp = await b.client.post("/com.snowplowanalytics.snowplow/tp2", data=orjson.dumps(envelope), headers=headers)
+    resp = await b.client.post(
+        "/com.snowplowanalytics.snowplow/tp2", data=orjson.dumps(envelope), headers=headers
+    )
     assert resp.status == 200, await resp.text()
     [stored] = rows(cfg.db, "select domain_userid from events where event_id = ?", (good["eid"],))
     assert stored["domain_userid"] is None  # the good row forgotten
