@@ -64,7 +64,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception as exc:  # a bug: logged by type and traceback only, never with request data
         log.error(
             "internal error on %s %s: %s",
-            request.method,
+            logs.method_of(request.method),
             _route(request, st),
             type(exc).__name__,
             exc_info=st.cfg.log_level == "debug",

@@ -43,11 +43,20 @@ class Secret(str):
         return "'***'" if self else "''"
 
 
+_URL_PASSWORDS = (
+    (re.compile(r"(//[^:/@]*:)[^@]*@"), r"\1***@"),  # user:password@
+    (re.compile(r"([?&][a-z]*password=)[^&#]*", re.IGNORECASE), r"\1***"),  # libpq's password, sslpassword
+)
+
+
 class DatabaseUrl(str):
-    """A `postgresql://` URL whose repr hides the password."""
+    """A `postgresql://` URL whose repr hides the passwords: after the user, and as query params."""
 
     def __repr__(self) -> str:
-        return repr(re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", str(self)))
+        shown = str(self)
+        for pattern, hidden in _URL_PASSWORDS:
+            shown = pattern.sub(hidden, shown)
+        return repr(shown)
 
 
 def _db(raw: str) -> Path | DatabaseUrl:

@@ -205,6 +205,16 @@ def setup(fmt: str, level: str) -> None:
     threading.Thread(target=flush_forever, name="log-flush", daemon=True).start()
 
 
+# The methods a line names; any other is OTHER. aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS, or
+# a platform without its C parser) takes any token as a method, up to the 64 KiB request line.
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"))
+
+
+def method_of(method: str) -> str:
+    """The request's method as a log line may name it: the client chooses it."""
+    return method if method in METHODS else "OTHER"
+
+
 def access(method: str, route: str, status: int, ms: float, events: int) -> None:
     """The one line per request (its args are the ACCESS_FIELDS, in order: no `extra` dict to merge)."""
-    ACCESS.info("%s %s %d %.1fms events=%d", method, route, status, ms, events)
+    ACCESS.info("%s %s %d %.1fms events=%d", method_of(method), route, status, ms, events)

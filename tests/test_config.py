@@ -40,6 +40,24 @@ def test_env_and_flags() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://collector:pw-SECRET-1@db/events",
+        "postgresql://collector@db/events?password=pw-SECRET-1",  # libpq's (and asyncpg's) other form
+        "postgresql://collector@db/events?sslmode=require&PASSWORD=pw-SECRET-1&application_name=x",
+        "postgres://collector@db/events?sslpassword=pw-SECRET-1",  # the client key's passphrase
+        "postgresql://collector:pw-SECRET-1@h1:5432,h2/events?password=pw-SECRET-1#f",
+    ],
+)
+def test_the_start_up_line_hides_every_password_of_the_db_url(url: str) -> None:
+    cfg = load_config({"COLLECTOR_DB": url, "COLLECTOR_COOKIE_SECRET": "x"})
+    line = f"configuration: {cfg.redacted()}"  # what __main__ logs at start-up
+    assert "pw-SECRET-1" not in line and "***" in line, line
+    assert "pw-SECRET-1" in str(cfg.db)  # the control: the value itself is whole
+    assert "collector" in line and "events" in line  # and the rest is shown
+
+
+@pytest.mark.parametrize(
     ("env", "named"),
     [
         ({"COLLECTOR_PORT": "eighty"}, "COLLECTOR_PORT='eighty'"),

@@ -6,8 +6,11 @@ import asyncio
 import io
 import logging
 import random
+import socket
 import sqlite3
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from collector import logs
 from collector.config import Config, Secret
 from tests.conftest import TP2, batch, ev
+from tests.procs import Collector
 
 ANON_UE = orjson.dumps(
     {
@@ -219,3 +223,22 @@ def test_chunks_keep_lines_whole_and_count_bytes() -> None:
     lines = ["a" * 10 + "\n", "é" * 10 + "\n", "b" * 50 + "\n", "c" * 3 + "\n"]
     assert logs.chunks(lines, 32) == [lines[0] + lines[1], lines[2], lines[3]]  # é is 2 bytes
     assert "".join(logs.chunks(lines * 50, 100)) == "".join(lines * 50)
+
+
+def test_a_method_the_client_made_up_never_reaches_the_log(tmp_path: Path) -> None:
+    # With aiohttp's pure-Python parser (AIOHTTP_NO_EXTENSIONS=1, or a platform its C parser is not
+    # built for) any token is a method, up to the 64 KiB request line: it was logged as sent.
+    made_up = "ALICE.SMITH-7F3E9A1C-DEVICE-42"
+    c = Collector(tmp_path / "events.db", env={"AIOHTTP_NO_EXTENSIONS": "1", "COLLECTOR_LOG_FORMAT": "json"})
+    with c:
+        for method in (made_up, "GET"):
+            head = "Host: x\r\nSP-Anonymous: *\r\nConnection: close\r\n"
+            request = f"{method} /i?e=pv&p=web&tv=t HTTP/1.1\r\n{head}\r\n"
+            with socket.create_connection((c.host, c.port), timeout=5) as s:
+                s.sendall(request.encode())
+                answer = s.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 405" if method == made_up else b"HTTP/1.1 200"), answer
+        time.sleep(3 * logs.FLUSH_SECONDS)  # the buffered lines written
+    lines = [orjson.loads(line) for line in c.log.read_text().splitlines() if '"collector.access"' in line]
+    assert made_up.lower() not in c.log.read_text().lower()
+    assert [line["method"] for line in lines][-2:] == ["OTHER", "GET"]  # the control: a known one is logged
