@@ -153,8 +153,8 @@ async def write(conn: Conn, w: Writes, placeholders: set[str]) -> None:
     if w.states:
         rows = [state_row(d, st) for d, st in sorted(w.states.items())]
         await conn.execute(UPSERT_STATE, *_columns(rows, len(STATE_COLUMNS)))
-    if w.retired:
-        await conn.execute(INSERT_RETIRED, w.retired, w.retired_until)
+    if w.retired:  # in one order, as the claims: replicas retiring shared ids wait, never deadlock
+        await conn.execute(INSERT_RETIRED, sorted(w.retired), w.retired_until)
     unused = sorted(placeholders - w.states.keys())
     if unused:
         await conn.execute(DROP_PLACEHOLDERS, unused)

@@ -21,7 +21,9 @@ import pytest
 
 from collector.config import Config
 from collector.handlers import STATE
+from storage import pg_io
 from storage.base import RejectedData, Submission
+from storage.group import Writes
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
 from tests.conftest import TP2, batch, ev, event_row, rows
@@ -540,6 +542,28 @@ async def test_a_start_without_this_months_partition_waits_for_it(cfg: Config) -
     finally:
         await reader.close()
         await second.close()
+
+
+async def test_two_writers_retiring_shared_ids_wait_for_each_other_and_never_deadlock(cfg: Config) -> None:
+    # Two replicas rotating different devices that sent the same ids (a shared fingerprint) insert
+    # them into retired_ids; in different orders each could hold the row the other waits for.
+    store = PostgresStore(str(cfg.db), SessionRules(1_800_000))
+    await store.start()  # migrates
+    await store.close()
+    values = [f"shared-tracker-id-{i:05d}" for i in range(4000)]
+    conns = [await asyncpg.connect(str(cfg.db)) for _ in range(2)]
+
+    async def retire(conn: asyncpg.Connection, order: list[str]) -> None:
+        async with conn.transaction():
+            await pg_io.write(conn, Writes(retired=order, retired_until="2999-12"), set())
+
+    try:
+        for _ in range(3):
+            await asyncio.gather(retire(conns[0], values), retire(conns[1], values[::-1]))
+    finally:
+        for conn in conns:
+            await conn.close()
+    assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == len(values)
 
 
 async def _execute(url: str, sql: str) -> None:
