@@ -1150,13 +1150,16 @@ def row_tracker_ids(values: Iterable[Any]) -> set[str]:
     return {v for v in found if v.__class__ is str and v and len(v) <= TRACKER_ID_MAX}
 
 
-def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds:
-    """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps.
+def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds | None:
+    """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps,
+    or None when the row is the old identity's.
 
     When the only retired ones are the device's own (an IDFV, an ad id, `mac`: they outlive any
     rotation, so every later row of the device carries them), only those go: the tracker's new ids
-    are its own. Otherwise the tracker kept ids from before the rotation, and the row loses the
-    tracker's whole identity (`forget_tracker`).
+    are its own. Otherwise the tracker kept ids from before the rotation: an event made before it and
+    sent after (a tab's queue, an offline app's), or a tracker whose app forgot `clearUserData()`. The
+    row loses the tracker's whole identity (`forget_tracker`), and None says that it is the old
+    identity's event, which the new device must not hold (storage.group).
     """
     hit = retired.intersection(ids.every)
     device = device_ids(row) if hit else set()
@@ -1171,7 +1174,7 @@ def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds:
         return ids.without(device)
     forget_tracker(row)
     cut_everywhere(row, cuttable((*ids.every, *device)))
-    return NO_TRACKER_IDS
+    return None
 
 
 # A tracker id shorter than this is common text (a `vid`, a short fingerprint): it goes from the fields

@@ -26,7 +26,7 @@ from storage.base import (
     BadRow,
     Submission,
 )
-from storage.sessions import DeviceState, SessionRules, assign, remember, retire
+from storage.sessions import DeviceState, SessionRules, assign, remember, remembered, retire
 
 # What makes two events one (dedupe): the event id and the time the device created the event.
 # A tracker's retry resends the event as it was (the same eid and dtm; only stm changes), so retries
@@ -67,7 +67,7 @@ class Writes:
     events: list[list[Any]] = field(default_factory=list)
     bad_rows: list[BadRow] = field(default_factory=list)
     states: dict[str, DeviceState] = field(default_factory=dict)  # upserted
-    retired: list[str] = field(default_factory=list)  # inserted, or their expiry extended
+    retired: list[str] = field(default_factory=list)  # inserted, or their expiry extended (still sent)
     retired_until: str = ""  # the month after which the newly retired ids may go (YYYY-MM)
 
 
@@ -95,6 +95,7 @@ def decide(
                 out.retired.append(value)
 
     results = []
+    renewed: set[str] = set()
     for sub in subs:
         res = AppendResult()
         out.bad_rows.extend(sub.bad_rows)
@@ -112,13 +113,23 @@ def decide(
         for i, original in enumerate(sub.rows):
             row = original.copy()  # a retried transaction decides again from the same submissions
             ids = sub.tracker_ids[i] if sub.tracker_ids else identifiers.NO_TRACKER_IDS
+            old_tracker = False
             if retired and not retired.isdisjoint(ids.every):
-                ids = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
+                # still sent: a tracker renews its own cookie with each event, so the id is retired
+                # for as long again (the store keeps the later expiry)
+                renewed.update(retired.intersection(ids.every))
+                kept = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
+                old_tracker, ids = kept is None, kept or identifiers.NO_TRACKER_IDS
             device = row[NETWORK_USERID]
             if device is not None:
                 if device not in moved and (st := states.get(device)) is not None and st.closed:
                     moved[device] = None
                 device = row[NETWORK_USERID] = moved.get(device, device)
+            if old_tracker and device is not None and (st := states.get(device)) and remembered(st):
+                # The tracker's ids from before a rotation, on a device whose tracker has ids of its
+                # own since: an event the old identity made and sent late (a tab's queue, an offline
+                # app's) with the new cookie. Kept without a device, as the old cookie's events are.
+                device = row[NETWORK_USERID] = None
             key = dedupe_key(row)
             if key in seen:
                 res.duplicates += 1
@@ -153,4 +164,5 @@ def decide(
             res.device_id = moved.get(sub.device_id, sub.device_id)
             res.retired_device = res.device_id is None
         results.append(res)
+    out.retired.extend(renewed.difference(out.retired))
     return out, results

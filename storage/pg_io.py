@@ -106,7 +106,8 @@ CLAIM_IDS = (
 RETIRED = "SELECT value FROM retired_ids WHERE value = ANY($1::text[])"
 INSERT_RETIRED = (
     "INSERT INTO retired_ids (value, expires) SELECT unnest($1::text[]), $2 "
-    "ON CONFLICT (value) DO UPDATE SET expires = greatest(retired_ids.expires, excluded.expires)"
+    "ON CONFLICT (value) DO UPDATE SET expires = excluded.expires "
+    "WHERE excluded.expires > retired_ids.expires"
 )
 DROP_PLACEHOLDERS = "DELETE FROM device_state WHERE device_id = ANY($1::text[]) AND session_index = 0"
 # Data PostgreSQL refuses (SQLSTATE class 22: a NUL byte in text or jsonb, a number out of range):

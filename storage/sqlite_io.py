@@ -21,7 +21,7 @@ UPSERT_STATE = (
 )
 INSERT_RETIRED = (
     "INSERT INTO retired_ids (value, expires) VALUES (?, ?) "
-    "ON CONFLICT (value) DO UPDATE SET expires = max(expires, excluded.expires)"
+    "ON CONFLICT (value) DO UPDATE SET expires = excluded.expires WHERE excluded.expires > expires"
 )
 # Errors of the data a request carried (text that is not UTF-8, a number SQLite cannot hold, a value
 # over its length limit): that request's fault, answered 400. Anything else is the store's: 503.

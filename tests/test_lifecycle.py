@@ -360,7 +360,7 @@ async def test_a_retired_tracker_id_is_refused_while_a_tracker_could_send_it(
     make_client: Any, cfg: Config, clock: Clock
 ) -> None:
     client = await make_client(cfg.replace(retired_days=365))
-    start = clock.t = clock.t - 420 * DAY  # no month later than the database's own goes by
+    start = clock.t = clock.t - 620 * DAY  # no month later than the database's own goes by
     b = Browser(client)
     await b.send(ev(eid="a", duid="duid-RET"))
     await b.send(ev("ue", eid="anon", duid="duid-RET", ue_pr=ANON_UE))
@@ -368,7 +368,13 @@ async def test_a_retired_tracker_id_is_refused_while_a_tracker_could_send_it(
     await lifecycle(client, clock, 0)
     await Browser(client).send(ev(eid="later", duid="duid-RET"))
     assert rows(cfg.db, "select domain_userid from events where event_id = 'later'")[0][0] is None
-    clock.t = start + 420 * DAY  # past what a tracker's own cookie can live: forgotten
+    # A tracker renews its own cookie with every event it sends (the browser tracker's `_sp_id`
+    # lasts two years from the last): retirement was dated from the rotation, and an app that forgot
+    # clearUserData() got its old duid stored again, beside the old device's rows that hold it.
+    clock.t = start + 420 * DAY  # 365 days after the rotation, 220 after it was last sent
+    assert (await lifecycle(client, clock, 0)).retired == 0
+    assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == 1
+    clock.t = start + 600 * DAY  # past what a tracker's cookie set at its last send can live: forgotten
     assert (await lifecycle(client, clock, 0)).retired == 1
     assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == 0
 

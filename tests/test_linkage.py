@@ -429,3 +429,40 @@ async def test_opt_out_check_finds_the_links_when_the_header_is_not_sent(
         assert device in pair and "events.network_userid" in pair[device][1]
         assert "events.contexts[client_session].userId" in pair[b.duid][1]
         assert "events.contexts[client_session].sessionId" in pair[b.sid][1]
+
+
+async def test_an_event_made_before_the_rotation_and_sent_after_it_links_nothing(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # Two tabs (or a mobile emitter sending in parallel) share the cookie. Tab 1 makes an event as
+    # alice before the logout and cannot send it yet (offline, a 503, its queue in localStorage); tab 2
+    # logs out (the anonymize event rotates the device, the tracker clears its ids) and bob logs in.
+    # Tab 1's queue then goes out with the browser's cookie, the new device's: the event's tracker ids
+    # were forgotten, but it was stored on the new device, alice's id with it.
+    b = Browser(await make_client(cfg), clock, ("alice", "bob"), vid=23)
+    await a_login(b)
+    clock.t += 5
+    queued = b.event("pv", "/queued")  # made as alice, with the old ids
+    clock.t += 5
+    old = b.device
+    await a_anonymize(b)
+    b.duid, b.sid, b.previous_sid = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())  # clearUserData
+    b.vid, b.event_index, b.first_eid, b.first_timestamp = 1, 0, None, None
+    clock.t += 5
+    await a_other_user(b)
+    new = b.device
+    assert new not in (old, None)
+    clock.t += 5
+    await b.send(queued)
+    by_device = {
+        d: {r[0] for r in rows(cfg.db, "select user_id from events where network_userid = ?", (d,))}
+        for d in (old, new)
+    }
+    assert by_device == {old: {"alice"}, new: {"bob"}}, by_device
+    [late] = rows(
+        cfg.db,
+        "select network_userid, user_id, domain_userid from events where event_id = ?",
+        (queued["eid"],),
+    )
+    assert tuple(late) == (None, "alice", None)  # the old identity's, kept without a device
+    assert rows(cfg.db, "select devices from users where user_id = 'alice'")[0][0] == 1
