@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
+import json
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,6 +30,7 @@ from aiohttp.test_utils import TestClient
 from datasette.app import Datasette
 
 from collector import browse
+from collector.browse import serve
 from collector.config import Config
 from tests.conftest import TP2, Clock, batch, ev
 
@@ -139,10 +142,15 @@ def test_refusals(tmp_path: Path) -> None:
 
 def test_command_is_read_only_mode_and_loopback_host(tmp_path: Path) -> None:
     cmd = browse.command(tmp_path / "events.db", "127.0.0.1", 8081, tmp_path / "m.json")
-    assert cmd[1:4] == ["-m", "datasette", "serve"] and str(tmp_path / "events.db") in cmd
-    assert not {"-i", "--immutable", "--nolock", "--crossdb"} & set(cmd)
-    settings = {cmd[i + 1]: cmd[i + 2] for i, a in enumerate(cmd) if a == "--setting"}
-    assert settings["allow_download"] == "off" and settings["sql_time_limit_ms"] == "10000"
+    assert cmd[1:3] == ["-m", "collector.browse.serve"] and str(tmp_path / "events.db") in cmd
+    assert "127.0.0.1" in cmd
+    meta = tmp_path / "m.json"
+    meta.write_text(json.dumps(browse.metadata("events", protected=False)))
+    sqlite3.connect(tmp_path / "events.db").close()
+    ds = serve.datasette(tmp_path / "events.db", meta)
+    db = ds.get_database("events")
+    assert db.is_mutable and not ds.immutables and not ds.crossdb  # read live, opened read-only
+    assert ds.setting("allow_download") is False and ds.setting("sql_time_limit_ms") == 10000
 
 
 def test_metadata_renamed_and_protected() -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from datasette_auth_passwords.utils import hash_password
 
 from tests.browse_support import Browse
+from tests.conftest import ev
 from tests.procs import ROOT, Collector, free_port
 from tests.wal_growth import Writer
 
@@ -130,3 +131,20 @@ def test_with_a_password_hash_only_the_logged_in_analyst_reads(tmp_path: Path) -
             assert exc.code == 403
         login("s3cret-analyst")
         assert get_json(url, opener)[0]["events"] == 1
+
+
+def test_browse_logs_no_url_an_analyst_opens(tmp_path: Path) -> None:
+    # `datasette serve` left uvicorn's access log on: every URL an analyst opened (a table filtered by
+    # a user id), and the analyst's address, went to the log, where they outlive an erasure.
+    db = tmp_path / "events.db"
+    uid = "alice-7f3e9a1c@example.com"
+    with Collector(db) as c:
+        urllib.request.urlopen(c.url + "/i?" + urllib.parse.urlencode({**ev(eid="x"), "uid": uid})).read()
+    with Browse(db) as b:
+        query = urllib.parse.urlencode({"user_id": uid})
+        with urllib.request.urlopen(f"{b.url}/events/events.json?{query}") as resp:
+            found = json.loads(resp.read())
+    assert uid in json.dumps(found)  # the control: the analyst did find the value
+    text = urllib.parse.unquote(b.log.read_text(errors="replace"))
+    assert uid not in text and "user_id" not in text, text[-2000:]
+    assert "browse: http://" in text  # the log itself was read: browse's own start line is there

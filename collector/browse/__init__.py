@@ -90,13 +90,9 @@ def metadata(db_name: str, protected: bool) -> dict[str, Any]:
 
 
 def command(db: Path, host: str, port: int, metadata_path: Path) -> list[str]:
-    """The Datasette command line: default (read-only) mode, never `-i`/`--immutable`."""
-    cmd = [sys.executable, "-m", "datasette", "serve", str(db)]
-    cmd += ["--host", host, "--port", str(port), "--metadata", str(metadata_path)]
-    for name, value in SETTINGS.items():
-        text = ("on" if value else "off") if isinstance(value, bool) else str(value)
-        cmd += ["--setting", name, text]
-    return cmd
+    """The Datasette process's command line (collector.browse.serve: `datasette serve` without the
+    access log; default, read-only mode, SETTINGS)."""
+    return [sys.executable, "-m", "collector.browse.serve", str(db), host, str(port), str(metadata_path)]
 
 
 def run(db: Path | str, host: str, port: int, password_hash: str) -> int:
