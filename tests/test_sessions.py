@@ -268,3 +268,21 @@ def test_an_older_replicas_tracker_ids_are_all_kept_as_lasting() -> None:
     _, read = state_of(row)
     assert read.tracker_ids == ("landed", "new-view", "tab", "view")
     assert read.link_ids == ("landed",) and read.brief_ids == ("view",)
+
+
+async def test_a_refused_opt_out_leaves_the_device_for_the_next_accepted_one(
+    client: Any, cfg: Config
+) -> None:
+    # A refused request changes nothing of the device (promise 4): no retirement, and no expired
+    # cookie either, since the tracker's ids would then go on, unretired, under the next device.
+    b = Browser(client)
+    await b.send(ev(eid="named", duid="duid-R", sid="sid-R"))
+    headers = {"Cookie": f"sp={b.cookie}", "SP-Anonymous": "*", "Content-Type": "application/json"}
+    refused = await client.post(TP2, data=b'{"schema": "x", "data": [', headers=headers)
+    assert refused.status == 400 and "Set-Cookie" not in refused.headers
+    assert rows(cfg.db, "select closed from device_state")[0][0] == 0
+    assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == 0
+    accepted = await client.post(TP2, json=batch(ev(eid="anon", sid="sid-R")), headers=headers)
+    assert accepted.status == 200 and accepted.headers["Set-Cookie"].startswith("sp=; Max-Age=0")
+    assert rows(cfg.db, "select closed from device_state")[0][0] == 1
+    assert {"duid-R", "sid-R"} <= {r[0] for r in rows(cfg.db, "select value from retired_ids")}
