@@ -127,6 +127,12 @@ ENTITY_RULES: dict[str, EntityRule] = {
         tracker=("id",), brief=frozenset({"id"}), forget=True
     ),
     "com.snowplowanalytics.mobile/screen": EntityRule(tracker=("id",), brief=frozenset({"id"}), forget=True),
+    # The media plugin's playback (the id the app gives its media tracking): kept under SP-Anonymous
+    # as the page view's is (a playback's pings belong to it); a video playing on across a logout
+    # sends the same one on both sides of the rotation.
+    "com.snowplowanalytics.snowplow.media/session": EntityRule(
+        tracker=("mediaSessionId",), brief=frozenset({"mediaSessionId"}), forget=True
+    ),
     # The mobile trackers' screen view event names its screen and the one before it: after a rotation
     # the next screen view's previousId is the old device's last screen. As the self-describing event
     # (not an entity) it is not dropped from a row that is forgotten; these two fields are.

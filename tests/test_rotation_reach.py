@@ -30,6 +30,7 @@ WEB_PAGE = "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0"
 BROWSER = "iglu:com.snowplowanalytics.snowplow/browser_context/jsonschema/2-0-0"
 MOBILE = D.MOBILE
 WRAPPER = "iglu:com.acme/device_report/jsonschema/1-0-0"
+MEDIA_SESSION = "iglu:com.snowplowanalytics.snowplow.media/session/jsonschema/1-0-0"
 
 
 def new_id() -> str:
@@ -62,6 +63,8 @@ class App(D.Device):
     page: str = field(default_factory=new_id)
     nested: bool = False  # the mobile context only inside the app's own entity
     link: str = field(default_factory=new_id)  # the duid of a cross-domain link the visit lands through
+    media: bool = False  # a video playing on: the media plugin's session entity on every event
+    playback: str = field(default_factory=new_id)
 
     def event(self, e: str, path: str, **params: str) -> dict[str, str]:
         out = super().event(e, path, **params)
@@ -73,6 +76,9 @@ class App(D.Device):
                 {"schema": WEB_PAGE, "data": {"id": self.page}},
                 {"schema": BROWSER, "data": {"tabId": self.tab, "viewport": "1280x720"}},
             )
+        if self.media:
+            session = {"mediaSessionId": self.playback, "startedAt": "2027-01-15T08:00:00.000Z"}
+            add_entities(out, {"schema": MEDIA_SESSION, "data": session})
         if self.nested:
             mobile = {"osType": "ios", "osVersion": "17", "deviceModel": "iPhone", "appleIdfv": self.idfv}
             report = {"battery": 80, "context": {"schema": MOBILE, "data": mobile}}
@@ -152,6 +158,25 @@ async def test_a_screen_views_previous_id_leaves_no_link(
     assert found == {}, L.report(found)
     assert stored_after(cfg.db, b, last) == {}
     assert "screen_view" in first_after["unstruct_event"]  # still a screen view
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+async def test_a_playback_across_the_rotation_leaves_no_link(
+    make_client: Any, cfg: Config, clock: Clock, rotate: bool
+) -> None:
+    # the media plugin's session entity names the playback (its mediaSessionId, the app's id for
+    # it): a video playing on across the logout sent the same one before and after the rotation
+    b, found = await run(make_client, cfg, clock, rotate, D.FLOW, media=True)
+    if not rotate:  # the control: the same checks find it
+        assert b.playback in found["old/new"], L.report(found)
+        assert stored_after(cfg.db, b, b.playback)
+        return
+    assert found == {}, L.report(found)
+    assert stored_after(cfg.db, b, b.playback) == {}
+    marks = ",".join("?" * len(b.sent["new"]))
+    after = rows(cfg.db, f"select network_userid from events where event_id in ({marks})", b.sent["new"])
+    assert len(after) == len(b.sent["new"]) and after[0][0] is not None  # stored, on the new device
+    assert len({r[0] for r in after}) == 1
 
 
 async def test_a_refused_screen_view_keeps_no_previous_id(
