@@ -58,6 +58,7 @@ class Found:
     seen: set[DedupeKey]
     retired: set[str]
     states: dict[str, DeviceState]
+    expires: dict[str, str] = field(default_factory=dict)  # each retired value's month (YYYY-MM)
 
 
 @dataclass(slots=True)
@@ -96,6 +97,7 @@ def decide(
 
     results = []
     renewed: set[str] = set()
+    expires, until = found.expires, out.retired_until
     for sub in subs:
         res = AppendResult()
         out.bad_rows.extend(sub.bad_rows)
@@ -116,8 +118,8 @@ def decide(
             old_tracker = False
             if retired and not retired.isdisjoint(ids.every):
                 # still sent: a tracker renews its own cookie with each event, so the id is retired
-                # for as long again (the store keeps the later expiry)
-                renewed.update(retired.intersection(ids.every))
+                # for as long again (written when its month moves: no write, no row lock, otherwise)
+                renewed.update(v for v in retired.intersection(ids.every) if expires.get(v, "") < until)
                 kept = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
                 old_tracker, ids = kept is None, kept or identifiers.NO_TRACKER_IDS
             device = row[NETWORK_USERID]

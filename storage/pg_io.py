@@ -103,7 +103,7 @@ CLAIM_IDS = (
     "SELECT c, i, to_timestamp($3::float8 / 1000) FROM unnest($1::text[], $2::text[]) AS k (c, i) "
     "ON CONFLICT DO NOTHING RETURNING created, event_id"
 )
-RETIRED = "SELECT value FROM retired_ids WHERE value = ANY($1::text[])"
+RETIRED = "SELECT value, expires FROM retired_ids WHERE value = ANY($1::text[])"
 INSERT_RETIRED = (
     "INSERT INTO retired_ids (value, expires) SELECT unnest($1::text[]), $2 "
     "ON CONFLICT (value) DO UPDATE SET expires = excluded.expires "
@@ -141,8 +141,10 @@ async def look_up(conn: Conn, want: Wanted, opted_out: set[str], now_ms: int) ->
     keys = sorted(want.events)
     claimed = await conn.fetch(CLAIM_IDS, [k[0] for k in keys], [k[1] for k in keys], now_ms) if keys else []
     fresh = {(r[0], r[1]) for r in claimed}
-    retired = {r[0] for r in await conn.fetch(RETIRED, list(want.tracker_ids))} if want.tracker_ids else set()
-    return Found(want.events - fresh, retired, states), placeholders
+    expires = (
+        {r[0]: r[1] for r in await conn.fetch(RETIRED, list(want.tracker_ids))} if want.tracker_ids else {}
+    )
+    return Found(want.events - fresh, set(expires), states, expires), placeholders
 
 
 async def write(conn: Conn, w: Writes, placeholders: set[str]) -> None:

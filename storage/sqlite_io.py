@@ -60,11 +60,11 @@ def seen_keys(conn: sqlite3.Connection, keys: Iterable[DedupeKey], chunk: int = 
 def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
     """Answer the group's lookups inside its transaction, so that every process agrees."""
     seen = seen_keys(conn, want.events)
-    retired = {
-        r[0] for r in select_in(conn, "SELECT value FROM retired_ids WHERE value IN ({})", want.tracker_ids)
-    }
+    expires = dict(
+        select_in(conn, "SELECT value, expires FROM retired_ids WHERE value IN ({})", want.tracker_ids)
+    )
     states = dict(state_of(r) for r in select_in(conn, SELECT_STATE, want.devices))
-    return Found(seen, retired, states)
+    return Found(seen, set(expires), states, expires)
 
 
 # INSERTs naming only the columns a row fills, by the row's shape (which columns are not NULL).
