@@ -325,7 +325,8 @@ SETTINGS: tuple[Setting, ...] = (
         "retired_days",
         _int_range(1, 100 * 365),
         "730",
-        "Days a retired tracker id stays refused: as long as a tracker keeps its own cookie (2 years).",
+        "Days a retired tracker id stays refused after a request last sent it: as long as a tracker keeps "
+        "its own cookie (2 years).",
     ),
     Setting(
         "lifecycle_interval",
