@@ -1156,16 +1156,13 @@ def row_tracker_ids(values: Iterable[Any]) -> set[str]:
     return {v for v in found if v.__class__ is str and v and len(v) <= TRACKER_ID_MAX}
 
 
-def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds | None:
-    """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps,
-    or None when the row is the old identity's.
+def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds:
+    """A row carrying retired ids (`ids` are its tracker ids) loses them; returns the ids it keeps.
 
     When the only retired ones are the device's own (an IDFV, an ad id, `mac`: they outlive any
     rotation, so every later row of the device carries them), only those go: the tracker's new ids
-    are its own. Otherwise the tracker kept ids from before the rotation: an event made before it and
-    sent after (a tab's queue, an offline app's), or a tracker whose app forgot `clearUserData()`. The
-    row loses the tracker's whole identity (`forget_tracker`), and None says that it is the old
-    identity's event, which the new device must not hold (storage.group).
+    are its own. Otherwise the tracker kept ids from before the rotation, and the row loses the
+    tracker's whole identity (`forget_tracker`).
     """
     hit = retired.intersection(ids.every)
     device = device_ids(row) if hit else set()
@@ -1180,7 +1177,24 @@ def forget(row: list[Any], retired: set[str], ids: TrackerIds) -> TrackerIds | N
         return ids.without(device)
     forget_tracker(row)
     cut_everywhere(row, cuttable((*ids.every, *device)))
-    return None
+    return NO_TRACKER_IDS
+
+
+def cleared_ids(row: list[Any]) -> set[str]:
+    """The ids a tracker renews when the app clears its user data (`clearUserData()`, a mobile
+    tracker's new session): the duid and sid columns and the `client_session` entity's userId and
+    sessionId. A row that still carries a retired one, on a device whose tracker has ids of its own
+    since, is the old identity's: made before the rotation, sent after it (storage.group). The ids
+    that clearing keeps or carries over are no such evidence: the tab's id (sessionStorage), the
+    page or screen view's, the screen view's `previousId`, a link's duid."""
+    found = {v for v in (row[COL["domain_userid"]], row[COL["domain_sessionid"]]) if isinstance(v, str)}
+    text = row[COL["contexts"]]
+    if text is not None and "client_session" in text:
+        session = ENTITY_RULES[CLIENT_SESSION]
+        for rule, data in _ruled(orjson.loads(text)):
+            if rule is session:
+                found.update(v for f in ("userId", "sessionId") if isinstance(v := data.get(f), str))
+    return found
 
 
 # A tracker id shorter than this is common text (a `vid`, a short fingerprint): it goes from the fields

@@ -115,23 +115,26 @@ def decide(
         for i, original in enumerate(sub.rows):
             row = original.copy()  # a retried transaction decides again from the same submissions
             ids = sub.tracker_ids[i] if sub.tracker_ids else identifiers.NO_TRACKER_IDS
-            old_tracker = False
+            old_identity = False
             if retired and not retired.isdisjoint(ids.every):
                 # still sent: a tracker renews its own cookie with each event, so the id is retired
                 # for as long again (written when its month moves: no write, no row lock, otherwise)
                 renewed.update(v for v in retired.intersection(ids.every) if expires.get(v, "") < until)
-                kept = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
-                old_tracker, ids = kept is None, kept or identifiers.NO_TRACKER_IDS
+                old_identity = not retired.isdisjoint(identifiers.cleared_ids(row))
+                ids = identifiers.forget(row, retired, ids)  # ids from before a rotation: they go
             device = row[NETWORK_USERID]
             if device is not None:
                 if device not in moved and (st := states.get(device)) is not None and st.closed:
                     moved[device] = None
                 device = row[NETWORK_USERID] = moved.get(device, device)
-            if old_tracker and device is not None and (st := states.get(device)) and remembered(st):
-                # The tracker's ids from before a rotation, on a device whose tracker has ids of its
-                # own since: an event the old identity made and sent late (a tab's queue, an offline
-                # app's) with the new cookie. Kept without a device, as the old cookie's events are.
-                device = row[NETWORK_USERID] = None
+            late = None
+            if old_identity and device is not None and (st := states.get(device)) and remembered(st):
+                # The duid or sid from before a rotation, on a device whose tracker has ids of its own
+                # since (an app that forgot clearUserData() never has): an event the old identity made
+                # and sent late (a tab's queue, an offline app's) with the new cookie. Kept without a
+                # device, as the old cookie's events are.
+                late, device = device, None
+                row[NETWORK_USERID] = None
             key = dedupe_key(row)
             if key in seen:
                 res.duplicates += 1
@@ -141,16 +144,26 @@ def decide(
             res.stored += 1
             if device is None:
                 res.deviceless += original[NETWORK_USERID] is not None
-                continue
-            state = assign(
-                states.get(device), sub.now_ms, row[DOMAIN_SESSIONID], row[USER_ID], rules, row[DOMAIN_USERID]
-            )
-            remember(state, ids)
-            states[device] = out.states[device] = state
-            row[SESSION_ID], row[SESSION_INDEX] = state.session_id, state.session_index
-            if i not in sub.anonymize_at:
-                rotated.discard(device)  # a device with an event of its own may rotate (log out) again
-                continue
+                if late is None or i not in sub.anonymize_at:
+                    continue
+                # a logout still rotates the device it was sent from, though its event is kept apart
+                device, state = late, states[late]
+                out.states[late] = state
+            else:
+                state = assign(
+                    states.get(device),
+                    sub.now_ms,
+                    row[DOMAIN_SESSIONID],
+                    row[USER_ID],
+                    rules,
+                    row[DOMAIN_USERID],
+                )
+                remember(state, ids)
+                states[device] = out.states[device] = state
+                row[SESSION_ID], row[SESSION_INDEX] = state.session_id, state.session_index
+                if i not in sub.anonymize_at:
+                    rotated.discard(device)  # a device with an event of its own may rotate (log out) again
+                    continue
             if device in rotated:  # a second anonymize event with nothing between: nothing to rotate
                 res.ignored += 1
                 continue

@@ -341,3 +341,124 @@ async def test_an_idle_tabs_id_leaves_no_link(
         return
     assert found == {}, L.report(found)
     assert stored_after(cfg.db, b, tab) == {}
+
+
+# --- what a tracker keeps across clearUserData(): not evidence of the old identity -------------------
+
+
+async def test_a_tab_open_across_the_logout_keeps_the_new_users_device(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # clearUserData() keeps the tab's id (sessionStorage): the tab open before the logout sends its
+    # retired id for as long as it lives. Once bob's second tab had stored anything, that first tab's
+    # events (his own, after his login) were kept without a device, as if the old identity's.
+    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, pages=True)
+    first_tab = b.tab
+    b.phase, b.uid = "old", "alice"
+    await b.send(b.page_view("/"))
+    clock.t += 5
+    await D.clear_after_anonymize(b)
+    clock.t += 5
+    b.phase, b.uid = "new", "bob"
+    await b.send(b.page_view("/welcome"))  # bob logs in in the same tab
+    clock.t += 5
+    b.tab = new_id()
+    await b.send(b.page_view("/offers"))  # a second tab
+    clock.t += 5
+    b.tab = first_tab
+    await b.send(b.page_view("/product"), b.page_view("/basket"))
+    await b.send(b.event("se", "/basket", se_ca="shop", se_ac="add-to-basket"))
+    marks = ",".join("?" * len(b.sent["new"]))
+    got = dict(
+        rows(
+            cfg.db, f"select event_id, network_userid from events where event_id in ({marks})", b.sent["new"]
+        )
+    )
+    assert len(got) == len(b.sent["new"]) and None not in got.values(), got
+    assert len(set(got.values())) == 1
+    # the control: the tab id was retired, and stays out of every row after the rotation
+    assert first_tab in {r[0] for r in rows(cfg.db, "select value from retired_ids")}
+    assert stored_after(cfg.db, b, first_tab) == {}
+
+
+async def test_a_logout_in_a_tab_open_across_the_last_one_rotates_the_device(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # As above, then bob logs out in that first tab and carol logs in: his anonymize event, kept
+    # without a device, rotated nothing, and carol's events joined bob's device.
+    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, pages=True)
+    first_tab = b.tab
+    b.phase, b.uid = "old", "alice"
+    await b.send(b.page_view("/"))
+    clock.t += 5
+    await D.clear_after_anonymize(b)
+    clock.t += 5
+    b.phase, b.uid = "bob", "bob"
+    await b.send(b.page_view("/welcome"))
+    clock.t += 5
+    b.tab = new_id()
+    await b.send(b.page_view("/offers"))
+    clock.t += 5
+    b.tab = first_tab
+    await b.send(b.page_view("/product"))
+    clock.t += 5
+    await D.clear_after_anonymize(b)  # bob logs out in the first tab
+    clock.t += 5
+    b.phase, b.uid = "carol", "carol"
+    b.tab = new_id()
+    await b.send(b.page_view("/"))
+    assert b.marks["cookie after anonymize"] != b.marks["cookie before anonymize"]
+    by_device: dict[str, set[str]] = {}
+    for r in rows(cfg.db, "select network_userid, user_id from events where network_userid is not null"):
+        by_device.setdefault(r[0], set()).add(r[1])
+    assert sorted(sorted(u - {None}) for u in by_device.values()) == [["alice"], ["bob"], ["carol"]], (
+        by_device
+    )
+
+
+async def test_the_new_users_first_screen_view_sent_late_keeps_his_device(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # A mobile emitter sends in parallel and retries a failed batch later: the new user's first screen
+    # view (its previousId the last screen before the logout) came after his second, and was kept
+    # without a device.
+    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, screens=True)
+    b.phase, b.uid = "old", "alice"
+    await b.send(b.view("Home"))
+    await b.send(b.view("Basket"))
+    last = b.screen
+    clock.t += 5
+    await D.clear_after_anonymize(b)
+    clock.t += 5
+    b.phase, b.uid = "new", "bob"
+    first = b.view("Login")
+    clock.t += 1
+    second = b.view("Home")
+    await b.send(second)
+    await b.send(first)
+    got = {r[0]: r[1] for r in rows(cfg.db, "select event_id, network_userid from events")}
+    assert got[second["eid"]] is not None and got[first["eid"]] == got[second["eid"]], got
+    assert last is not None and stored_after(cfg.db, b, last) == {}  # its previousId still went
+
+
+async def test_a_late_logout_kept_apart_still_rotates_the_device(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # An anonymize event made before the rotation and sent after it (a second tab's queued logout) is
+    # the old identity's, kept without a device: it still rotates the device it came with.
+    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23)
+    b.phase, b.uid = "old", "alice"
+    await b.send(b.event("pv", "/"))
+    clock.t += 5
+    queued_logout = b.event("ue", "/account", ue_pr=L.ANON_UE)  # made as alice, not sent yet
+    await D.clear_after_anonymize(b)
+    clock.t += 5
+    b.phase, b.uid = "new", "bob"
+    await b.send(b.event("pv", "/welcome"))
+    bobs = b.device
+    clock.t += 5
+    await b.send(queued_logout)
+    assert b.device not in (None, bobs)  # rotated again
+    [late] = rows(cfg.db, "select network_userid from events where event_id = ?", (queued_logout["eid"],))
+    assert late[0] is None
+    assert rows(cfg.db, "select closed from device_state where device_id = ?", (bobs,))[0][0] == 1
