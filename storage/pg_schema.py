@@ -28,6 +28,8 @@ WRITER_GRANTS = (
     "GRANT INSERT ON events, bad_rows TO {role}",
     "GRANT USAGE ON SEQUENCE bad_rows_id_seq TO {role}",
     "GRANT SELECT, INSERT ON event_ids, retired_ids TO {role}",
+    # a retired id's upsert renews its expiry (ON CONFLICT DO UPDATE needs UPDATE, conflict or not)
+    "GRANT UPDATE (expires) ON retired_ids TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON device_state TO {role}",
     "GRANT SELECT, INSERT, UPDATE ON store_health TO {role}",
     "GRANT EXECUTE ON FUNCTION collector_ensure_partitions(integer) TO {role}",

@@ -29,6 +29,7 @@ from storage.sessions import SessionRules
 from tests.conftest import TP2, batch, ev, event_row, rows
 from tests.pg import PgServer, run_sync
 from tests.procs import ROOT, Collector
+from tests.test_sessions import ANON_UE
 
 STORES = ("postgres",)
 PASSWORDS = {"OWNER": "owner-pw", "WRITER": "writer-pw", "READER": "reader-pw"}
@@ -604,6 +605,36 @@ def test_the_writer_role_removes_nothing_the_recorded_retention_keeps(
     assert as_role(pg_server, roles_db, "collector_writer", everything) is None
     assert left() == [1, 1, 1]  # the control: what the recorded rule lets go goes
     assert [r[0] for r in rows(owner, "select event_id from events")] == ["acked"]
+
+
+async def test_the_writer_role_rotates_and_renews_retired_ids(pg_server: PgServer, roles_db: str) -> None:
+    # The README's setup: `pg-roles`, the owner migrates, the collectors connect as the writer. An
+    # upsert (ON CONFLICT DO UPDATE) needs UPDATE on the table even when nothing conflicts: the
+    # writer had only SELECT and INSERT on retired_ids, so every rotation, and every request still
+    # sending a retired id whose month had moved, failed its whole commit group with 503.
+    owner = pg_server.url(roles_db)
+    seed = "INSERT INTO retired_ids VALUES ('duid-late-0001', '2000-01')"
+    assert as_role(pg_server, roles_db, "collector_owner", seed) is None
+    url = pg_server.url(roles_db, "collector_writer", PASSWORDS["WRITER"])
+    proc = Collector(url, env={"COLLECTOR_COOKIE_SECRET": "s"}).start()
+    statuses = []
+    try:
+        async with aiohttp.ClientSession() as s:
+            for body in (
+                batch(ev(eid="a", duid="duid-writer-0001")),
+                batch(ev("ue", eid="anon", duid="duid-writer-0001", ue_pr=ANON_UE)),
+                batch(ev(eid="late", duid="duid-late-0001")),
+            ):
+                async with s.post(proc.url + TP2, json=body) as r:
+                    statuses.append(r.status)
+    finally:
+        assert proc.stop() == 0
+    assert statuses == [200, 200, 200], statuses
+    retired = dict(rows(owner, "select value, expires from retired_ids"))
+    assert "duid-writer-0001" in retired and retired["duid-late-0001"] > "2000-01"  # retired, renewed
+    # and nothing more than the expiry: the writer may not rewrite a retired value
+    refused = as_role(pg_server, roles_db, "collector_writer", "UPDATE retired_ids SET value = 'x'")
+    assert refused is not None and "InsufficientPrivilege" in refused
 
 
 def test_the_reader_may_select_every_view_and_no_bookkeeping(pg_server: PgServer, roles_db: str) -> None:
