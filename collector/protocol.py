@@ -147,14 +147,35 @@ def check_event(raw: object) -> Event:
     return raw
 
 
-# A lone surrogate's escape after an even number of backslashes: a high one without the low one that
-# completes it, or a low one alone (group 2: a whole pair, which is kept, or the lone one).
-_SURROGATE = rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?|\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-_SURROGATE_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)(" + _SURROGATE + rb")")
+# orjson's refusals of a surrogate's escape; its refusal of bytes that are not UTF-8 ("surrogates not
+# allowed") is not one of them: that body is not JSON, and reading it again would cost as much
+_SURROGATE_ERRORS = ("no low surrogate", "invalid high surrogate", "invalid low surrogate")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_LOW_ESCAPE = re.compile(rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}")
 
 
-def _replaced(m: re.Match[bytes]) -> bytes:
-    return m[1] + (m[2] if len(m[2]) == 12 else rb"\ufffd")
+def _without_lone_surrogates(raw: bytes) -> bytes:
+    """raw with each lone surrogate's escape written `\\ufffd` (as long: errors keep their place). An
+    escape counts after an even number of backslashes; a high one followed by a low one is a pair,
+    kept. A search for the escape itself (no look-behind tried at every byte): linear in the body."""
+    out: list[bytes] = []
+    at = paired_to = 0
+    for m in _SURROGATE_ESCAPE.finditer(raw):
+        start = m.start()
+        if start < paired_to:
+            continue  # the low half of a pair kept
+        run = start
+        while run and raw[run - 1] == 0x5C:  # the backslashes before it (each run read once)
+            run -= 1
+        if (start - run) % 2:
+            continue  # `\\u…`: an escaped backslash, then text
+        if raw[start + 3] in b"89abAB" and _LOW_ESCAPE.match(raw, start + 6):
+            paired_to = start + 12
+            continue
+        out += (raw[at:start], rb"\ufffd")
+        at = start + 6
+    out.append(raw[at:])
+    return b"".join(out)
 
 
 def loads(data: bytes | str) -> Any:
@@ -163,15 +184,15 @@ def loads(data: bytes | str) -> Any:
     JSON.stringify writes a lone surrogate (a string cut inside an emoji's pair) as its escape,
     `\\ud83c`: valid JSON, which orjson refuses, and one such title must not cost its batch (a tracker
     drops a batch answered 400). Both stores keep U+FFFD, as for bytes that are not UTF-8. Only a body
-    orjson refused for a surrogate pays for the second read.
+    orjson refused for such an escape is read again.
     """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        if "surrogate" not in str(exc):
+        if not any(e in str(exc) for e in _SURROGATE_ERRORS):
             raise
         raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-        return orjson.loads(_SURROGATE_ESCAPE.sub(_replaced, raw))
+        return orjson.loads(_without_lone_surrogates(raw))
 
 
 def parse_body(body: bytes, content_type: str) -> list[object]:
