@@ -7,6 +7,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,16 @@ class Secret(str):
         return "'***'" if self else "''"
 
 
-_URL_PASSWORDS = (
+def _hidden_param(m: re.Match[str]) -> str:
+    """A query param as a repr shows it: its value `***` if its name, decoded (asyncpg decodes it),
+    names a password (libpq's `password`, `sslpassword`)."""
+    name = urllib.parse.unquote_plus(m[1][1:-1]).lower()
+    return m[1] + "***" if name.endswith("password") else m[0]
+
+
+_URL_PASSWORDS: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"(//[^:/@]*:)[^@]*@"), r"\1***@"),  # user:password@
-    (re.compile(r"([?&][a-z]*password=)[^&#]*", re.IGNORECASE), r"\1***"),  # libpq's password, sslpassword
+    (re.compile(r"([?&][^=&#]*=)[^&#]*"), _hidden_param),
 )
 
 

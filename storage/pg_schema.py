@@ -106,7 +106,9 @@ async def ensure_partitions(conn: Conn, wait_ms: int | None = None) -> bool:
     """
 
     def relay(_conn: Any, message: asyncpg.PostgresLogMessage) -> None:
-        if message.severity in ("WARNING", "ERROR"):  # not the NOTICEs of IF NOT EXISTS and the like
+        # severity is translated (lc_messages: `WARNUNG`); severity_en is not. Not the NOTICEs of IF
+        # NOT EXISTS and the like.
+        if (message.severity_en or message.severity) in ("WARNING", "ERROR"):
             log.warning("partitions: %s", message.message)
 
     conn.add_log_listener(relay)

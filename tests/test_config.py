@@ -46,6 +46,7 @@ def test_env_and_flags() -> None:
         "postgresql://collector@db/events?password=pw-SECRET-1",  # libpq's (and asyncpg's) other form
         "postgresql://collector@db/events?sslmode=require&PASSWORD=pw-SECRET-1&application_name=x",
         "postgres://collector@db/events?sslpassword=pw-SECRET-1",  # the client key's passphrase
+        "postgresql://collector@db/events?pass%77ord=pw-SECRET-1",  # the name percent-encoded
         "postgresql://collector:pw-SECRET-1@h1:5432,h2/events?password=pw-SECRET-1#f",
     ],
 )

@@ -637,6 +637,21 @@ async def test_the_writer_role_rotates_and_renews_retired_ids(pg_server: PgServe
     assert refused is not None and "InsufficientPrivilege" in refused
 
 
+def test_a_function_added_after_a_superusers_migrate_is_not_publics(pg_server: PgServer) -> None:
+    # Run by a superuser (the pg-roles URL), migration 0012's default privileges were that superuser's:
+    # a function the owner created later was callable by every role again.
+    name = pg_server.new_database()
+    env = {f"COLLECTOR_PG_{k}_PASSWORD": v for k, v in PASSWORDS.items()}
+    assert cli("pg-roles", "--db", pg_server.url(name), "--database", name, env=env).returncode == 0
+    done = cli("migrate", "--db", pg_server.url(name))  # as postgres
+    assert done.returncode == 0, done.stderr
+    later = "CREATE FUNCTION later_fn() RETURNS int LANGUAGE sql AS 'SELECT 1'"
+    assert as_role(pg_server, name, "collector_owner", later) is None
+    refused = as_role(pg_server, name, "collector_reader", "SELECT later_fn()")
+    assert refused is not None and "InsufficientPrivilege" in refused, refused
+    assert as_role(pg_server, name, "collector_owner", "SELECT later_fn()") is None  # the control
+
+
 def test_the_reader_may_select_every_view_and_no_bookkeeping(pg_server: PgServer, roles_db: str) -> None:
     for view in ("sessions", "devices", "page_views", "users"):
         assert as_role(pg_server, roles_db, "collector_reader", f"SELECT * FROM {view}") is None, view
