@@ -138,6 +138,10 @@ def test_refusals(tmp_path: Path) -> None:
     assert "PostgreSQL" in str(browse.refusal("postgresql://u@h/db", "127.0.0.1", ""))
     assert "not a hash" in str(browse.refusal(db, "127.0.0.1", "hunter2"))
     assert "hunter2" not in str(browse.refusal(db, "127.0.0.1", "hunter2"))
+    # `datasette serve` refused a file that is not SQLite; the server would start and fail every page
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a SQLite database\n" * 100)
+    assert "not a SQLite database" in str(browse.refusal(junk, "127.0.0.1", ""))
 
 
 def test_command_is_read_only_mode_and_loopback_host(tmp_path: Path) -> None:

@@ -148,3 +148,26 @@ def test_browse_logs_no_url_an_analyst_opens(tmp_path: Path) -> None:
     text = urllib.parse.unquote(b.log.read_text(errors="replace"))
     assert uid not in text and "user_id" not in text, text[-2000:]
     assert "browse: http://" in text  # the log itself was read: browse's own start line is there
+
+
+def test_a_failed_query_logs_no_value_an_analyst_typed(tmp_path: Path) -> None:
+    # Datasette reports a failed query on stderr with its SQL and params: a user id typed in the SQL
+    # box, or a table filtered by one, went to browse's log, past an erasure.
+    db = tmp_path / "events.db"
+    uid = "alice-7f3e9a1c@example.com"
+    with Collector(db) as c:
+        urllib.request.urlopen(c.url + "/i?" + urllib.parse.urlencode({**ev(eid="x"), "uid": uid})).read()
+    with Browse(db) as b:
+        sql = f"select * from events where user_id = '{uid}' and nosuch = 1"
+        for path in (
+            "/events.json?" + urllib.parse.urlencode({"sql": sql}),
+            "/events/events.json?" + urllib.parse.urlencode({"user_id": uid, "_where": "nosuch = 1"}),
+            "/events.csv?" + urllib.parse.urlencode({"sql": sql}),
+        ):
+            try:
+                urllib.request.urlopen(b.url + path, timeout=30).close()
+            except urllib.error.HTTPError as exc:
+                exc.close()
+    text = urllib.parse.unquote(b.log.read_text(errors="replace"))
+    assert uid not in text, text[-2000:]
+    assert "a query failed" in text  # the control: the failures were reported, without their text

@@ -8,11 +8,13 @@ analyst's heavy query off the collector's event loop and its GIL.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -60,6 +62,11 @@ def refusal(db: Path | str, host: str, password_hash: str) -> str | None:
         )
     if not db.is_file():
         return f"no database at {db} (start the collector once to create it)"
+    try:  # `datasette serve` checked it; the server itself would start and fail every page
+        with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        return f"{db} is not a SQLite database ({exc})"
     if password_hash and not password_hash.startswith("pbkdf2_sha256$"):
         # never quoted: someone may have put the password itself there
         return f"{PASSWORD_ENV} is not a hash from `datasette hash-password` (pbkdf2_sha256$...)"
