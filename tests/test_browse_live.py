@@ -133,35 +133,40 @@ def test_with_a_password_hash_only_the_logged_in_analyst_reads(tmp_path: Path) -
         assert get_json(url, opener)[0]["events"] == 1
 
 
+UID = "alice-7f3e9a1c@example.com"
+
+
+def _one_event_of(tmp_path: Path, uid: str) -> Path:
+    """A store the collector wrote one event of `uid` to."""
+    db = tmp_path / "events.db"
+    with Collector(db) as c:
+        urllib.request.urlopen(c.url + "/i?" + urllib.parse.urlencode({**ev(eid="x"), "uid": uid})).read()
+    return db
+
+
 def test_browse_logs_no_url_an_analyst_opens(tmp_path: Path) -> None:
     # `datasette serve` left uvicorn's access log on: every URL an analyst opened (a table filtered by
     # a user id), and the analyst's address, went to the log, where they outlive an erasure.
-    db = tmp_path / "events.db"
-    uid = "alice-7f3e9a1c@example.com"
-    with Collector(db) as c:
-        urllib.request.urlopen(c.url + "/i?" + urllib.parse.urlencode({**ev(eid="x"), "uid": uid})).read()
+    db = _one_event_of(tmp_path, UID)
     with Browse(db) as b:
-        query = urllib.parse.urlencode({"user_id": uid})
+        query = urllib.parse.urlencode({"user_id": UID})
         with urllib.request.urlopen(f"{b.url}/events/events.json?{query}") as resp:
             found = json.loads(resp.read())
-    assert uid in json.dumps(found)  # the control: the analyst did find the value
+    assert UID in json.dumps(found)  # the control: the analyst did find the value
     text = urllib.parse.unquote(b.log.read_text(errors="replace"))
-    assert uid not in text and "user_id" not in text, text[-2000:]
+    assert UID not in text and "user_id" not in text, text[-2000:]
     assert "browse: http://" in text  # the log itself was read: browse's own start line is there
 
 
 def test_a_failed_query_logs_no_value_an_analyst_typed(tmp_path: Path) -> None:
     # Datasette reports a failed query on stderr with its SQL and params: a user id typed in the SQL
     # box, or a table filtered by one, went to browse's log, past an erasure.
-    db = tmp_path / "events.db"
-    uid = "alice-7f3e9a1c@example.com"
-    with Collector(db) as c:
-        urllib.request.urlopen(c.url + "/i?" + urllib.parse.urlencode({**ev(eid="x"), "uid": uid})).read()
+    db = _one_event_of(tmp_path, UID)
     with Browse(db) as b:
-        sql = f"select * from events where user_id = '{uid}' and nosuch = 1"
+        sql = f"select * from events where user_id = '{UID}' and nosuch = 1"
         for path in (
             "/events.json?" + urllib.parse.urlencode({"sql": sql}),
-            "/events/events.json?" + urllib.parse.urlencode({"user_id": uid, "_where": "nosuch = 1"}),
+            "/events/events.json?" + urllib.parse.urlencode({"user_id": UID, "_where": "nosuch = 1"}),
             "/events.csv?" + urllib.parse.urlencode({"sql": sql}),
         ):
             try:
@@ -169,5 +174,5 @@ def test_a_failed_query_logs_no_value_an_analyst_typed(tmp_path: Path) -> None:
             except urllib.error.HTTPError as exc:
                 exc.close()
     text = urllib.parse.unquote(b.log.read_text(errors="replace"))
-    assert uid not in text, text[-2000:]
+    assert UID not in text, text[-2000:]
     assert "a query failed" in text  # the control: the failures were reported, without their text

@@ -346,12 +346,9 @@ async def test_an_idle_tabs_id_leaves_no_link(
 # --- what a tracker keeps across clearUserData(): not evidence of the old identity -------------------
 
 
-async def test_a_tab_open_across_the_logout_keeps_the_new_users_device(
-    make_client: Any, cfg: Config, clock: Clock
-) -> None:
-    # clearUserData() keeps the tab's id (sessionStorage): the tab open before the logout sends its
-    # retired id for as long as it lives. Once bob's second tab had stored anything, that first tab's
-    # events (his own, after his login) were kept without a device, as if the old identity's.
+async def bob_back_in_the_first_tab(make_client: Any, cfg: Config, clock: Clock) -> tuple[App, str]:
+    """alice in a tab, her logout (clearUserData), bob's login in that tab, a second tab of his, then
+    the first tab again: the browser and that first tab's id."""
     b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, pages=True)
     first_tab = b.tab
     b.phase, b.uid = "old", "alice"
@@ -366,6 +363,16 @@ async def test_a_tab_open_across_the_logout_keeps_the_new_users_device(
     await b.send(b.page_view("/offers"))  # a second tab
     clock.t += 5
     b.tab = first_tab
+    return b, first_tab
+
+
+async def test_a_tab_open_across_the_logout_keeps_the_new_users_device(
+    make_client: Any, cfg: Config, clock: Clock
+) -> None:
+    # clearUserData() keeps the tab's id (sessionStorage): the tab open before the logout sends its
+    # retired id for as long as it lives. Once bob's second tab had stored anything, that first tab's
+    # events (his own, after his login) were kept without a device, as if the old identity's.
+    b, first_tab = await bob_back_in_the_first_tab(make_client, cfg, clock)
     await b.send(b.page_view("/product"), b.page_view("/basket"))
     await b.send(b.event("se", "/basket", se_ca="shop", se_ac="add-to-basket"))
     marks = ",".join("?" * len(b.sent["new"]))
@@ -386,20 +393,7 @@ async def test_a_logout_in_a_tab_open_across_the_last_one_rotates_the_device(
 ) -> None:
     # As above, then bob logs out in that first tab and carol logs in: his anonymize event, kept
     # without a device, rotated nothing, and carol's events joined bob's device.
-    b = App(await make_client(cfg), clock, ("alice", "bob"), vid=23, pages=True)
-    first_tab = b.tab
-    b.phase, b.uid = "old", "alice"
-    await b.send(b.page_view("/"))
-    clock.t += 5
-    await D.clear_after_anonymize(b)
-    clock.t += 5
-    b.phase, b.uid = "bob", "bob"
-    await b.send(b.page_view("/welcome"))
-    clock.t += 5
-    b.tab = new_id()
-    await b.send(b.page_view("/offers"))
-    clock.t += 5
-    b.tab = first_tab
+    b, _ = await bob_back_in_the_first_tab(make_client, cfg, clock)
     await b.send(b.page_view("/product"))
     clock.t += 5
     await D.clear_after_anonymize(b)  # bob logs out in the first tab
