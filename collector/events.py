@@ -244,8 +244,6 @@ def _query_fields(query: str) -> tuple[tuple[int, str], ...]:
     return tuple(out.items())
 
 
-# JSON's escape of U+0000: `\u0000` after an even number of backslashes (`\\u0000` is a backslash, then
-# the text `u0000`, which is kept as sent)
 _cached_url_parts = lru_cache(maxsize=1024)(_url_parts)
 _cached_query_fields = lru_cache(maxsize=1024)(_query_fields)
 

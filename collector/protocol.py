@@ -233,6 +233,8 @@ def read_json(value: str, field: str, base64: bool = False) -> Any:
         raise BadInput("bad_base64", f"{field} is not base64url-encoded JSON") from None
 
 
+# JSON's escape of U+0000: `\u0000` after an even number of backslashes (`\\u0000` is a backslash, then
+# the text `u0000`, which is kept as sent)
 _NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 
 

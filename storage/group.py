@@ -56,9 +56,8 @@ class Found:
     """The lookups' answers: the stored dedupe keys, the retired values, the devices' states."""
 
     seen: set[DedupeKey]
-    retired: set[str]
+    retired: dict[str, str]  # each retired value, and the month after which it may go (YYYY-MM)
     states: dict[str, DeviceState]
-    expires: dict[str, str] = field(default_factory=dict)  # each retired value's month (YYYY-MM)
 
 
 @dataclass(slots=True)
@@ -85,7 +84,7 @@ def decide(
     subs: Sequence[Submission], found: Found, rules: SessionRules, new_device_id: Callable[[], str]
 ) -> tuple[Writes, list[AppendResult]]:
     """The group's writes and one result per submission, in order; the input rows are not modified."""
-    seen, retired, states = found.seen, found.retired, found.states
+    seen, retired, states = found.seen, set(found.retired), found.states
     now_ms = max((s.now_ms for s in subs), default=0)
     out = Writes(retired_until=lifecycle.month_after(now_ms, rules.retired_days))
 
@@ -97,7 +96,7 @@ def decide(
 
     results = []
     renewed: set[str] = set()
-    expires, until = found.expires, out.retired_until
+    expires, until = found.retired, out.retired_until
     for sub in subs:
         res = AppendResult()
         out.bad_rows.extend(sub.bad_rows)

@@ -144,7 +144,7 @@ async def look_up(conn: Conn, want: Wanted, opted_out: set[str], now_ms: int) ->
     expires = (
         {r[0]: r[1] for r in await conn.fetch(RETIRED, list(want.tracker_ids))} if want.tracker_ids else {}
     )
-    return Found(want.events - fresh, set(expires), states, expires), placeholders
+    return Found(want.events - fresh, expires, states), placeholders
 
 
 async def write(conn: Conn, w: Writes, placeholders: set[str]) -> None:

@@ -64,7 +64,7 @@ def look_up(conn: sqlite3.Connection, want: Wanted) -> Found:
         select_in(conn, "SELECT value, expires FROM retired_ids WHERE value IN ({})", want.tracker_ids)
     )
     states = dict(state_of(r) for r in select_in(conn, SELECT_STATE, want.devices))
-    return Found(seen, set(expires), states, expires)
+    return Found(seen, expires, states)
 
 
 # INSERTs naming only the columns a row fills, by the row's shape (which columns are not NULL).

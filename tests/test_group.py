@@ -19,14 +19,14 @@ def _decide(expires: dict[str, str]) -> list[str]:
     sub = Submission(
         int(time.time() * 1000), None, [event_row("e1", domain_userid=OLD)], (), [TrackerIds((OLD,))]
     )
-    out, _ = decide([sub], Found(set(), set(expires), {}, expires), RULES, lambda: "new-device")
+    out, _ = decide([sub], Found(set(), expires, {}), RULES, lambda: "new-device")
     return out.retired
 
 
 def test_a_retired_id_still_sent_is_renewed_only_when_its_month_moves() -> None:
     # a tracker renews its own cookie with every event: the id stays retired as long again, but a
     # write for every group that carries it would take a row lock (PostgreSQL) each time for nothing
-    until = decide([Submission(int(time.time() * 1000), None)], Found(set(), set(), {}), RULES, str)[
+    until = decide([Submission(int(time.time() * 1000), None)], Found(set(), {}, {}), RULES, str)[
         0
     ].retired_until
     assert _decide({OLD: "2000-01"}) == [OLD]  # an earlier month: renewed
