@@ -20,8 +20,9 @@ run: $(STAMP)
 # The whole suite: first what the end-to-end and load-balancer tests need (Chromium, nginx, wrk and
 # the node modules, `make e2e-deps`: installed only when missing), then every test. Where they cannot
 # be installed those tests skip with a message, except under CI=true where a skip is a failure.
+# The 25 slowest tests are listed at the end, so that a CI run that got slower says where.
 test: $(STAMP) e2e-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The image and deploy/compose.yaml in real containers (tests/docker): Debian's docker.io, a running
 # dockerd and the stand-in base images first (`make docker-deps`, installed/started only when missing).
