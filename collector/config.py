@@ -98,8 +98,22 @@ def _lower_list(raw: str) -> tuple[str, ...]:
     return tuple(p.lower() for p in _list(raw))
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _network(text: str) -> Network:
+    net = ipaddress.ip_network(text, strict=False)
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_MAPPED):
+        # written as IPv4-mapped: peers are compared as the IPv4 address the socket mapped, so the
+        # range must be IPv4 too, or it would be accepted and never match
+        v4 = net.network_address.ipv4_mapped
+        if v4 is not None:
+            return ipaddress.IPv4Network((v4, net.prefixlen - 96))
+    return net
+
+
 def _networks(raw: str) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(p, strict=False) for p in _list(raw))
+    return tuple(_network(p) for p in _list(raw))
 
 
 def _choice(options: tuple[str, ...], upper: bool = False) -> Callable[[str], str]:

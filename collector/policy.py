@@ -173,10 +173,16 @@ def parse_ip(raw: str | None) -> IPAddress | None:
         addr = ipaddress.ip_address(value)
     except ValueError:
         return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped  # how a dual-stack socket reports an IPv4 peer: that peer
+    return addr
+
+
+def _embedded(addr: IPAddress) -> IPAddress:
+    """The IPv4 address a 6to4 or Teredo address carries whole (truncating the IPv6 form would keep
+    it), else the address. Only for the stored form: a host at 2002:ac1c:c8::1 is not 172.28.0.200,
+    and trusting it as that proxy would let it choose the stored address."""
     if isinstance(addr, ipaddress.IPv6Address):
-        # Transition addresses carry a whole IPv4 address: truncating the IPv6 form would keep it.
-        if addr.ipv4_mapped is not None:
-            return addr.ipv4_mapped
         if addr.sixtofour is not None:
             return addr.sixtofour
         if addr.teredo is not None:
@@ -238,6 +244,7 @@ def keep_ip(cfg: Config, addr: IPAddress | None) -> str | None:
     """The stored form of an address under COLLECTOR_IP_MODE."""
     if addr is None or cfg.ip_mode == "drop":
         return None
+    addr = _embedded(addr)
     if cfg.ip_mode == "truncate":
         prefix = cfg.ipv4_prefix if addr.version == 4 else cfg.ipv6_prefix
         return str(ipaddress.ip_network((addr, prefix), strict=False).network_address)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from collector import policy
 from collector.config import SETTINGS, Config, ConfigError, load_config, settings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -56,6 +57,19 @@ def test_the_start_up_line_hides_every_password_of_the_db_url(url: str) -> None:
     assert "pw-SECRET-1" not in line and "***" in line, line
     assert "pw-SECRET-1" in str(cfg.db)  # the control: the value itself is whole
     assert "collector" in line and "events" in line  # and the rest is shown
+
+
+def test_an_ipv4_mapped_trusted_proxy_is_the_ipv4_one_peers_are_compared_with() -> None:
+    """Peers are read as IPv4 when the socket maps them (policy.parse_ip): a trusted range written in
+    the mapped form must match them, not be accepted and never match."""
+    cfg = load_config({"COLLECTOR_TRUSTED_PROXIES": "::ffff:172.28.0.200/128, ::ffff:10.0.0.0/104, fd00::/8"})
+    assert cfg.trusted_proxies == (
+        ipaddress.ip_network("172.28.0.200/32"),
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("fd00::/8"),
+    )
+    got = policy.client_ip("::ffff:172.28.0.200", {"x-forwarded-for": "198.51.100.7"}, cfg.trusted_proxies)
+    assert str(got) == "198.51.100.7"
 
 
 @pytest.mark.parametrize(

@@ -184,6 +184,36 @@ def test_truncation_unwraps_addresses_that_embed_an_ipv4(addr: str, expected: st
     assert policy.keep_ip(cfg, policy.parse_ip(addr)) == expected
 
 
+@pytest.mark.parametrize(
+    "peer",
+    [
+        "2002:ac1c:c8::1234",  # 6to4, embedding 172.28.0.200
+        "2001:0:4136:e378:8000:63bf:53e3:ff37",  # Teredo, its client 172.28.0.200 (obfuscated)
+        "::ffff:172.28.0.200",  # the control: how a dual-stack socket reports the proxy itself
+    ],
+)
+def test_only_the_proxys_own_address_is_trusted_not_one_embedding_it(peer: str) -> None:
+    """An IPv6 host whose address embeds the proxy's IPv4 one is not the proxy: trusting it would let
+    it choose the stored address. Only an IPv4-mapped peer is the proxy, seen through a v6 socket."""
+    trusted = (ipaddress.ip_network("172.28.0.200/32"),)
+    got = policy.client_ip(peer, CIMultiDict({"X-Forwarded-For": "6.6.6.6"}), trusted)
+    is_proxy = peer.startswith("::ffff:")
+    assert (str(got) == "6.6.6.6") == is_proxy, got
+    if not is_proxy:  # kept as the peer it is, and stored (truncated) as the IPv4 address it embeds
+        assert got == ipaddress.ip_address(peer)
+        assert policy.keep_ip(Config(ip_mode="truncate"), got) == "172.28.0.0"
+
+
+def test_a_hop_embedding_a_trusted_address_ends_the_walk() -> None:
+    """Behind a proxy that appends, a client at 2002:a00:1::99 (6to4 of 10.0.0.1, a trusted range)
+    is the client, not one more trusted hop past which its forged entry would be read."""
+    trusted = (ipaddress.ip_network("10.0.0.0/8"),)
+    headers = CIMultiDict({"X-Forwarded-For": "6.6.6.6, 2002:a00:1::99"})
+    assert policy.client_ip("10.0.0.5", headers, trusted) == ipaddress.ip_address("2002:a00:1::99")
+    control = CIMultiDict({"X-Forwarded-For": "6.6.6.6, 10.0.0.1"})  # a real trusted hop: walked past
+    assert str(policy.client_ip("10.0.0.5", control, trusted)) == "6.6.6.6"
+
+
 @pytest.fixture
 def fresh_decisions() -> Iterator[None]:
     """policy._NAMED starts empty, and is emptied after: no test sees another's decisions."""

@@ -39,8 +39,9 @@ def image() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def compose(image: str) -> Iterator[stack.Compose]:
-    """nginx in front of 3 replicas on the shared volume: `docker compose up --scale collector=3`."""
-    c = stack.Compose()
+    """nginx in front of 3 replicas on the shared volume: `docker compose up --scale collector=3`;
+    nginx's error log at warn, where the scale test sees which replicas it tried."""
+    c = stack.Compose(nginx_error_log="warn")
     c.down()  # a run killed before its teardown
     try:
         c.up(3)

