@@ -164,6 +164,17 @@ ENTITY_RULES: dict[str, EntityRule] = {
     "com.snowplowanalytics.snowplow/change_form": EntityRule(frozenset({"value"})),
     "com.snowplowanalytics.snowplow/focus_form": EntityRule(frozenset({"value"})),
     "com.snowplowanalytics.snowplow/geolocation_context": EntityRule(whole=True),
+    # the Roku tracker's device info, on every event: channelClientId is the device's id for the channel
+    # and RIDA Roku's advertising id, both as lasting as the IDFV
+    "com.roku/device_info": EntityRule(
+        frozenset({"channelClientId", "RIDA"}), tracker=("channelClientId", "RIDA"), device=True
+    ),
+    # the AMP tracker's ids on every pixel: ampClientId is AMP's cookie id for the browser (_sp_ampid)
+    "dev.amp.snowplow/amp_id": EntityRule(
+        frozenset({"ampClientId", "domainUserid", "userId"}),
+        tracker=("ampClientId", "domainUserid"),
+        device=True,
+    ),
     # the GA client id (`_ga`) is the browser's for two years: retired, and the entity forgotten
     "com.google.analytics/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
     "com.google.ga4/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
