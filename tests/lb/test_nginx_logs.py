@@ -76,13 +76,13 @@ def edge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, 
         env={"COLLECTOR_TRUSTED_PROXIES": f"{PROXY_ADDR}/32", "COLLECTOR_COOKIE_SECRET": "s" * 32},
         log=tmp_path / "collector.log",
     ).start()
-    dead = f"127.0.0.1:{free_port()}"  # a replica being restarted: its port refuses connections
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    port = free_port()
-    conf = render(prefix, port, [dead, live.address] if stopped else [live.address], swaps)
-    log = prefix / "stderr.log"
-    try:
+    try:  # from here on a failure stops the collector too
+        dead = f"127.0.0.1:{free_port()}"  # a replica being restarted: its port refuses connections
+        prefix = tmp_path / "nginx"
+        prefix.mkdir()
+        port = free_port()
+        conf = render(prefix, port, [dead, live.address] if stopped else [live.address], swaps)
+        log = prefix / "stderr.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)], stdout=out, stderr=out)
         try:
