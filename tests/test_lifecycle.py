@@ -434,6 +434,43 @@ async def test_insert_or_replace_neither_moves_the_horizon_nor_rewrites_a_record
     assert rows(cfg.db, "select horizon from lifecycle")[0][0] == "1970-01-01 00:00:00.000"
 
 
+@pytest.mark.parametrize("hidden", [True, False], ids=["moved-onto-a-closed-entry", "control-left-as-is"])
+def test_an_entry_cannot_be_moved_onto_a_closed_one_to_hide_a_delete(tmp_path: Path, hidden: bool) -> None:
+    """UPDATE OR REPLACE of an open entry onto a closed one's id deletes the closed one and fires no
+    DELETE trigger: a plain connection deleted events and left the ledger exactly as it was."""
+    from storage.migrate import migrate
+
+    db = tmp_path / "events.db"
+    conn = connect(db)
+    migrate(conn)
+    for i, user in enumerate(("alice", "bob", "bob")):
+        conn.execute(
+            "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp,"
+            " network_userid, user_id, anonymous) VALUES (?, 'page_view', 'web', 'js-3', 'c', ?, ?, ?, 0)",
+            (f"e{i}", "2026-12-01 00:00:00.000", f"dev-{user}", user),
+        )
+    lifecycle_rules.sqlite_erase(conn, int(time.time() * 1000), "alice", None)
+    [closed] = conn.execute("SELECT * FROM erasures").fetchall()
+    other = sqlite3.connect(db, isolation_level=None)  # a plain connection, no collector
+    other.execute("BEGIN")
+    other.execute("INSERT INTO erasures (id, at, selector) VALUES (?, 'x', 'user_id')", (2**40,))
+    other.execute("DELETE FROM events WHERE user_id = 'bob'")  # recorded: its own open entry
+    refused = None
+    if hidden:
+        try:
+            other.execute("UPDATE OR REPLACE erasures SET id = ? WHERE id = ?", (closed[0], 2**40))
+        except sqlite3.DatabaseError as exc:
+            refused = str(exc)
+    other.execute("COMMIT")
+    other.close()
+    ledger = conn.execute("SELECT id FROM erasures ORDER BY id").fetchall()
+    bobs = conn.execute("SELECT count(*) FROM events WHERE user_id = 'bob'").fetchone()[0]
+    conn.close()
+    # either way the delete stands with its entry beside the closed one: the ledger records it
+    assert (bobs, ledger) == (0, sorted([(closed[0],), (2**40,)])), (refused, ledger)
+    assert (refused is not None) == hidden
+
+
 @only("sqlite")  # on PostgreSQL only the owner may insert into the ledger, and it may drop the triggers
 async def test_an_erasure_entry_left_open_lets_no_later_delete_through(client: Any, cfg: Config) -> None:
     # DELETEs pass inside an erasure: an entry another connection opened and committed let every later
