@@ -175,6 +175,14 @@ ENTITY_RULES: dict[str, EntityRule] = {
         tracker=("ampClientId", "domainUserid"),
         device=True,
     ),
+    # the AMP page view (PAGE_VIEW_ID_64), as web_page's id: an AMP page pinging on after another tab
+    # rotated the device sends the same one on both sides
+    "dev.amp.snowplow/amp_web_page": EntityRule(
+        tracker=("ampPageViewId",), brief=frozenset({"ampPageViewId"}), forget=True
+    ),
+    # AMP's session (a number and a count, not retired: numbers this small are not one device's own);
+    # dropped from a row that carries a retired id, as client_session is
+    "dev.amp.snowplow/amp_session": EntityRule(forget=True),
     # the GA client id (`_ga`) is the browser's for two years: retired, and the entity forgotten
     "com.google.analytics/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
     "com.google.ga4/cookies": EntityRule(whole=True, tracker=("_ga",), forget=True, device=True),
@@ -415,15 +423,15 @@ def anonymous_params(params: dict[str, Any], drop: frozenset[str], strict: bool)
 
 
 # The entity fields that carry a session param's value (the trackers send the same session id as `sid`
-# and in the client_session entity): dropped from every entity with the param, when
-# COLLECTOR_ANONYMOUS_DROP names it.
-SESSION_PARAM_FIELDS = {"sid": "sessionId", "vid": "sessionIndex"}
+# and in the client_session entity; AMP's amp_session holds its own session's number and count):
+# dropped from every entity with the param, when COLLECTOR_ANONYMOUS_DROP names it.
+SESSION_PARAM_FIELDS = {"sid": ("sessionId", "ampSessionId"), "vid": ("sessionIndex", "ampSessionIndex")}
 
 
 @lru_cache(maxsize=8)
 def entity_drops(drop: frozenset[str]) -> frozenset[str]:
     """The (normalised) entity field names an anonymous event loses with its dropped params."""
-    return frozenset(_norm(f) for p, f in SESSION_PARAM_FIELDS.items() if p in drop)
+    return frozenset(_norm(f) for p, fields in SESSION_PARAM_FIELDS.items() if p in drop for f in fields)
 
 
 def _anonymous_value(value: Any) -> Any:

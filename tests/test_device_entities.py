@@ -27,6 +27,7 @@ from tests.test_sessions import ANON_UE, Browser
 ROKU = "iglu:com.roku/device_info/jsonschema/1-0-0"
 AMP_ID = "iglu:dev.amp.snowplow/amp_id/jsonschema/1-0-0"
 AMP_PAGE = "iglu:dev.amp.snowplow/amp_web_page/jsonschema/1-0-0"
+AMP_SESSION = "iglu:dev.amp.snowplow/amp_session/jsonschema/1-0-0"
 MOBILE = "iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-3"
 
 
@@ -141,13 +142,13 @@ async def test_control_named_amp_pixel_keeps_it(make_client: Any, tmp_path: Path
 # --- rotation: the Roku ids are the device's own (as the IDFV), but nothing retires them -------------
 
 
-async def rotate(make_client: Any, tmp_path: Path, entity: dict[str, Any]) -> tuple[str, str, str, str]:
+async def rotate(make_client: Any, tmp_path: Path, *entities: dict[str, Any]) -> tuple[str, str, str, str]:
     """A named device sends an event, an anonymize event, then (new cookie, tracker ids cleared) an
     event with the same device entity. (old device, new device, old contexts, new contexts)."""
     cfg = config(tmp_path / "rot.db")
     client = await make_client(cfg)
     b = Browser(client)
-    co = ctx(entity)
+    co = ctx(*entities)
     await b.send(ev(eid="before", p="tv", duid="duid-old-000001", sid="sid-old-0000001", co=co))
     old = b.device
     await b.send(ev("ue", eid="anon", p="tv", duid="duid-old-000001", sid="sid-old-0000001", ue_pr=ANON_UE))
@@ -181,3 +182,32 @@ async def test_control_rotation_cuts_the_idfv(make_client: Any, tmp_path: Path) 
     }
     _, _, before, after = await rotate(make_client, tmp_path, mobile)
     assert "ROTIDFV-0000-UUID" in before and "ROTIDFV-0000-UUID" not in after
+
+
+def amp_entities(page_view_id: str) -> list[dict[str, Any]]:
+    # the AMP tracker's contextsHead and contextsTail: amp_id, then amp_web_page (PAGE_VIEW_ID_64)
+    return [
+        {"schema": AMP_ID, "data": {"ampClientId": "amp-ROTCLIENT", "domainUserid": "", "userId": ""}},
+        {"schema": AMP_PAGE, "data": {"ampPageViewId": page_view_id}},
+        {"schema": AMP_SESSION, "data": {"ampSessionId": 1947382617, "ampSessionIndex": 2}},
+    ]
+
+
+async def test_rotation_leaves_no_amp_page_view_linking_old_and_new(make_client: Any, tmp_path: Path) -> None:
+    # An AMP page keeps pinging under the same page view id after another tab rotated the device, as a
+    # single-page app keeps its web_page id: retired with the rotation, as that one is.
+    view = "ROTAMPPAGEVIEW64"
+    _, _, before, after = await rotate(make_client, tmp_path, *amp_entities(view))
+    assert view in before and "1947382617" in before  # the old device's rows keep their view
+    assert view not in after, after
+    # the session's number goes with the view it came with (the row carries a retired id)
+    assert "1947382617" not in after, after
+
+
+async def test_control_rotation_cuts_the_web_page_id(make_client: Any, tmp_path: Path) -> None:
+    page = {
+        "schema": "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
+        "data": {"id": "ROTWEBPAGE-VIEW"},
+    }
+    _, _, before, after = await rotate(make_client, tmp_path, page)
+    assert "ROTWEBPAGE-VIEW" in before and "ROTWEBPAGE-VIEW" not in after

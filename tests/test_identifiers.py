@@ -148,7 +148,7 @@ def test_every_rule_names_a_vendor_and_schema_name() -> None:
     for key, rule in identifiers.ENTITY_RULES.items():
         vendor, _, name = key.partition("/")
         assert vendor and name and "/" not in name
-        assert rule.whole or rule.fields or rule.tracker, key
+        assert rule.whole or rule.fields or rule.tracker or rule.forget, key
         # a whole entity (dropped under SP-Anonymous) whose ids are retired is forgotten whole too
         assert not (rule.whole and rule.tracker and not rule.forget), key
 

@@ -150,3 +150,37 @@ async def test_control_session_id_kept_by_default(make_client: Any, tmp_path: Pa
     await send(make_client, cfg, session_event(sid), anonymous=True)
     assert isinstance(cfg.db, Path)
     assert rows(cfg.db, "select domain_sessionid from events")[0]["domain_sessionid"] == sid
+
+
+AMP_SESSION = "iglu:dev.amp.snowplow/amp_session/jsonschema/1-0-0"
+
+
+def amp_session_event(session_id: int) -> Any:
+    # Iglu Central's amp_session: the AMP session's number and count, both integers
+    data = {
+        "ampSessionId": session_id,
+        "ampSessionIndex": 7,
+        "sessionEngaged": True,
+        "sessionCreationTimestamp": 1764547200000,
+        "lastSessionEventTimestamp": None,
+    }
+    return batch(ev(eid="e4", co=ctx({"schema": AMP_SESSION, "data": data})))
+
+
+async def test_a_session_id_dropped_by_config_goes_from_the_amp_session_too(
+    make_client: Any, tmp_path: Path
+) -> None:
+    cfg = config(tmp_path / "drop-amp-sid.db", anonymous_drop=DROP_SESSION)
+    await send(make_client, cfg, amp_session_event(1947382615), anonymous=True)
+    assert isinstance(cfg.db, Path)
+    [row] = rows(cfg.db, "select contexts from events")
+    assert "1947382615" not in everything(cfg.db), row["contexts"]
+    assert '"ampSessionIndex"' not in row["contexts"] and '"sessionEngaged"' in row["contexts"]
+
+
+async def test_control_amp_session_kept_by_default(make_client: Any, tmp_path: Path) -> None:
+    cfg = config(tmp_path / "keep-amp-sid.db")
+    await send(make_client, cfg, amp_session_event(1947382616), anonymous=True)
+    assert isinstance(cfg.db, Path)
+    [row] = rows(cfg.db, "select contexts from events")
+    assert '"ampSessionId":1947382616' in row["contexts"] and '"ampSessionIndex":7' in row["contexts"]
