@@ -18,10 +18,12 @@ import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.lb.harness import CLIENT_ADDR, NGINX, PROXY_ADDR, TP2, Client, event, nginx_available
+from tests import rawhttp
+from tests.lb.harness import CLIENT_ADDR, NGINX, PROXY_ADDR, TP2, Answer, Client, event, nginx_available
 from tests.procs import Collector, free_port
 
 pytestmark = [
@@ -69,7 +71,8 @@ def render(prefix: Path, port: int, upstreams: list[str], swaps: Swaps) -> Path:
 @pytest.fixture
 def edge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, Path]]:
     """nginx in front of a live replica, after a stopped one (as during a rolling restart) if asked;
-    its stderr, which is what `docker logs nginx` keeps. The param: (swaps, with a stopped replica)."""
+    its stderr, which is what `docker logs nginx` keeps. The param: (swaps, with a stopped replica:
+    False, True, or "only" for the stopped one alone)."""
     swaps, stopped = request.param
     live = Collector(
         tmp_path / "events.db",
@@ -81,7 +84,8 @@ def edge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[int, 
         prefix = tmp_path / "nginx"
         prefix.mkdir()
         port = free_port()
-        conf = render(prefix, port, [dead, live.address] if stopped else [live.address], swaps)
+        upstreams = {False: [live.address], True: [dead, live.address], "only": [dead]}[stopped]
+        conf = render(prefix, port, upstreams, swaps)
         log = prefix / "stderr.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf)], stdout=out, stderr=out)
@@ -179,3 +183,66 @@ def test_a_pixel_the_collector_takes_is_not_refused_by_nginx(edge: tuple[int, Pa
     finally:
         c.close()
     assert answer.status == (200 if shipped else 414), answer.body
+
+
+def error_of(answer: Answer) -> dict[str, Any]:
+    """The collector's one error shape, `{"error": {"status", "reason", "message"}}`, read from an
+    answer (whoever wrote it), or an assertion error that shows what came instead."""
+    assert (answer.header("Content-Type") or "").startswith("application/json"), (answer.status, answer.body)
+    doc = json.loads(answer.body)
+    assert set(doc) == {"error"} and {"status", "reason", "message"} <= set(doc["error"]), doc
+    assert doc["error"]["status"] == answer.status, doc
+    return dict(doc["error"])
+
+
+def _ask(port: int, method: str, path: str, body: bytes | None = None, **headers: str) -> Answer:
+    c = Client(port)
+    try:
+        return c.request(method, path, body, headers)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("edge", [((), False)], indirect=True)
+def test_nginxs_own_refusals_answer_in_the_collectors_error_shape(edge: tuple[int, Path]) -> None:
+    """What nginx refuses before any replica sees it comes in the shape, status and reason the
+    collector gives the same mistake: a body over 1 MiB, a request line over nginx's 32k buffers,
+    a header line (a cookie) over them."""
+    port, _ = edge
+    json_type = {"Content-Type": "application/json"}
+    # the control: the collector's own refusal, through the same nginx, reads as the same shape
+    assert error_of(_ask(port, "POST", TP2, b"{not json", **json_type))["reason"] == "bad_json"
+    big = b'{"schema":"x","data":[' + b" " * (1 << 20) + b"]}"
+    assert error_of(_ask(port, "POST", TP2, big, **json_type))["reason"] == "body_too_large"
+    line = _ask(port, "GET", "/i?e=pv&p=web&page=" + "x" * 40_000)
+    assert line.status == 414 and error_of(line)["reason"] == "request_line_too_long"
+    header = _ask(port, "GET", "/i?e=pv&p=web", Cookie="a=" + "x" * 40_000)
+    assert header.status == 431 and error_of(header)["reason"] == "header_too_large"
+
+
+@pytest.mark.parametrize("edge", [((), "only")], indirect=True)
+def test_no_replica_answering_is_a_503_to_retry_in_the_collectors_shape(edge: tuple[int, Path]) -> None:
+    """With every replica down (a restart of the only one) nginx's own 502: trackers retry any 5xx,
+    and a 503 with Retry-After says what the collector's own overload answer says."""
+    port, _ = edge
+    answer = _ask(port, "GET", "/i?e=pv&p=web")
+    assert answer.status == 503 and answer.header("Retry-After") == "1", answer
+    assert error_of(answer)["reason"] == "no_replica"
+
+
+@pytest.mark.parametrize("edge", [((), False)], indirect=True)
+def test_a_request_nginx_cannot_read_is_a_400_in_the_collectors_shape(edge: tuple[int, Path]) -> None:
+    """A request line nginx cannot parse has no URI to route by: its answer must still be the 400
+    in the error shape, not nginx's 500 for an error page it could not reach."""
+    port, _ = edge
+    for raw in (
+        b"GET /i?e=pv HTTP/1.1 extra\r\nHost: a\r\n\r\n",
+        b"GET /i HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ):
+        got = rawhttp.send(PROXY_ADDR, port, raw)
+        assert got.status == 400, got.raw
+        assert (got.header("Content-Type") or b"").startswith(b"application/json"), got.raw
+        assert json.loads(got.body)["error"]["reason"] == "bad_request", got.raw
+    # and the error pages are for nginx alone (`internal`): a client asking for one is not answered a 503
+    page = _ask(port, "GET", "/_nginx/503")
+    assert page.status == 404, page
