@@ -108,6 +108,12 @@ def only(*stores: str) -> Callable[[F], F]:
     return mark
 
 
+@pytest.fixture
+def roles_db(pg_server: pg.PgServer) -> str:
+    """A PostgreSQL database with the README's roles, migrated by the owner (pg.roles_database)."""
+    return pg.roles_database(pg_server)
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pg.PgServer]:
     """One PostgreSQL cluster for the whole run (each test gets its own database)."""

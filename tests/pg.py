@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Coroutine
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tests.procs import free_port
+from tests.procs import ROOT, free_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "postgres"  # Debian's postgresql package creates it
@@ -161,3 +162,58 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
             await conn.close()
 
     return run_sync(go())
+
+
+# The passwords `pg-roles` gives the roles in the tests (COLLECTOR_PG_<ROLE>_PASSWORD).
+PASSWORDS = {"OWNER": "owner-pw", "WRITER": "writer-pw", "READER": "reader-pw"}
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`python -m collector <args>` in the repository, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def roles_database(server: PgServer) -> str:
+    """A database set up as the README says: roles (pg-roles), then the owner migrates and grants."""
+    name = server.new_database()
+    env = {f"COLLECTOR_PG_{k}_PASSWORD": v for k, v in PASSWORDS.items()}
+    done = cli("pg-roles", "--db", server.url(name), "--database", name, env=env)
+    assert done.returncode == 0, done.stderr
+    done = cli("migrate", "--db", server.url(name, "collector_owner", PASSWORDS["OWNER"]))
+    assert done.returncode == 0, done.stderr
+    assert "0001_init" in done.stdout
+    return name
+
+
+def as_role(server: PgServer, db: str, role: str, sql: str) -> str | None:
+    """The error PostgreSQL answers `sql` with as `role`, or None."""
+    password = PASSWORDS[role.removeprefix("collector_").upper()]
+
+    async def go() -> str | None:
+        conn = await asyncpg.connect(server.url(db, role, password))
+        try:
+            await conn.execute(sql)
+        except asyncpg.PostgresError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await conn.close()
+        return None
+
+    return run_sync(go())
+
+
+async def execute(url: str, sql: str) -> None:
+    """One statement on a connection of its own."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()

@@ -8,8 +8,6 @@ import asyncio
 import logging
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -27,12 +25,11 @@ from storage.group import Writes
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
 from tests.conftest import TP2, batch, ev, event_row, rows
-from tests.pg import PgServer, run_sync
-from tests.procs import ROOT, Collector
+from tests.pg import PASSWORDS, PgServer, as_role, cli, execute, run_sync
+from tests.procs import Collector
 from tests.test_sessions import ANON_UE
 
 STORES = ("postgres",)
-PASSWORDS = {"OWNER": "owner-pw", "WRITER": "writer-pw", "READER": "reader-pw"}
 
 
 async def test_events_round_trip_with_proper_types(client: Any, cfg: Config) -> None:
@@ -47,48 +44,6 @@ async def test_events_round_trip_with_proper_types(client: Any, cfg: Config) -> 
     assert types["se_value"] == "double precision"
     parts = rows(cfg.db, "select count(*) from pg_inherits where inhparent = 'events'::regclass")
     assert parts[0][0] >= 4  # monthly partitions ahead, and the default one
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@pytest.fixture
-def roles_db(pg_server: PgServer) -> str:
-    """A database set up as the README says: roles (pg-roles), then the owner migrates and grants."""
-    name = pg_server.new_database()
-    env = {f"COLLECTOR_PG_{k}_PASSWORD": v for k, v in PASSWORDS.items()}
-    done = cli("pg-roles", "--db", pg_server.url(name), "--database", name, env=env)
-    assert done.returncode == 0, done.stderr
-    done = cli("migrate", "--db", pg_server.url(name, "collector_owner", PASSWORDS["OWNER"]))
-    assert done.returncode == 0, done.stderr
-    assert "0001_init" in done.stdout
-    return name
-
-
-def as_role(server: PgServer, db: str, role: str, sql: str) -> str | None:
-    """The error PostgreSQL answers `sql` with as `role`, or None."""
-    password = PASSWORDS[role.removeprefix("collector_").upper()]
-
-    async def go() -> str | None:
-        conn = await asyncpg.connect(server.url(db, role, password))
-        try:
-            await conn.execute(sql)
-        except asyncpg.PostgresError as exc:
-            return f"{type(exc).__name__}: {exc}"
-        finally:
-            await conn.close()
-        return None
-
-    return run_sync(go())
 
 
 async def test_the_collectors_role_cannot_change_or_remove_rows(pg_server: PgServer, roles_db: str) -> None:
@@ -398,7 +353,7 @@ async def test_retention_drops_whole_partitions(client: Any, cfg: Config, clock:
     end = f"{old.tm_year + (old.tm_mon == 12):04d}-{old.tm_mon % 12 + 1:02d}-01"
     name = f"events_{old.tm_year:04d}{old.tm_mon:02d}"
     sql = f"CREATE TABLE {name} PARTITION OF events FOR VALUES FROM ('{start}') TO ('{end}')"
-    run_sync(_execute(str(cfg.db), sql))
+    run_sync(execute(str(cfg.db), sql))
     now = clock.t
     clock.t = old_t
     assert (await client.get("/i", params=ev(eid="old"))).status == 200
@@ -430,17 +385,17 @@ async def test_a_month_whose_rows_sit_in_the_default_partition_blocks_no_start(
         "INSERT INTO events (event_id, event, platform, v_tracker, v_collector, collector_tstamp, anonymous) "
         "VALUES ('later', 'pv', 'web', 't', 'c', date_trunc('month', now()) + interval '4 months 1 day', 0)"
     )
-    run_sync(_execute(str(cfg.db), later))
+    run_sync(execute(str(cfg.db), later))
     assert rows(cfg.db, "select count(*) from events_default")[0][0] == 1
-    run_sync(_execute(str(cfg.db), "SELECT collector_ensure_partitions(4)"))  # what a start a month on runs
+    run_sync(execute(str(cfg.db), "SELECT collector_ensure_partitions(4)"))  # what a start a month on runs
     assert rows(cfg.db, "select to_regclass(?)::text", (f"events_{_month(4)}",))[0][0] is None  # skipped
     assert rows(cfg.db, "select to_regclass(?)::text", (f"bad_rows_{_month(4)}",))[0][0] is not None
     assert rows(cfg.db, "select count(*) from events where event_id = 'later'")[0][0] == 1
     # and the collector says so: the function's WARNING reached no log (asyncpg drops a notice that
     # nothing listens for), so nobody learnt that a month stays in the default partition
     name = f"events_{_month(3)}"
-    run_sync(_execute(str(cfg.db), f"DROP TABLE {name}"))  # the month the lifecycle makes
-    run_sync(_execute(str(cfg.db), later.replace("'later'", "'third'").replace("4 months", "3 months")))
+    run_sync(execute(str(cfg.db), f"DROP TABLE {name}"))  # the month the lifecycle makes
+    run_sync(execute(str(cfg.db), later.replace("'later'", "'third'").replace("4 months", "3 months")))
     st = client.app[STATE]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
@@ -455,7 +410,7 @@ async def test_a_month_whose_rows_sit_in_the_default_partition_blocks_no_start(
 async def test_the_lifecycle_makes_the_partitions_ahead(client: Any, cfg: Config, clock: Any) -> None:
     # made at start only, they ran out under a replica up for longer than MONTHS_AHEAD
     name = f"events_{_month(3)}"
-    run_sync(_execute(str(cfg.db), f"DROP TABLE {name}"))  # as if this month had not been made yet
+    run_sync(execute(str(cfg.db), f"DROP TABLE {name}"))  # as if this month had not been made yet
     st = client.app[STATE]
     await st.store.lifecycle(int(clock.t * 1000), 0, st.cfg.cookie_max_age)
     assert rows(cfg.db, "select to_regclass(?)::text", (name,))[0][0] == name
@@ -469,7 +424,7 @@ async def test_making_a_month_behind_an_analysts_read_holds_no_writer_up(
     client = await make_client(cfg.replace(pg_statement_timeout=3000))
     assert (await client.get("/i", params=ev(eid="first"))).status == 200
     name = f"events_{_month(3)}"
-    run_sync(_execute(str(cfg.db), f"DROP TABLE {name}"))  # the month the next run makes
+    run_sync(execute(str(cfg.db), f"DROP TABLE {name}"))  # the month the next run makes
     st = client.app[STATE]
     reader = await asyncpg.connect(str(cfg.db))
     try:
@@ -497,7 +452,7 @@ async def test_a_start_behind_an_analysts_read_holds_no_writer_up(cfg: Config) -
     ahead = f"events_{_month(3)}"
     reader = await asyncpg.connect(str(cfg.db))
     try:
-        run_sync(_execute(str(cfg.db), f"DROP TABLE {ahead}"))
+        run_sync(execute(str(cfg.db), f"DROP TABLE {ahead}"))
         tr = reader.transaction(readonly=True)
         await tr.start()
         await reader.fetchval("SELECT count(*) FROM events")  # an analyst's open read
@@ -526,7 +481,7 @@ async def test_a_start_without_this_months_partition_waits_for_it(cfg: Config) -
     await first.start()
     await first.close()
     now = f"events_{_month(0)}"
-    run_sync(_execute(str(cfg.db), f"DROP TABLE {now}"))  # empty: nothing was written
+    run_sync(execute(str(cfg.db), f"DROP TABLE {now}"))  # empty: nothing was written
     reader = await asyncpg.connect(str(cfg.db))
     second = PostgresStore(str(cfg.db), SessionRules(1_800_000), statement_timeout_ms=120_000)
     try:
@@ -565,14 +520,6 @@ async def test_two_writers_retiring_shared_ids_wait_for_each_other_and_never_dea
         for conn in conns:
             await conn.close()
     assert rows(cfg.db, "select count(*) from retired_ids")[0][0] == len(values)
-
-
-async def _execute(url: str, sql: str) -> None:
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def test_the_writer_role_removes_nothing_the_recorded_retention_keeps(
