@@ -11,7 +11,6 @@ import os
 import pwd
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Coroutine
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from tests.procs import ROOT, free_port
+from tests.procs import cli, free_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "postgres"  # Debian's postgresql package creates it
@@ -166,19 +165,6 @@ def query(url: str, sql: str, params: tuple[Any, ...] = ()) -> list[Row]:
 
 # The passwords `pg-roles` gives the roles in the tests (COLLECTOR_PG_<ROLE>_PASSWORD).
 PASSWORDS = {"OWNER": "owner-pw", "WRITER": "writer-pw", "READER": "reader-pw"}
-
-
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`python -m collector <args>` in the repository, its output captured."""
-    return subprocess.run(
-        [sys.executable, "-m", "collector", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def roles_database(server: PgServer) -> str:

@@ -19,7 +19,7 @@ from datasette_auth_passwords.utils import hash_password
 
 from tests.browse_support import Browse
 from tests.conftest import ev
-from tests.procs import ROOT, Collector, free_port
+from tests.procs import ROOT, Collector, cli, free_port
 from tests.wal_growth import Writer
 
 
@@ -63,15 +63,7 @@ def test_browse_reads_while_the_collector_writes(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "collector", "browse", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return cli("browse", *args, env=env)
 
 
 def test_browse_refuses_postgres_a_missing_file_and_an_open_bind(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ from storage.group import Writes
 from storage.postgres import PostgresStore
 from storage.sessions import SessionRules
 from tests.conftest import TP2, batch, ev, event_row, rows
-from tests.pg import PASSWORDS, PgServer, as_role, cli, execute, run_sync
-from tests.procs import Collector
+from tests.pg import PASSWORDS, PgServer, as_role, execute, run_sync
+from tests.procs import Collector, cli
 from tests.test_sessions import ANON_UE
 
 STORES = ("postgres",)
