@@ -48,12 +48,13 @@ local function urlenc(s)
 end
 
 local PAYLOAD = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
-local CONTEXTS = '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":['
-  .. '{"schema":"iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",'
-  .. '"data":{"id":"6c2f5e53-1e8b-4a7c-9d1b-2a1f2f3e4d5c"}},'
+local CONTEXTS_HEAD = '{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":['
+  .. '{"schema":"iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0","data":{"id":"'
+local CONTEXTS_TAIL = '"}},'
   .. '{"schema":"iglu:org.w3/PerformanceTiming/jsonschema/1-0-0","data":{"navigationStart":1732270000000,'
   .. '"fetchStart":1732270000003,"domainLookupStart":1732270000010,"connectEnd":1732270000042,'
   .. '"responseEnd":1732270000120,"domComplete":1732270000480,"loadEventEnd":1732270000490}}]}'
+local CONTEXTS = CONTEXTS_HEAD .. "6c2f5e53-1e8b-4a7c-9d1b-2a1f2f3e4d5c" .. CONTEXTS_TAIL
 local URL = "https://shop.example.com/products/42-blue-widget?utm_source=newsletter&utm_medium=email"
 local REFR = "https://www.google.com/"
 local UE_LINK = '{"schema":"iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",'
@@ -64,13 +65,13 @@ local UE_ANON = '{"schema":"iglu:com.snowplowanalytics.snowplow/unstruct_event/j
 
 local function jstr(s) return '"' .. s:gsub('"', '\\"') .. '"' end
 
--- Browser-tracker-like fields shared by every event (the JSON text after eid/dtm/stm).
+-- Browser-tracker-like fields shared by every event (the JSON text after eid/dtm/stm), up to the
+-- contexts, whose page view id is the device's (see device_ids).
 local COMMON = '"tv":"js-4.10.1","tna":"sp1","aid":"shop","p":"web","url":' .. jstr(URL)
   .. ',"page":"Blue widget | Example Shop","refr":' .. jstr(REFR)
   .. ',"tz":"Europe/Berlin","lang":"de-DE","cs":"UTF-8","res":"1920x1080","cd":"24","cookie":"1"'
-  .. ',"vp":"1280x720","ds":"1280x3400","co":' .. jstr(CONTEXTS)
-local IDS = ',"duid":"0b7a1d9e-5c1f-4a39-9f0e-3c3b1f6d2a11","sid":"e1c4a7b2-8d3f-4e6a-b5c9-7f2e1d0a9b8c"'
-  .. ',"vid":"3","uid":"customer-1842"'
+  .. ',"vp":"1280x720","ds":"1280x3400","co":"'
+local CO_HEAD, CO_TAIL = (CONTEXTS_HEAD:gsub('"', '\\"')), (CONTEXTS_TAIL:gsub('"', '\\"')) .. '"'
 -- Event-specific tails; an anonymous tracker sends the same without the ids.
 local KINDS = {
   '"e":"pv",',
@@ -93,11 +94,12 @@ local POOL = 256
 local cookies, ncookies, next_slot = {}, 0, 1
 cookies_sent = 0
 
--- a cookie header for a returning device (80%), or "" for a first visit / an empty pool. A request
+-- a cookie header for a returning device (80%), or "" for a first visit / an empty pool, and the
+-- cookie's value (nil for none). A request
 -- that retires its device (anonymous with the cookie: an opt-out; or with an anonymize event) takes
 -- the cookie out of the pool, as a browser drops it for the one the answer sets (or expires).
 local function cookie_header(returning_share, retiring)
-  if ncookies == 0 or math.random() >= returning_share then return "" end
+  if ncookies == 0 or math.random() >= returning_share then return "", nil end
   cookies_sent = cookies_sent + 1
   local i = math.random(1, ncookies)
   local value = cookies[i]
@@ -106,7 +108,7 @@ local function cookie_header(returning_share, retiring)
     cookies[ncookies] = nil
     ncookies = ncookies - 1
   end
-  return "Cookie: sp=" .. value .. "\r\n"
+  return "Cookie: sp=" .. value .. "\r\n", value
 end
 
 local function uuid()
@@ -116,10 +118,30 @@ local function uuid()
     math.random(0, 4095), counter)
 end
 
-local function event(kind_tail, anonymous, stm)
-  local ids = anonymous and "" or IDS
+local function hex(digits)
+  local out = {}
+  for i = 1, digits do out[i] = string.format("%x", math.random(0, 15)) end
+  return table.concat(out)
+end
+
+-- A device's tracker ids (duid, sid, its page view's id), as its browser tracker keeps them between
+-- requests: each device its own, derived from the device id of the cookie it sends back (so new with
+-- the cookie the collector sets after a rotation, as a tracker that resets its ids on anonymising
+-- does); a first visit's are new. With one set of ids for every device, the first anonymize event
+-- retired them for all, and every later named event was a retired identity's late event.
+local function device_ids(cookie)
+  local u = cookie and cookie:sub(1, 36) or ""
+  if #u ~= 36 then u = hex(8) .. "-" .. hex(4) .. "-4" .. hex(3) .. "-a" .. hex(3) .. "-" .. hex(12) end
+  local a, b, c, d, e = u:sub(1, 8), u:sub(10, 13), u:sub(15, 18), u:sub(20, 23), u:sub(25, 36)
+  local duid = e:sub(1, 8) .. "-" .. d .. "-" .. c .. "-" .. b .. "-" .. e:sub(9, 12) .. a
+  local sid = a:reverse() .. "-" .. c .. "-" .. b .. "-" .. d .. "-" .. e:reverse()
+  local page = b .. c .. "-" .. d .. "-" .. e:sub(1, 4) .. "-" .. e:sub(5, 8) .. "-" .. e:sub(9, 12) .. a
+  return ',"duid":"' .. duid .. '","sid":"' .. sid .. '","vid":"3","uid":"customer-1842"', page
+end
+
+local function event(kind_tail, ids, page, stm)
   return "{" .. kind_tail .. '"eid":"' .. uuid() .. '","dtm":"' .. stm .. '","stm":"' .. stm .. '",'
-    .. COMMON .. ids .. "}"
+    .. COMMON .. CO_HEAD .. page .. CO_TAIL .. ids .. "}"
 end
 
 function setup(thread)
@@ -150,19 +172,26 @@ end
 
 local function post(nevents, anonymous)
   local stm = epoch_ms()
-  local evs = {}
+  local tails = {}
   local retiring = anonymous
   for i = 1, nevents do
-    local tail
     if workload == "mix" and math.random() < 0.01 then
-      tail = ANONYMIZE
+      tails[i] = ANONYMIZE
       anonymize_events = anonymize_events + 1
       retiring = true
     else
-      tail = KINDS[(counter % #KINDS) + 1]
+      tails[i] = KINDS[(counter + i - 1) % #KINDS + 1]  -- as event() will count them
     end
-    evs[i] = event(tail, anonymous, stm)
   end
+  local cookie, value = cookie_header(anonymous and 0.25 or 0.8, retiring)
+  local ids, page = "", ""
+  if anonymous then  -- an anonymous tracker sends no duid or sid; its page view's id is one for all
+    page = "6c2f5e53-1e8b-4a7c-9d1b-2a1f2f3e4d5c"
+  else
+    ids, page = device_ids(value)
+  end
+  local evs = {}
+  for i = 1, nevents do evs[i] = event(tails[i], ids, page, stm) end
   local body = '{"schema":"' .. PAYLOAD .. '","data":[' .. table.concat(evs, ",") .. "]}"
   events_sent = events_sent + nevents
   if anonymous then
@@ -172,8 +201,7 @@ local function post(nevents, anonymous)
   return "POST /com.snowplowanalytics.snowplow/tp2 HTTP/1.1\r\nHost: " .. wrk.headers["Host"] .. "\r\n"
     .. "Content-Type: application/json; charset=UTF-8\r\nOrigin: https://shop.example.com\r\n"
     .. "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/126.0 Safari/537.36\r\n"
-    .. (anonymous and anon_header or "") .. cookie_header(anonymous and 0.25 or 0.8, retiring)
-    .. "Content-Length: " .. #body .. "\r\n\r\n" .. body
+    .. (anonymous and anon_header or "") .. cookie .. "Content-Length: " .. #body .. "\r\n\r\n" .. body
 end
 
 local function build()
@@ -181,7 +209,7 @@ local function build()
   sent = sent + 1
   if workload == "get" then
     events_sent = events_sent + 1
-    return get_prefix .. uuid() .. "&stm=" .. epoch_ms() .. get_suffix .. cookie_header(0.8, false) .. "\r\n"
+    return get_prefix .. uuid() .. "&stm=" .. epoch_ms() .. get_suffix .. (cookie_header(0.8, false)) .. "\r\n"
   elseif workload == "post1" then
     return post(1, false)
   elseif workload == "post10" then
